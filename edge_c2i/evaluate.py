@@ -1,0 +1,342 @@
+"""Scoring a model on a task, as LASER does.
+
+- loss: mean over examples of -log p(gold answer | prompt) / answer tokens;
+- accuracy, choice task: the choice with the highest log-probability (sum over
+  its tokens) wins;
+- accuracy, open answer: the top-1 next token equals the gold first token
+  (``first_token_acc``); ``generation_acc`` (gold in a short greedy
+  continuation) is computed on request, it needs generation.
+
+Sequences (prompt + each candidate answer) are sorted by length and batched
+with right padding.  Only the positions that predict answer tokens go through
+the LM head, so a 262k vocabulary costs little.
+
+For the search, ``Scorer`` can cache the hidden states that enter a block and
+later run only the blocks from there upward: a reduction of a matrix in block
+L changes nothing below L.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .targets import decoder_layers
+from .tasks import Example
+
+LM_HEAD_CHUNK = 256  # positions per LM-head call: bounds the logits' memory
+
+
+def split_answer(prompt: str, answer: str) -> tuple[str, str]:
+    """Move the space between prompt and answer into the answer (BPE tokens carry their space)."""
+    if prompt.endswith(" ") and not answer.startswith(" "):
+        return prompt[:-1], " " + answer
+    return prompt, answer
+
+
+def encode(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """Token ids of the context (with the tokenizer's special tokens) and of the answer."""
+    prompt, answer = split_answer(prompt, answer)
+    ctx = tokenizer(prompt)["input_ids"]
+    if not ctx:  # an empty prompt still needs one token to predict from
+        ctx = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+    ans = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    return ctx, ans
+
+
+@dataclass
+class Result:
+    """Per-example scores and their aggregates."""
+
+    accuracy: float
+    loss: float
+    choice_logprobs: list[list[float]] | None  # choice tasks
+    gold: list[int] | None  # index of the gold choice
+    first_token_correct: list[bool] | None  # open tasks
+    n: int
+
+    def as_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "loss": self.loss, "n": self.n}
+
+
+class _Skip(nn.Module):
+    """Stands in for a block below the cached one: passes its input through."""
+
+    def __init__(self, tuple_output: bool):
+        super().__init__()
+        self.tuple_output = tuple_output
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return (hidden_states,) if self.tuple_output else hidden_states
+
+
+class Scorer:
+    """Encodes examples once; scores any model (or a reduced copy) on them."""
+
+    def __init__(self, tokenizer, examples: list[Example], max_batch_tokens: int = 4096):
+        self.examples = examples
+        self.is_choice = examples[0].choices is not None
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        seqs = []  # (example index, candidate index, ctx ids, answer ids)
+        self.gold = []
+        self.first_tokens = []  # open tasks: accepted first tokens
+        for i, ex in enumerate(examples):
+            if self.is_choice:
+                self.gold.append(ex.choices.index(ex.answer))
+                for j, choice in enumerate(ex.choices):
+                    seqs.append((i, j, *encode(tokenizer, ex.prompt, choice)))
+            else:
+                ctx, ans = encode(tokenizer, ex.prompt, ex.answer)
+                seqs.append((i, 0, ctx, ans))
+                firsts = {ans[0]}
+                for alias in ex.aliases:
+                    firsts.add(encode(tokenizer, ex.prompt, alias)[1][0])
+                self.first_tokens.append(firsts)
+        seqs.sort(key=lambda s: len(s[2]) + len(s[3]))
+        self.batches = []
+        batch: list = []
+        for s in seqs:
+            longest = len(s[2]) + len(s[3])
+            if batch and longest * (len(batch) + 1) > max_batch_tokens:
+                self.batches.append(self._collate(batch))
+                batch = []
+            batch.append(s)
+        if batch:
+            self.batches.append(self._collate(batch))
+        self._cached: dict[int, list[torch.Tensor]] = {}
+        self._tuple_output: bool | None = None
+
+    def _collate(self, seqs: list) -> dict:
+        length = max(len(c) + len(a) for _, _, c, a in seqs)
+        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        rows, cols, targets, seq_of = [], [], [], []  # one entry per answer token
+        for b, (_, _, ctx, ans) in enumerate(seqs):
+            full = ctx + ans
+            ids[b, : len(full)] = torch.tensor(full)
+            mask[b, : len(full)] = 1
+            for j, tok in enumerate(ans):
+                rows.append(b)
+                cols.append(len(ctx) + j - 1)  # the position that predicts answer token j
+                targets.append(tok)
+                seq_of.append(b)
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "rows": torch.tensor(rows),
+            "cols": torch.tensor(cols),
+            "targets": torch.tensor(targets),
+            "owner": [(s[0], s[1]) for s in seqs],
+            "n_answer": [len(s[3]) for s in seqs],
+            "seq_of": torch.tensor(seq_of),
+        }
+
+    # -------------------------------------------------------------- forward passes
+
+    def _answer_logprobs(self, model: nn.Module, batch: dict):
+        """Log-prob of each answer token and whether it was the argmax."""
+        base = getattr(model, model.base_model_prefix)
+        hidden = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      use_cache=False).last_hidden_state
+        h = hidden[batch["rows"], batch["cols"]]
+        head = model.get_output_embeddings()
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        lps, hits = [], []
+        for start in range(0, h.shape[0], LM_HEAD_CHUNK):
+            logits = head(h[start : start + LM_HEAD_CHUNK]).float()
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            tgt = batch["targets"][start : start + LM_HEAD_CHUNK]
+            logp = torch.log_softmax(logits, dim=-1)
+            lps.append(logp.gather(1, tgt[:, None])[:, 0])
+            hits.append(logits.argmax(-1))
+        return torch.cat(lps), torch.cat(hits)
+
+    def _sequence_logprobs(self, model: nn.Module, batch: dict):
+        lp, argmax = self._answer_logprobs(model, batch)
+        per_seq = torch.zeros(len(batch["owner"]), dtype=lp.dtype).index_add(0, batch["seq_of"], lp)
+        return per_seq, argmax
+
+    def run(self, model: nn.Module, start_layer: int | None = None) -> Result:
+        """Score ``model``; with ``start_layer``, run only blocks >= it from cached inputs."""
+        n = len(self.examples)
+        if self.is_choice:
+            logprobs = [[0.0] * len(ex.choices) for ex in self.examples]
+            lengths = [[1] * len(ex.choices) for ex in self.examples]
+        else:
+            logprobs, lengths, first_hit = [[0.0] for _ in range(n)], [[1] for _ in range(n)], [False] * n
+        ctx = self._start_at(model, start_layer) if start_layer is not None else contextlib.nullcontext()
+        with torch.no_grad(), ctx:
+            for bi, batch in enumerate(self.batches):
+                self._batch_index = bi
+                per_seq, argmax = self._sequence_logprobs(model, batch)
+                first_pos = 0
+                for k, (i, j) in enumerate(batch["owner"]):
+                    logprobs[i][j] = per_seq[k].item()
+                    lengths[i][j] = batch["n_answer"][k]
+                    if not self.is_choice:
+                        first_hit[i] = argmax[first_pos].item() in self.first_tokens[i]
+                    first_pos += batch["n_answer"][k]
+        if self.is_choice:
+            gold_lp = [logprobs[i][g] / lengths[i][g] for i, g in enumerate(self.gold)]
+            correct = [max(range(len(lp)), key=lp.__getitem__) == g for lp, g in zip(logprobs, self.gold)]
+            return Result(sum(correct) / n, -sum(gold_lp) / n, logprobs, list(self.gold), None, n)
+        loss = -sum(lp[0] / ln[0] for lp, ln in zip(logprobs, lengths)) / n
+        return Result(sum(first_hit) / n, loss, None, None, first_hit, n)
+
+    def loss_and_backward(self, model: nn.Module) -> float:
+        """Mean task loss over the examples (the gold answer only); backward() per batch."""
+        n = len(self.examples)
+        total = 0.0
+        for batch in self.batches:
+            lp, _ = self._answer_logprobs(model, batch)
+            per_seq = torch.zeros(len(batch["owner"]), dtype=lp.dtype).index_add(0, batch["seq_of"], lp)
+            keep = [k for k, (i, j) in enumerate(batch["owner"]) if not self.is_choice or j == self.gold[i]]
+            if not keep:
+                continue
+            n_ans = torch.tensor([batch["n_answer"][k] for k in keep], dtype=lp.dtype)
+            loss = -(per_seq[keep] / n_ans).sum() / n
+            loss.backward()
+            total += loss.item()
+        return total
+
+    # -------------------------------------------------------------- cached prefixes
+
+    def cache_inputs(self, model: nn.Module, layers: list[int]) -> None:
+        """Keep the hidden states entering each block in ``layers`` for every batch."""
+        blocks = decoder_layers(model)
+        store = {i: [] for i in layers}
+        hooks = []
+
+        def grab(i):
+            def hook(module, args, kwargs):
+                h = args[0] if args else kwargs["hidden_states"]
+                store[i].append(h.detach().clone())
+            return hook
+
+        def output_kind(module, args, output):
+            self._tuple_output = isinstance(output, tuple)
+
+        for i in layers:
+            hooks.append(blocks[i].register_forward_pre_hook(grab(i), with_kwargs=True))
+        hooks.append(blocks[0].register_forward_hook(output_kind))
+        start = min(self._cached) if self._cached and min(self._cached) <= min(layers) else None
+        try:
+            if start is not None and start > 0:
+                self.run(model, start_layer=start)  # reuse what is cached below
+            else:
+                self.run(model)
+        finally:
+            for h in hooks:
+                h.remove()
+        self._cached.update(store)
+
+    def drop_cache(self, keep: list[int] | None = None) -> None:
+        for i in list(self._cached):
+            if keep is None or i not in keep:
+                del self._cached[i]
+
+    @contextlib.contextmanager
+    def _start_at(self, model: nn.Module, layer: int):
+        if layer not in self._cached:
+            raise KeyError(f"no cached inputs for block {layer}: call cache_inputs first")
+        blocks = decoder_layers(model)
+        originals = [blocks[i] for i in range(layer)]
+
+        def feed(module, args, kwargs):
+            h = self._cached[layer][self._batch_index]
+            if args:
+                return (h,) + tuple(args[1:]), kwargs
+            kwargs["hidden_states"] = h
+            return args, kwargs
+
+        hook = blocks[layer].register_forward_pre_hook(feed, with_kwargs=True)
+        for i in range(layer):
+            blocks[i] = _Skip(bool(self._tuple_output))
+        try:
+            yield
+        finally:
+            hook.remove()
+            for i, block in enumerate(originals):
+                blocks[i] = block
+
+
+def evaluate(model: nn.Module, tokenizer, examples: list[Example], generation: bool = False,
+             max_new_tokens: int = 8) -> dict:
+    """Accuracy and loss of ``model`` on ``examples`` (plus generation accuracy for open tasks)."""
+    res = Scorer(tokenizer, examples).run(model)
+    out = res.as_dict()
+    if not res.choice_logprobs:
+        out["first_token_acc"] = res.accuracy
+        if generation:
+            out["generation_acc"] = generation_accuracy(model, tokenizer, examples, max_new_tokens)
+    return out
+
+
+def _normalize(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+@torch.no_grad()
+def generation_accuracy(model, tokenizer, examples: list[Example], max_new_tokens: int = 8,
+                        batch_size: int = 16) -> float:
+    """Share of open questions whose gold answer (or an alias) is in a greedy continuation."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    hits = 0
+    try:
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            prompts = [split_answer(e.prompt, e.answer)[0] for e in chunk]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            for e, text in zip(chunk, texts):
+                hits += any(_normalize(a) in _normalize(text) for a in (e.answer, *e.aliases))
+    finally:
+        tokenizer.padding_side = side
+    return hits / len(examples)
+
+
+def calibrated_accuracy(eval_res: Result, test_res: Result, examples_eval, examples_test) -> float | None:
+    """Test accuracy of the model whose only change is a per-choice bias fitted on the eval sample.
+
+    The control the report shows next to any gain: a reduction that only flips
+    the answer bias of a near-chance model is matched by this.  Defined for
+    tasks with one fixed label set (true/false, entailment/non-entailment, ...).
+    """
+    if eval_res.choice_logprobs is None:
+        return None
+    labels = examples_eval[0].choices
+    if any(e.choices != labels for e in list(examples_eval) + list(examples_test)):
+        return None
+
+    def acc(res: Result, bias: list[float]) -> float:
+        ok = 0
+        for lp, g in zip(res.choice_logprobs, res.gold):
+            scores = [s + b for s, b in zip(lp, bias)]
+            ok += max(range(len(scores)), key=scores.__getitem__) == g
+        return ok / len(res.gold)
+
+    bias = [0.0] * len(labels)
+    best = acc(eval_res, bias)
+    for _ in range(3):  # coordinate ascent over the biases of labels 1..C-1
+        for c in range(1, len(labels)):
+            # label c wins where lp[c] + b_c beats every other biased score: the decision
+            # only changes where b_c crosses one of these margins, so try between them
+            margins = sorted({max(s + bias[k] for k, s in enumerate(lp) if k != c) - lp[c]
+                              for lp in eval_res.choice_logprobs})
+            candidates = [margins[0] - 1.0, margins[-1] + 1.0]
+            candidates += [(a + b) / 2 for a, b in zip(margins, margins[1:])]
+            for value in candidates:
+                trial = bias.copy()
+                trial[c] = value
+                a = acc(eval_res, trial)
+                if a > best + 1e-12:
+                    best, bias = a, trial
+    return acc(test_res, bias)
+
