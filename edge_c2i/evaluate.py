@@ -74,73 +74,101 @@ class _Skip(nn.Module):
 
 
 class Scorer:
-    """Encodes examples once; scores any model (or a reduced copy) on them."""
+    """Encodes examples once; scores any model (or a reduced copy) on them.
+
+    All candidate answers of an example share one pass over its prompt: the
+    sequence is ``prompt + answer_1 + answer_2 + ...`` with a 4D attention mask
+    in which each answer sees the prompt and itself only, and position ids that
+    restart after the prompt for every answer.  Same numbers as one sequence per
+    answer (a test checks it), at a fraction of the cost.
+    """
 
     def __init__(self, tokenizer, examples: list[Example], max_batch_tokens: int = 4096):
         self.examples = examples
         self.is_choice = examples[0].choices is not None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        seqs = []  # (example index, candidate index, ctx ids, answer ids)
         self.gold = []
         self.first_tokens = []  # open tasks: accepted first tokens
+        packed = []  # (example index, ctx ids, [answer ids, ...])
         for i, ex in enumerate(examples):
+            answers = ex.choices if self.is_choice else (ex.answer,)
+            encoded = [encode(tokenizer, ex.prompt, a) for a in answers]
+            packed.append((i, encoded[0][0], [a for _, a in encoded]))
             if self.is_choice:
                 self.gold.append(ex.choices.index(ex.answer))
-                for j, choice in enumerate(ex.choices):
-                    seqs.append((i, j, *encode(tokenizer, ex.prompt, choice)))
             else:
-                ctx, ans = encode(tokenizer, ex.prompt, ex.answer)
-                seqs.append((i, 0, ctx, ans))
-                firsts = {ans[0]}
+                firsts = {encoded[0][1][0]}
                 for alias in ex.aliases:
                     firsts.add(encode(tokenizer, ex.prompt, alias)[1][0])
                 self.first_tokens.append(firsts)
-        seqs.sort(key=lambda s: len(s[2]) + len(s[3]))
+        self.n_answers = [len(p[2]) for p in packed]
+        self.answer_len = [[len(a) for a in p[2]] for p in packed]
+        packed.sort(key=lambda p: len(p[1]) + sum(map(len, p[2])))
         self.batches = []
         batch: list = []
-        for s in seqs:
-            longest = len(s[2]) + len(s[3])
-            if batch and longest * (len(batch) + 1) > max_batch_tokens:
+        for p in packed:
+            length = len(p[1]) + sum(map(len, p[2]))
+            if batch and length * (len(batch) + 1) > max_batch_tokens:
                 self.batches.append(self._collate(batch))
                 batch = []
-            batch.append(s)
+            batch.append(p)
         if batch:
             self.batches.append(self._collate(batch))
         self._cached: dict[int, list[torch.Tensor]] = {}
         self._tuple_output: bool | None = None
+        self._batch_index = 0
 
-    def _collate(self, seqs: list) -> dict:
-        length = max(len(c) + len(a) for _, _, c, a in seqs)
-        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), length), dtype=torch.long)
-        rows, cols, targets, seq_of = [], [], [], []  # one entry per answer token
-        for b, (_, _, ctx, ans) in enumerate(seqs):
-            full = ctx + ans
-            ids[b, : len(full)] = torch.tensor(full)
-            mask[b, : len(full)] = 1
-            for j, tok in enumerate(ans):
-                rows.append(b)
-                cols.append(len(ctx) + j - 1)  # the position that predicts answer token j
-                targets.append(tok)
-                seq_of.append(b)
+    def _collate(self, packed: list) -> dict:
+        length = max(len(c) + sum(map(len, answers)) for _, c, answers in packed)
+        B = len(packed)
+        ids = torch.full((B, length), self.pad_id, dtype=torch.long)
+        pos = torch.zeros((B, length), dtype=torch.long)
+        seg = torch.full((B, length), -1, dtype=torch.long)  # 0 prompt, j+1 answer j, -1 pad
+        rows, cols, targets, slots = [], [], [], []  # one entry per answer token
+        owner = []  # slot -> (example, answer)
+        for b, (i, ctx, answers) in enumerate(packed):
+            P = len(ctx)
+            ids[b, :P] = torch.tensor(ctx)
+            pos[b, :P] = torch.arange(P)
+            seg[b, :P] = 0
+            at = P
+            for j, ans in enumerate(answers):
+                n = len(ans)
+                ids[b, at : at + n] = torch.tensor(ans)
+                pos[b, at : at + n] = torch.arange(P, P + n)
+                seg[b, at : at + n] = j + 1
+                for t, tok in enumerate(ans):
+                    rows.append(b)
+                    cols.append(P - 1 if t == 0 else at + t - 1)  # the position predicting it
+                    targets.append(tok)
+                    slots.append(len(owner))
+                owner.append((i, j))
+                at += n
+        q, k = seg[:, :, None], seg[:, None, :]
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        allowed = causal & ((k == 0) | (k == q)) & (q >= 0)
+        allowed |= torch.eye(length, dtype=torch.bool)  # pads see themselves: no empty softmax row
+        mask = torch.zeros((B, 1, length, length))
+        mask.masked_fill_(~allowed[:, None], torch.finfo(torch.float32).min)
         return {
             "input_ids": ids,
             "attention_mask": mask,
+            "position_ids": pos,
             "rows": torch.tensor(rows),
             "cols": torch.tensor(cols),
             "targets": torch.tensor(targets),
-            "owner": [(s[0], s[1]) for s in seqs],
-            "n_answer": [len(s[3]) for s in seqs],
-            "seq_of": torch.tensor(seq_of),
+            "slots": torch.tensor(slots),
+            "owner": owner,
         }
 
     # -------------------------------------------------------------- forward passes
 
     def _answer_logprobs(self, model: nn.Module, batch: dict):
-        """Log-prob of each answer token and whether it was the argmax."""
+        """Log-prob of each answer token and the argmax token at its position."""
         base = getattr(model, model.base_model_prefix)
-        hidden = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                      use_cache=False).last_hidden_state
+        mask = batch["attention_mask"].to(model.dtype)
+        hidden = base(input_ids=batch["input_ids"], attention_mask=mask,
+                      position_ids=batch["position_ids"], use_cache=False).last_hidden_state
         h = hidden[batch["rows"], batch["cols"]]
         head = model.get_output_embeddings()
         cap = getattr(model.config, "final_logit_softcapping", None)
@@ -155,36 +183,33 @@ class Scorer:
             hits.append(logits.argmax(-1))
         return torch.cat(lps), torch.cat(hits)
 
-    def _sequence_logprobs(self, model: nn.Module, batch: dict):
+    def _slot_logprobs(self, model: nn.Module, batch: dict):
+        """Summed log-prob of every (example, answer) slot in the batch."""
         lp, argmax = self._answer_logprobs(model, batch)
-        per_seq = torch.zeros(len(batch["owner"]), dtype=lp.dtype).index_add(0, batch["seq_of"], lp)
-        return per_seq, argmax
+        per_slot = torch.zeros(len(batch["owner"]), dtype=lp.dtype).index_add(0, batch["slots"], lp)
+        return per_slot, argmax
 
     def run(self, model: nn.Module, start_layer: int | None = None) -> Result:
         """Score ``model``; with ``start_layer``, run only blocks >= it from cached inputs."""
         n = len(self.examples)
-        if self.is_choice:
-            logprobs = [[0.0] * len(ex.choices) for ex in self.examples]
-            lengths = [[1] * len(ex.choices) for ex in self.examples]
-        else:
-            logprobs, lengths, first_hit = [[0.0] for _ in range(n)], [[1] for _ in range(n)], [False] * n
+        logprobs = [[0.0] * k for k in self.n_answers]
+        first_hit = [False] * n
         ctx = self._start_at(model, start_layer) if start_layer is not None else contextlib.nullcontext()
         with torch.no_grad(), ctx:
             for bi, batch in enumerate(self.batches):
                 self._batch_index = bi
-                per_seq, argmax = self._sequence_logprobs(model, batch)
-                first_pos = 0
+                per_slot, argmax = self._slot_logprobs(model, batch)
+                first_entry = 0
                 for k, (i, j) in enumerate(batch["owner"]):
-                    logprobs[i][j] = per_seq[k].item()
-                    lengths[i][j] = batch["n_answer"][k]
+                    logprobs[i][j] = per_slot[k].item()
                     if not self.is_choice:
-                        first_hit[i] = argmax[first_pos].item() in self.first_tokens[i]
-                    first_pos += batch["n_answer"][k]
+                        first_hit[i] = argmax[first_entry].item() in self.first_tokens[i]
+                    first_entry += self.answer_len[i][j]
         if self.is_choice:
-            gold_lp = [logprobs[i][g] / lengths[i][g] for i, g in enumerate(self.gold)]
+            gold_lp = [logprobs[i][g] / self.answer_len[i][g] for i, g in enumerate(self.gold)]
             correct = [max(range(len(lp)), key=lp.__getitem__) == g for lp, g in zip(logprobs, self.gold)]
             return Result(sum(correct) / n, -sum(gold_lp) / n, logprobs, list(self.gold), None, n)
-        loss = -sum(lp[0] / ln[0] for lp, ln in zip(logprobs, lengths)) / n
+        loss = -sum(lp[0] / ln[0] for lp, ln in zip(logprobs, self.answer_len)) / n
         return Result(sum(first_hit) / n, loss, None, None, first_hit, n)
 
     def loss_and_backward(self, model: nn.Module) -> float:
@@ -192,13 +217,13 @@ class Scorer:
         n = len(self.examples)
         total = 0.0
         for batch in self.batches:
-            lp, _ = self._answer_logprobs(model, batch)
-            per_seq = torch.zeros(len(batch["owner"]), dtype=lp.dtype).index_add(0, batch["seq_of"], lp)
-            keep = [k for k, (i, j) in enumerate(batch["owner"]) if not self.is_choice or j == self.gold[i]]
-            if not keep:
-                continue
-            n_ans = torch.tensor([batch["n_answer"][k] for k in keep], dtype=lp.dtype)
-            loss = -(per_seq[keep] / n_ans).sum() / n
+            per_slot, _ = self._slot_logprobs(model, batch)
+            keep, n_ans = [], []
+            for k, (i, j) in enumerate(batch["owner"]):
+                if not self.is_choice or j == self.gold[i]:
+                    keep.append(k)
+                    n_ans.append(self.answer_len[i][j])
+            loss = -(per_slot[keep] / torch.tensor(n_ans, dtype=per_slot.dtype)).sum() / n
             loss.backward()
             total += loss.item()
         return total

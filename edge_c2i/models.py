@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .paths import home
 
 # name -> (Python package that ships the file, file name inside the package)
 PACKAGED = {
@@ -27,11 +28,6 @@ PACKAGED = {
 }
 DEFAULT_MODEL = "smollm2-135m"
 ADAPTED_MANIFEST = "edge_c2i.json"  # marks a folder written by edge-c2i adapt
-
-
-def home() -> Path:
-    """The cache dir for converted models and task data."""
-    return Path(os.environ.get("EDGE_C2I_HOME", Path.home() / ".cache" / "edge-c2i"))
 
 
 def _package_dir(package: str) -> Path:
@@ -74,6 +70,9 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    add_bos = _gguf_field(gguf, "tokenizer.ggml.add_bos_token")
+    if add_bos is not None:  # transformers ignores this field; llama.cpp honours it
+        tokenizer.add_bos_token = bool(add_bos)
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -91,6 +90,16 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _gguf_field(gguf: Path, key: str):
+    """A scalar metadata field of a .gguf file, or None."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf).fields.get(key)
+    if field is None or not field.data:
+        return None
+    return field.parts[field.data[0]][0].item()
 
 
 def resolve(name_or_path: str) -> Path | str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .models import home
+from .paths import home
 
 BIGBENCH_SDIST = "bigbench==1.0.0"
 TASKS_IN_ARCHIVE = "bigbench-1.0.0/bigbench/benchmark_tasks/"

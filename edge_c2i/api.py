@@ -1,0 +1,131 @@
+"""The three-line API: load, adapt, save.
+
+    model, tokenizer = load_model("smollm2-135m")
+    report = adapt(model, tokenizer, "bigbench:epistemic_reasoning")
+    save(model, tokenizer, "adapted/", report)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from torch import nn
+
+from .errors import UserError
+from .evaluate import Scorer, calibrated_accuracy
+from .factorize import Reduction, count_params, describe, reduce, save_adapted
+from .search import (DEFAULT_CLUSTERS, DEFAULT_RATES, DEFAULT_TOP_K, SearchResult, c2i_search,
+                     laser_search)
+from .scan import DEFAULT_SCORE
+from .targets import LASER_RATES, get_target
+from .tasks import Task, load_task, split
+
+
+def check_out_dir(out: str | Path, force: bool) -> Path:
+    """Refuse an existing or unwritable output folder before any heavy work."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to replace it")
+    parent = out.parent if str(out.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise UserError(f"cannot write {out}: {probe} is not writable")
+    return out
+
+
+def adapt(model: nn.Module, tokenizer, task: str | Task, method: str = "c2i",
+          n_calib: int = 100, n_eval: int = 100, n_test: int | None = 1000, seed: int = 0,
+          top_k: int = DEFAULT_TOP_K, rates=None, clusters=DEFAULT_CLUSTERS,
+          score: str = DEFAULT_SCORE, clustering: str = "kmeans", layers=None, types=None,
+          progress: bool = True, model_name: str = "") -> dict:
+    """Search a reduction for ``task``, apply the winner to ``model`` in place, return the report."""
+    t0 = time.perf_counter()
+    task = load_task(task) if isinstance(task, str) else task
+    protocol = "laser" if method == "laser" else "c2i"
+    splits = split(task, n_calib, n_eval, n_test, seed, protocol)
+    params_before = count_params(model)
+    if method == "c2i":
+        found = c2i_search(model, tokenizer, splits.calib, splits.eval, top_k,
+                           tuple(rates or DEFAULT_RATES), tuple(clusters), score, clustering,
+                           layers, types, progress)
+    elif method == "laser":
+        found = laser_search(model, tokenizer, splits.eval, tuple(rates or LASER_RATES),
+                             layers, types, progress)
+    else:
+        raise UserError(f"unknown method {method!r}: use c2i or laser")
+
+    t_test = time.perf_counter()
+    test_scorer = Scorer(tokenizer, splits.test)
+    base_test = test_scorer.run(model)
+    eval_base = found.base
+    reductions: list[Reduction] = []
+    if found.best is not None:
+        b = found.best
+        reductions.append(reduce(model, get_target(model, b.layer, b.type), b.rate, b.clusters,
+                                 clustering))
+        adapted_test = test_scorer.run(model)
+    else:
+        adapted_test = base_test
+    calibrated = calibrated_accuracy(eval_base, base_test, splits.eval, splits.test)
+    timings = {**found.timings, "test_s": time.perf_counter() - t_test,
+               "total_s": time.perf_counter() - t0}
+    return make_report(model_name, task.name, method, splits, found, reductions, base_test,
+                       adapted_test, calibrated, params_before, count_params(model), timings, score)
+
+
+def make_report(model_name, task_name, method, splits, found: SearchResult, reductions,
+                base_test, adapted_test, calibrated, params_before, params_after, timings,
+                score) -> dict:
+    chosen = None
+    if reductions:
+        r = reductions[0]
+        chosen = {"layer": r.layer, "type": r.type, "rate": r.rate, "clusters": r.clusters,
+                  "clustering": r.clustering, "ranks": r.ranks, "group_sizes": r.group_sizes}
+    gain = adapted_test.accuracy - base_test.accuracy
+    if chosen is None:
+        verdict = "no improvement on the evaluation sample: the model is left as it was"
+    elif calibrated is not None and adapted_test.accuracy <= calibrated:
+        verdict = ("the gain does not beat the calibration control (the unmodified model with a "
+                   "per-choice bias fitted on the evaluation sample)")
+    else:
+        verdict = f"test accuracy {gain:+.3f}"
+    return {
+        "model": model_name,
+        "task": task_name,
+        "method": method,
+        "score": score if method == "c2i" else None,
+        "protocol": splits.protocol,
+        "splits": splits.sizes,
+        "n_grad_samples": len(splits.calib) if method == "c2i" else 0,
+        "n_eval_samples": len(splits.eval),
+        "timings": timings,
+        "evaluations": len(found.trials),
+        "candidates": found.candidates[:20],
+        "chosen": chosen,
+        "eval_sample": {"base": found.base.as_dict(),
+                        "best": None if found.best is None else vars(found.best)},
+        "base": base_test.as_dict(),
+        "adapted": adapted_test.as_dict(),
+        "calibrated_base": None if calibrated is None else {"accuracy": calibrated},
+        "params": {"before": params_before, "after": params_after},
+        "verdict": verdict,
+        "trials": [vars(t) for t in found.trials],
+    }
+
+
+def save(model: nn.Module, tokenizer, out: str | Path, report: dict, force: bool = False) -> Path:
+    """Write the adapted folder (factors kept) with report.json; atomic."""
+    reductions = []
+    if report.get("chosen"):
+        c = report["chosen"]
+        t = get_target(model, c["layer"], c["type"])
+        reductions.append(describe(t, c["rate"], c["clusters"], c["clustering"],
+                                   model.get_submodule(t.name)))
+    info = {"base_model": report["model"], "task": report["task"], "method": report["method"]}
+    return save_adapted(model, tokenizer, Path(out), reductions, info, force,
+                        {"report.json": json.dumps(report, indent=2)})

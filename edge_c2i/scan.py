@@ -1,0 +1,139 @@
+"""One forward+backward pass -> the gradient of the task loss w.r.t. every singular value.
+
+For a target y = W x (+ b) with W = U diag(s) V^T, dL/dW = G = sum_t d_t x_t^T
+(d_t = dL/dy_t), so
+
+    g_i = dL/ds_i = u_i^T G v_i = sum_t (U^T d_t)_i (V^T x_t)_i.
+
+A forward hook keeps each target's input x; a hook on its output gradient
+projects d and x onto the singular vectors and adds up g.  No weight needs a
+.grad, and G never exists.
+
+Scores of cutting the tail (the singular values i >= k that rate keeps out):
+
+- ``first_order``: -sum_{i>=k} s_i g_i, the first-order change of the loss when
+  those s_i go to 0 (negative: cutting helps);
+- ``tail_grad``: sum_{i>=k} g_i (positive: a gradient step shrinks them).
+
+A matrix is ranked by its best score over the rate grid.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .evaluate import Scorer
+from .factorize import rank_for
+from .targets import LASER_RATES, Target, weight_matrix
+
+SCORES = ("first_order", "tail_grad")
+DEFAULT_SCORE = "first_order"
+
+
+@dataclass
+class MatrixScan:
+    target: Target
+    s: torch.Tensor  # singular values, descending
+    g: torch.Tensor  # dL/ds
+    scores: dict[str, dict[float, float]] = field(default_factory=dict)  # score -> rate -> value
+
+    def benefit(self, score: str) -> float:
+        """Higher is better: the predicted gain of the best rate under ``score``."""
+        vals = self.scores[score].values()
+        return max(-v for v in vals) if score == "first_order" else max(vals)
+
+    def best_rate(self, score: str) -> float:
+        table = self.scores[score]
+        if score == "first_order":
+            return min(table, key=table.get)
+        return max(table, key=table.get)
+
+
+def tail_scores(s: torch.Tensor, g: torch.Tensor, rates=LASER_RATES, shape=None) -> dict:
+    m, n = shape if shape is not None else (len(s), len(s))
+    out = {name: {} for name in SCORES}
+    for rate in rates:
+        k = rank_for(rate, m, n)
+        out["first_order"][rate] = float(-(s[k:] * g[k:]).sum())
+        out["tail_grad"][rate] = float(g[k:].sum())
+    return out
+
+
+def decompose(W: torch.Tensor):
+    """(U, S, V) of W; the memory-aware chooser when it is available."""
+    try:
+        from .svd import svd
+    except ImportError:  # pragma: no cover - svd.py is optional at import time
+        U, S, Vh = torch.linalg.svd(W.detach().float(), full_matrices=False)
+        return U, S, Vh.t()
+    return svd(W.detach().float())
+
+
+def singular_value_gradients(model: nn.Module, tokenizer, examples, targets: list[Target],
+                             progress: bool = True, max_batch_tokens: int = 2048,
+                             svds: dict | None = None) -> tuple[dict[str, MatrixScan], dict]:
+    """g = dL/ds for every target, from one forward+backward over ``examples``.
+
+    Returns the scans keyed by ``target.key`` and timings.  ``svds`` (key ->
+    (U, S, V)) is filled with the decompositions when given, for reuse.
+    """
+    t0 = time.perf_counter()
+    factors = {}
+    for t in tqdm(targets, desc="svd", disable=not progress, leave=False):
+        U, S, V = decompose(weight_matrix(model.get_submodule(t.name)))
+        factors[t.key] = (U, S, V)
+        if svds is not None:
+            svds[t.key] = (U, S, V)
+    t_svd = time.perf_counter() - t0
+
+    g = {t.key: torch.zeros_like(factors[t.key][1], dtype=torch.float64) for t in targets}
+    hooks = []
+
+    def watch(key):
+        U, _, V = factors[key]
+
+        def forward_hook(module, args, output):
+            x = args[0].detach()
+
+            def on_grad(d):
+                xs = x.reshape(-1, x.shape[-1]).float() @ V
+                ds = d.reshape(-1, d.shape[-1]).float() @ U
+                g[key].add_((ds * xs).sum(0).double())
+
+            output.register_hook(on_grad)
+        return forward_hook
+
+    for t in targets:
+        hooks.append(model.get_submodule(t.name).register_forward_hook(watch(t.key)))
+    # all weights are frozen: let the gradient flow from the embeddings on
+    emb = model.get_input_embeddings()
+    hooks.append(emb.register_forward_hook(lambda m, a, out: out.requires_grad_(True)))
+    t1 = time.perf_counter()
+    try:
+        with torch.enable_grad():
+            loss = Scorer(tokenizer, examples, max_batch_tokens).loss_and_backward(model)
+    finally:
+        for h in hooks:
+            h.remove()
+    t_grad = time.perf_counter() - t1
+
+    scans = {}
+    for t in targets:
+        U, S, V = factors[t.key]
+        shape = tuple(weight_matrix(model.get_submodule(t.name)).shape)
+        gg = g[t.key].float()
+        scans[t.key] = MatrixScan(t, S, gg, tail_scores(S, gg, shape=shape))
+    return scans, {"svd_s": t_svd, "grad_s": t_grad, "loss": loss}
+
+
+def rank_targets(scans: dict[str, MatrixScan], score: str = DEFAULT_SCORE) -> list[MatrixScan]:
+    if score not in SCORES:
+        from .errors import UserError
+
+        raise UserError(f"unknown score {score!r}: use one of {', '.join(SCORES)}")
+    return sorted(scans.values(), key=lambda sc: sc.benefit(score), reverse=True)

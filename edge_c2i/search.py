@@ -1,0 +1,150 @@
+"""The C2I quick scan and LASER's exhaustive search, on one shared evaluator.
+
+Both score a configuration (matrix, rate, clusters) the same way: reduce the
+matrix in place, score the evaluation sample running only the blocks from the
+reduced one upward (the hidden states entering it are cached), restore it.
+The best accuracy wins, ties go to the lower loss; the winner is accepted only
+if it beats the unmodified model on the same sample by that same order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from torch import nn
+from tqdm import tqdm
+
+from .errors import UserError
+from .evaluate import Result, Scorer
+from .factorize import build_module, cluster_rows, rank_for, swap
+from .scan import DEFAULT_SCORE, rank_targets, singular_value_gradients
+from .targets import LASER_RATES, Target, find_targets, weight_matrix
+
+# C2I defaults (see README, "Choosing the defaults"): a handful of candidates,
+# a coarse rate grid, single subspace and one multi-subspace split.
+DEFAULT_TOP_K = 4
+DEFAULT_RATES = (0.5, 0.2, 0.05, 0.01)
+DEFAULT_CLUSTERS = (1, 4)
+
+
+@dataclass
+class Trial:
+    layer: int
+    type: str
+    rate: float
+    clusters: int
+    accuracy: float
+    loss: float
+
+    def key(self) -> tuple[float, float]:
+        return (self.accuracy, -self.loss)
+
+
+@dataclass
+class SearchResult:
+    method: str
+    base: Result
+    best: Trial | None  # None: nothing beat the unmodified model
+    trials: list[Trial]
+    candidates: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+
+def check_grid(rates, clusters) -> None:
+    for r in rates:
+        if not 0 < r <= 1:
+            raise UserError(f"rate {r} out of range: rates are fractions of rank kept, in (0, 1]")
+    for c in clusters:
+        if c < 1:
+            raise UserError(f"clusters must be >= 1, got {c}")
+
+
+def _try_all(model: nn.Module, scorer: Scorer, targets: list[Target], rates, clusters,
+             clustering: str, svds: dict, desc: str, progress: bool) -> list[Trial]:
+    """Score every (target, rate, clusters), restoring the model after each."""
+    by_layer: dict[int, list[Target]] = {}
+    for t in targets:
+        by_layer.setdefault(t.layer, []).append(t)
+    trials = []
+    bar = tqdm(total=len(targets) * len(rates) * len(clusters), desc=desc, disable=not progress)
+    for layer in sorted(by_layer):
+        scorer.cache_inputs(model, [layer])
+        for t in by_layer[layer]:
+            original = model.get_submodule(t.name)
+            W = weight_matrix(original).detach().float()
+            m, n = W.shape
+            for c in clusters:
+                if c > m:
+                    raise UserError(f"{c} clusters for {t.key} with only {m} rows: lower --clusters")
+                groups = cluster_rows(W, c, clustering) if c > 1 else None
+                group_svds = _group_svds(W, groups) if groups else None
+                for rate in rates:
+                    rank_for(rate, m, n)  # validates the rate
+                    new = build_module(original, rate, c, clustering, svds.get(t.key), groups, group_svds)
+                    swap(model, t.name, new)
+                    try:
+                        res = scorer.run(model, start_layer=layer)
+                    finally:
+                        swap(model, t.name, original)
+                    trials.append(Trial(t.layer, t.type, rate, c, res.accuracy, res.loss))
+                    bar.update()
+        scorer.drop_cache()
+    bar.close()
+    return trials
+
+
+def _group_svds(W, groups):
+    from .scan import decompose
+
+    return [decompose(W[idx]) for idx in groups]
+
+
+def _pick(base: Result, trials: list[Trial]) -> Trial | None:
+    if not trials:
+        return None
+    best = max(trials, key=Trial.key)
+    return best if best.key() > (base.accuracy, -base.loss) else None
+
+
+def c2i_search(model: nn.Module, tokenizer, calib, evals, top_k: int = DEFAULT_TOP_K,
+               rates=DEFAULT_RATES, clusters=DEFAULT_CLUSTERS, score: str = DEFAULT_SCORE,
+               clustering: str = "kmeans", layers=None, types=None,
+               progress: bool = True) -> SearchResult:
+    """Scan once, then try the top-K matrices x rates x clusterings on the evaluation sample."""
+    check_grid(rates, clusters)
+    if top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    t0 = time.perf_counter()
+    targets = find_targets(model, layers, types)
+    svds: dict = {}
+    scans, scan_t = singular_value_gradients(model, tokenizer, calib, targets, progress, svds=svds)
+    ranked = rank_targets(scans, score)
+    top = ranked[:top_k]
+    keep = {sc.target.key for sc in top}
+    svds = {k: v for k, v in svds.items() if k in keep}
+    t_scan = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    scorer = Scorer(tokenizer, evals)
+    base = scorer.run(model)
+    trials = _try_all(model, scorer, [sc.target for sc in top], rates, clusters, clustering,
+                      svds, "c2i search", progress)
+    t_search = time.perf_counter() - t1
+    candidates = [{"layer": sc.target.layer, "type": sc.target.type, "score": sc.benefit(score),
+                   "best_rate": sc.best_rate(score)} for sc in ranked]
+    return SearchResult("c2i", base, _pick(base, trials), trials, candidates,
+                        {"scan_s": t_scan, "search_s": t_search, **scan_t})
+
+
+def laser_search(model: nn.Module, tokenizer, evals, rates=LASER_RATES, layers=None, types=None,
+                 progress: bool = True) -> SearchResult:
+    """LASER: every (layer, type, rate), single subspace, scored on the validation split."""
+    check_grid(rates, (1,))
+    t0 = time.perf_counter()
+    targets = find_targets(model, layers, types)
+    scorer = Scorer(tokenizer, evals)
+    base = scorer.run(model)
+    trials = _try_all(model, scorer, targets, rates, (1,), "none", {}, "laser search", progress)
+    return SearchResult("laser", base, _pick(base, trials), trials, [],
+                        {"scan_s": 0.0, "search_s": time.perf_counter() - t0})

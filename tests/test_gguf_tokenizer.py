@@ -1,0 +1,128 @@
+"""The Gemma-3 .gguf tokenizer rebuilt as SentencePiece BPE segments, round-trips and fits the model."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from edge_c2i.gguf_tokenizer import fix_spm_bpe_tokenizer
+
+CACHE = Path.home() / ".cache" / "edge-c2i"
+GGUF = CACHE / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+MODEL = CACHE / "models" / "gemma3-270m"  # float32 conversion, saved with the broken tokenizer
+
+PARAGRAPHS = [
+    (
+        "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
+        "It is named after the engineer Gustave Eiffel, whose company designed and built it."
+    ),
+    (
+        "Photosynthesis is the process by which green plants use sunlight to turn water and "
+        "carbon dioxide into sugar and oxygen. It takes place mainly in the leaves."
+    ),
+    (
+        "After dinner we walked along the river, talking about our plans for the summer "
+        "holidays, until the sun went down and the air grew cold."
+    ),
+]
+
+needs_gemma = pytest.mark.skipif(
+    not (GGUF.is_file() and (MODEL / "config.json").is_file()), reason="Gemma-3 files missing"
+)
+
+
+@pytest.fixture(scope="module")
+def gemma_tokenizers():
+    """(broken Unigram tokenizer as transformers builds it, fixed BPE tokenizer)."""
+    from transformers import AutoTokenizer
+
+    broken = AutoTokenizer.from_pretrained(MODEL)
+    return broken, fix_spm_bpe_tokenizer(broken, GGUF)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
+
+
+def test_other_tokenizers_are_returned_unchanged(tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    gpt2_like = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.BPE({"a": 0, "b": 1, "ab": 2}, [("a", "b")]))
+    )
+    assert fix_spm_bpe_tokenizer(gpt2_like, tmp_path / "unread.gguf") is gpt2_like
+
+
+@needs_gemma
+def test_segmentation(gemma_tokenizers):
+    broken, fixed = gemma_tokenizers
+    tokens = fixed.convert_ids_to_tokens(fixed("The capital of France is").input_ids)
+    assert tokens == ["<bos>", "The", "▁capital", "▁of", "▁France", "▁is"]
+    tokens = fixed.tokenize("The quick brown fox jumps over the lazy dog.")
+    assert tokens == [
+        "The",
+        "▁quick",
+        "▁brown",
+        "▁fox",
+        "▁jumps",
+        "▁over",
+        "▁the",
+        "▁lazy",
+        "▁dog",
+        ".",
+    ]
+    assert fixed.tokenize("a  b\n\nc\td") == ["a", "▁▁", "b", "\n\n", "c", "\t", "d"]
+    assert fixed.tokenize("<start_of_turn>user") == ["<start_of_turn>", "user"]
+    for token in ("▁France", "<eos>", "<end_of_turn>", "\n"):  # same ids as the .gguf vocab
+        assert fixed.convert_tokens_to_ids(token) == broken.convert_tokens_to_ids(token)
+    assert (fixed.bos_token_id, fixed.eos_token_id, fixed.pad_token_id) == (2, 1, 0)
+
+
+@needs_gemma
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hello, world! It's 2024.",
+        "naïve café, Größe, 日本語のテキスト, Ωμέγα",
+        "emoji 😀🦜 and rare 𓀀 \x01",
+        "two\nlines\n\n\nand\ttabs",
+        "  multiple   spaces  ",
+        "<div>html</div> and <b>bold</b>",
+    ],
+)
+def test_round_trip(gemma_tokenizers, text):
+    _, fixed = gemma_tokenizers
+    ids = fixed(text).input_ids
+    assert ids[0] == fixed.bos_token_id
+    assert fixed.decode(ids, skip_special_tokens=True) == text
+    assert fixed.decode(fixed.encode(text, add_special_tokens=False)) == text
+
+
+def _nll(model, tokenizer, text: str) -> float:
+    """Negative log-likelihood (nats) of all tokens of `text` after <bos>."""
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        loss = model(ids, labels=ids).loss  # mean over the ids.shape[1] - 1 predicted tokens
+    return loss.item() * (ids.shape[1] - 1)
+
+
+@needs_gemma
+@pytest.mark.slow
+def test_model_prefers_fixed_tokenizer(gemma_tokenizers, model):
+    broken, fixed = gemma_tokenizers
+    chars = sum(len(text) for text in PARAGRAPHS)
+    nll_fixed = sum(_nll(model, fixed, text) for text in PARAGRAPHS) / chars
+    nll_broken = sum(_nll(model, broken, text) for text in PARAGRAPHS) / chars
+    print(f"NLL per character: fixed {nll_fixed:.3f}, broken {nll_broken:.3f} nats")
+    assert nll_fixed < 0.5 * nll_broken
+
+    ids = fixed("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    answer = fixed.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    print(f"greedy continuation: {answer!r}")
+    assert "Paris" in answer
