@@ -69,23 +69,32 @@ def _run_one(job: dict, path: str, name: str) -> tuple[dict, torch.Tensor]:
     k = job.get("k") or (max(1, int(job["k_frac"] * min(m, n))) if "k_frac" in job else None)
     _reset_peak()
     before = _status("VmRSS")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if method == "streamed":
         _, S, _ = msvd.svd_from_safetensors(path, name, budget=budget, k=k)
     else:
         _, S, _ = msvd.svd(W, method, k=k, budget=budget)
-    seconds = time.perf_counter() - start
-    estimate = msvd.workspace_bytes(m, n, "gram" if method == "streamed" else method, k)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    estimate = _planned_bytes(m, n, method, k, budget)
     row = {
         "name": name,
         "shape": [m, n],
         "k": k,
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "growth_bytes": _status("VmHWM") - before,
         "peak_rss_bytes": _status("VmHWM"),
         "estimate_bytes": estimate,
     }
     return row, S
+
+
+def _planned_bytes(m: int, n: int, method: str, k: int | None, budget: int | None) -> int:
+    """workspace_bytes at the chunk size the budget gives (gram and streamed)."""
+    if method not in ("gram", "streamed"):
+        return msvd.workspace_bytes(m, n, method, k)
+    rows = msvd.gram_chunk_rows(m, n, k, budget)
+    return msvd.workspace_bytes(m, n, "gram", k, chunk_rows=rows)
 
 
 def child(job: dict) -> None:
@@ -144,6 +153,7 @@ def summarize(method: str, report: dict, exact: dict | None) -> dict:
         "method": method,
         "matrices": len(rows),
         "seconds": sum(r["seconds"] for r in rows),
+        "cpu_seconds": sum(r["cpu_seconds"] for r in rows),
         "baseline_rss_mb": report["baseline_rss_bytes"] / MB,
         "peak_rss_mb": max(r["peak_rss_bytes"] for r in rows) / MB,
         "max_growth_mb": max(r["growth_bytes"] for r in rows) / MB,
@@ -156,12 +166,27 @@ def summarize(method: str, report: dict, exact: dict | None) -> dict:
             S, ref = report["spectra"][r["name"]], exact["spectra"][r["name"]]
             top = r["k"] or min(r["shape"]) // 2  # top-k, else the top 50%
             errs.append(rel_err(S[:top], ref))
+            r["rel_err_top"] = errs[-1]
             if r["k"]:
                 excess.append(truncation_excess(S, ref))
+                r["truncation_excess"] = excess[-1]
         summary["max_rel_err_top"] = max(errs)
         if excess:
             summary["max_truncation_excess"] = max(excess)
+    summary["rows"] = [_short(r) for r in rows]
     return summary
+
+
+def _short(row: dict) -> dict:
+    """A per-matrix row for the JSON file: MB and rounded numbers."""
+    out = {"name": row["name"], "shape": row["shape"], "k": row["k"]}
+    out["seconds"], out["cpu_seconds"] = round(row["seconds"], 4), round(row["cpu_seconds"], 4)
+    out["growth_mb"] = round(row["growth_bytes"] / MB, 2)
+    out["estimate_mb"] = round(row["estimate_bytes"] / MB, 2)
+    for key in ("rel_err_top", "truncation_excess"):
+        if key in row:
+            out[key] = float(f"{row[key]:.3g}")
+    return out
 
 
 def bench_workload(path: Path, names: list[str], methods: dict, tmp: Path) -> list[dict]:
@@ -263,14 +288,14 @@ def precision_synthetic(m: int = 1024, n: int = 512) -> list[dict]:
 
 def print_table(title: str, summaries: list[dict]) -> None:
     print(f"\n{title}")
-    head = f"{'method':<11}{'time s':>9}{'peak RSS MB':>13}{'SVD growth MB':>15}"
+    head = f"{'method':<11}{'time s':>9}{'CPU s':>9}{'peak RSS MB':>13}{'SVD growth MB':>15}"
     head += f"{'estimate MB':>13}{'growth/est':>11}{'max rel err':>13}{'trunc excess':>14}"
     print(head)
     for s in summaries:
         err = s.get("max_rel_err_top")
         excess = s.get("max_truncation_excess")
         print(
-            f"{s['method']:<11}{s['seconds']:>9.2f}{s['peak_rss_mb']:>13.0f}"
+            f"{s['method']:<11}{s['seconds']:>9.2f}{s['cpu_seconds']:>9.2f}{s['peak_rss_mb']:>13.0f}"
             f"{s['max_growth_mb']:>15.1f}{s['max_estimate_mb']:>13.1f}"
             f"{s['max_growth_over_estimate']:>11.2f}"
             f"{'reference' if err is None else f'{err:.1e}':>13}"

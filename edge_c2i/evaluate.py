@@ -62,12 +62,20 @@ class Result:
         return {"accuracy": self.accuracy, "loss": self.loss, "n": self.n}
 
 
+def body(model: nn.Module) -> nn.Module:
+    """The transformer under the LM head (returns last_hidden_state)."""
+    prefix = getattr(model, model.base_model_prefix, None)
+    return prefix if isinstance(prefix, nn.Module) else model.get_decoder()
+
+
 class _Skip(nn.Module):
     """Stands in for a block below the cached one: passes its input through."""
 
-    def __init__(self, tuple_output: bool):
+    def __init__(self, block: nn.Module, tuple_output: bool):
         super().__init__()
         self.tuple_output = tuple_output
+        if hasattr(block, "attention_type"):  # Gemma-3 picks the mask by the block's type
+            self.attention_type = block.attention_type
 
     def forward(self, hidden_states, *args, **kwargs):
         return (hidden_states,) if self.tuple_output else hidden_states
@@ -165,7 +173,7 @@ class Scorer:
 
     def _answer_logprobs(self, model: nn.Module, batch: dict):
         """Log-prob of each answer token and the argmax token at its position."""
-        base = getattr(model, model.base_model_prefix)
+        base = body(model)
         mask = batch["attention_mask"].to(model.dtype)
         hidden = base(input_ids=batch["input_ids"], attention_mask=mask,
                       position_ids=batch["position_ids"], use_cache=False).last_hidden_state
@@ -280,7 +288,7 @@ class Scorer:
 
         hook = blocks[layer].register_forward_pre_hook(feed, with_kwargs=True)
         for i in range(layer):
-            blocks[i] = _Skip(bool(self._tuple_output))
+            blocks[i] = _Skip(originals[i], bool(self._tuple_output))
         try:
             yield
         finally:

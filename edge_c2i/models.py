@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .gguf_tokenizer import fix_spm_bpe_tokenizer
 from .paths import home
 
 # name -> (Python package that ships the file, file name inside the package)
@@ -73,6 +74,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     add_bos = _gguf_field(gguf, "tokenizer.ggml.add_bos_token")
     if add_bos is not None:  # transformers ignores this field; llama.cpp honours it
         tokenizer.add_bos_token = bool(add_bos)
+    tokenizer = fix_spm_bpe_tokenizer(tokenizer, gguf)  # Gemma: BPE, not Unigram
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config

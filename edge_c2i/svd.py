@@ -141,8 +141,14 @@ def _gram_row_bytes(m: int, n: int, r: int) -> int:
     return 4 * p + 8 * p + 8 * r
 
 
-def workspace_bytes(m: int, n: int, method: str, k: int | None = None) -> int:
-    """Estimated bytes an SVD of an (m, n) matrix allocates; see the module docstring."""
+def workspace_bytes(
+    m: int, n: int, method: str, k: int | None = None, chunk_rows: int = MIN_CHUNK_ROWS
+) -> int:
+    """Estimated bytes an SVD of an (m, n) matrix allocates; see the module docstring.
+
+    For gram the figure is at ``chunk_rows`` rows per chunk (the smallest by default;
+    ``gram_chunk_rows`` gives the size a budget allows).
+    """
     r = min(m, n) if k is None else k
     if method == "exact":
         return _exact_bytes(m, n)
@@ -151,7 +157,7 @@ def workspace_bytes(m: int, n: int, method: str, k: int | None = None) -> int:
         return 4 * 3 * (m + n) * ell + _exact_bytes(ell, min(m, n))
     if method == "gram":
         eigh, held = _gram_fixed_bytes(m, n, r)
-        return max(eigh, held + MIN_CHUNK_ROWS * _gram_row_bytes(m, n, r))
+        return max(eigh, held + chunk_rows * _gram_row_bytes(m, n, r))
     raise UserError(f"unknown SVD method {method!r}: use one of exact, randomized, gram")
 
 

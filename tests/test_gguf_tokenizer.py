@@ -120,9 +120,16 @@ def test_model_prefers_fixed_tokenizer(gemma_tokenizers, model):
     print(f"NLL per character: fixed {nll_fixed:.3f}, broken {nll_broken:.3f} nats")
     assert nll_fixed < 0.5 * nll_broken
 
+    # This base model continues the bare prompt with " the capital of the country of France.",
+    # but "▁Paris" is among its top-3 next tokens (rank > 1000 under the broken tokenizer) ...
     ids = fixed("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits[0, -1]
+    assert fixed.convert_tokens_to_ids("▁Paris") in logits.topk(3).indices.tolist()
+    # ... and greedily answers the question.
+    ids = fixed("Q: What is the capital of France?\nA:", return_tensors="pt").input_ids
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=8, do_sample=False)
     answer = fixed.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-    print(f"greedy continuation: {answer!r}")
+    print(f"greedy answer: {answer!r}")
     assert "Paris" in answer

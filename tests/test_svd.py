@@ -20,7 +20,7 @@ from edge_c2i.svd import parse_size, svd, svd_from_safetensors, workspace_bytes
 MODELS = Path.home() / ".cache" / "edge-c2i" / "models"
 SMOL = MODELS / "smollm2-135m" / "model.safetensors"
 GEMMA = MODELS / "gemma3-270m" / "model.safetensors"
-RANDOMIZED_TOL = 1e-2  # top-k relative error of the randomized SVD for k = p // 10 (measured)
+RANDOMIZED_TOL = 2e-2  # randomized top-k, k = p // 10: worst of all 126 Gemma-3 matrices 1.45e-2
 
 # tall, wide and square matrices; the SmolLM2 q_proj has condition number ~3e3
 CASES = [

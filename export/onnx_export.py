@@ -1,0 +1,223 @@
+"""Export a model to an ONNX decoder with KV cache; optionally int8 and ORT format.
+
+The graph work is optimum's: ``onnx_export_from_model`` with task
+``text-generation-with-past`` traces the loaded model (applying its mask patches for this
+transformers version).  An adapted folder loads with its factor modules in place, so a
+reduced matrix is exported as the MatMuls of its factors (multi-subspace: one MatMul with
+the stacked B's, one per group with A_g, a Gather back to the original row order), never as
+a dense product.
+
+The output folder is written to a temp folder next to it and renamed at the end:
+
+    model.onnx               fp32 decoder: input_ids, attention_mask, position_ids,
+                             past_key_values.{i}.key/value -> logits, present.{i}.key/value
+    model_int8.onnx          --int8: 8-bit weights, on top of the factors
+    model.ort, model_int8.ort, required_operators.config
+                             --ort: ORT format and the operator list for a reduced build
+    tokenizer files, config.json, generation_config.json
+    edge_c2i_export.json     the manifest read by export.runtime and the Android app
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from edge_c2i.errors import UserError
+
+from . import parity
+from .postprocess import (
+    INT8_SCHEMES,
+    convert_to_ort,
+    out_matmul_prefixes,
+    quantize_int8,
+    share_tied_weights,
+)
+from .runtime import MANIFEST, OnnxLM
+
+EXPORT_TASK = "text-generation-with-past"
+ADAPTED_FILES = ("edge_c2i.json", "report.json")  # written by edge-c2i adapt
+
+
+def export_model(source: str, out: str | Path, int8: bool = False, ort: bool = False,
+                 force: bool = False, opset: int | None = None, check: bool = True,
+                 int8_scheme: str = "blockwise") -> dict:
+    """Export ``source`` (packaged name, HF folder, .gguf or adapted folder) to ``out``.
+
+    Returns the manifest.  Raises UserError if ``out`` exists without ``force``, if
+    ``source`` is not a model, or if a parity check fails; then nothing is left behind.
+    """
+    from edge_c2i.models import load_model, resolve
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to replace it")
+    if int8_scheme not in INT8_SCHEMES:
+        raise UserError(f"unknown int8 scheme {int8_scheme!r}: use {' or '.join(INT8_SCHEMES)}")
+    clock = _Clock()
+    where = resolve(source)
+    model, tokenizer = load_model(source)
+    clock.lap("load")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        opset = export_graph(model, tokenizer, tmp, opset)
+        manifest = describe(source, where, model, tokenizer, tmp, opset)
+        manifest["timings"] = clock.lap("export")
+        _write_manifest(tmp, manifest)
+        if int8:
+            manifest["int8"] = quantize_int8(tmp / "model.onnx", tmp / "model_int8.onnx",
+                                             int8_scheme, out_matmul_prefixes(model))
+            clock.lap("int8")
+        if ort:
+            manifest["ort"] = convert_to_ort(tmp)
+            clock.lap("ort")
+        manifest["parity"] = check_parity(model, tokenizer, tmp) if check else None
+        clock.lap("parity")
+        manifest["files"] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+        _write_manifest(tmp, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def export_graph(model, tokenizer, folder: Path, opset: int | None = None) -> int:
+    """optimum's decoder-with-past export of ``model`` into ``folder``; returns the opset."""
+    import onnx
+    from optimum.exporters.onnx import onnx_export_from_model
+    from optimum.utils import logging as optimum_logging
+
+    verbosity = optimum_logging.get_verbosity()
+    optimum_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python control flow
+            onnx_export_from_model(model, folder, task=EXPORT_TASK, opset=opset,
+                                   do_validation=False)  # parity.py checks more strictly
+    finally:
+        optimum_logging.set_verbosity(verbosity)
+    share_tied_weights(folder / "model.onnx")
+    tokenizer.save_pretrained(folder)  # an adapted model has no hub name to fetch it from
+    if not (folder / "tokenizer.json").is_file():
+        raise UserError("the model's tokenizer has no tokenizer.json (a fast tokenizer is needed)")
+    graph = onnx.load(folder / "model.onnx", load_external_data=False)
+    return next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+
+
+class _Clock:
+    """Seconds spent in each stage."""
+
+    def __init__(self):
+        self.t, self.laps = time.perf_counter(), {}
+
+    def lap(self, name: str) -> dict:
+        now = time.perf_counter()
+        self.laps[f"{name}_s"] = round(now - self.t, 1)
+        self.t = now
+        return self.laps
+
+
+def describe(source: str, where, model, tokenizer, folder: Path, opset: int) -> dict:
+    """The manifest: where the model came from and what a runtime needs to drive it."""
+    import onnx
+    import onnxruntime
+    import optimum
+    import torch
+    import transformers
+
+    config, gen = model.config, getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    eos = eos if eos is not None else config.eos_token_id
+    with_special = tokenizer("Hello")["input_ids"]
+    add_bos = len(with_special) > len(tokenizer("Hello", add_special_tokens=False)["input_ids"])
+    add_bos = add_bos and with_special[0] == tokenizer.bos_token_id
+    bos = getattr(gen, "bos_token_id", None)
+    bos = with_special[0] if add_bos else bos if bos is not None else config.bos_token_id
+    graph = onnx.load(folder / "model.onnx", load_external_data=False).graph
+    heads = config.num_attention_heads
+    return {
+        "format": 1,
+        "source": str(source),
+        **_adapted_info(where),
+        "export_task": EXPORT_TASK,
+        "opset": opset,
+        "model_type": config.model_type,
+        "num_layers": config.num_hidden_layers,
+        "num_kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+        "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads,
+        "vocab_size": config.vocab_size,
+        "eos_token_id": eos if isinstance(eos, list) else [eos] if eos is not None else [],
+        "bos_token_id": bos,
+        "add_bos_token": bool(add_bos),
+        "clean_up_tokenization_spaces": bool(getattr(tokenizer, "clean_up_tokenization_spaces",
+                                                     False)),
+        "input_names": [i.name for i in graph.input],
+        "output_names": [o.name for o in graph.output],
+        "int8": None,
+        "ort": None,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "optimum": getattr(optimum, "__version__", None),
+                     "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+    }
+
+
+def _adapted_info(where) -> dict:
+    """Task, method and reductions of an adapted folder (edge_c2i.json, report.json)."""
+    info = {"adapted": False, "base_model": None, "task": None, "method": None,
+            "chosen": None, "reductions": []}
+    if not isinstance(where, Path) or not (where / ADAPTED_FILES[0]).is_file():
+        return info
+    manifest = json.loads((where / ADAPTED_FILES[0]).read_text())
+    info.update(adapted=True, base_model=manifest.get("base_model"), task=manifest.get("task"),
+                method=manifest.get("method"), reductions=manifest.get("reductions", []))
+    if (where / ADAPTED_FILES[1]).is_file():
+        report = json.loads((where / ADAPTED_FILES[1]).read_text())
+        info["chosen"] = report.get("chosen")
+        info["test_accuracy"] = {k: (report.get(k) or {}).get("accuracy")
+                                 for k in ("base", "adapted")}
+    elif info["reductions"]:
+        info["chosen"] = info["reductions"][0]
+    return info
+
+
+def check_parity(model, tokenizer, folder: Path) -> dict:
+    """Figures of every model file in ``folder`` against PyTorch; UserError out of tolerance."""
+    import torch
+
+    threads = torch.get_num_threads()
+    files = [f for f in ("model.onnx", "model.ort", "model_int8.onnx", "model_int8.ort")
+             if (folder / f).is_file()]
+    refs, figures = None, {}
+    for name in files:
+        lm = OnnxLM(folder, threads, name)
+        if refs is None:
+            _check_tokenizer(lm, tokenizer)
+            refs = parity.references(model, lm)
+        figures[name] = parity.compare(lm, refs)
+        why = parity.failure(figures[name], int8="int8" in name)
+        if why:
+            raise UserError(f"parity check failed for {name}: {why} (PyTorch vs ONNX Runtime "
+                            f"on {len(refs)} prompts); nothing was written")
+        del lm
+    return {"prompts": list(parity.PROMPTS), "new_tokens": parity.NEW_TOKENS,
+            "fp32_atol": parity.FP32_ATOL, "int8_min_corr": parity.INT8_MIN_CORR,
+            "int8_min_top1": parity.INT8_MIN_TOP1, **figures}
+
+
+def _check_tokenizer(lm: OnnxLM, tokenizer) -> None:
+    """The runtime's tokenizer.json must give the ids the transformers tokenizer gives."""
+    for prompt in parity.PROMPTS:
+        if lm.encode(prompt) != tokenizer(prompt)["input_ids"]:
+            raise UserError(f"tokenizer.json encodes {prompt!r} differently from the model's "
+                            "tokenizer; nothing was written")
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -1,0 +1,136 @@
+"""What happens to the exported model.onnx: a tied LM head without a copy, int8, ORT format."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections import Counter
+from pathlib import Path
+
+from edge_c2i.errors import UserError
+
+BLOCK_SIZE = 32  # blockwise int8: one scale per 32 weights along the input dimension
+INT8_SCHEMES = ("blockwise", "dynamic")
+LARGE = 1_800_000_000  # bytes: above this a model keeps its weights in an external file
+
+
+def _is_large(path: Path) -> bool:
+    return path.stat().st_size > LARGE or any(path.parent.glob(path.name + "*data"))
+
+
+def share_tied_weights(path: Path) -> int:
+    """Turn MatMul(x, Transpose(W)) on a 2-D weight W into FusedMatMul(x, W, transB=1).
+
+    optimum exports a tied LM head as a Transpose of the embedding matrix.  ONNX Runtime
+    folds that Transpose into a transposed copy at load time and stores the copy in every
+    .ort file (vocab x hidden floats, 113 MB for SmolLM2).  FusedMatMul (an ONNX Runtime
+    contrib op) reads W transposed in place.  Returns the number of MatMuls rewritten.
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(path)
+    graph = model.graph
+    weights = {t.name for t in graph.initializer if len(t.dims) == 2}
+    producer = {out: node for node in graph.node for out in node.output}
+    uses = Counter(name for node in graph.node for name in node.input)
+    done = []
+    for node in graph.node:
+        t = producer.get(node.input[1]) if node.op_type == "MatMul" else None
+        if t is None or t.op_type != "Transpose" or t.input[0] not in weights:
+            continue
+        if uses[t.output[0]] != 1:
+            continue
+        node.op_type, node.domain = "FusedMatMul", "com.microsoft"
+        node.input[1] = t.input[0]
+        node.attribute.extend([helper.make_attribute("alpha", 1.0),
+                               helper.make_attribute("transB", 1)])
+        done.append(t)
+    if not done:
+        return 0
+    for t in done:
+        graph.node.remove(t)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    large = _is_large(path)
+    onnx.save(model, path, save_as_external_data=large, all_tensors_to_one_file=True,
+              location=path.name + "_data")
+    return len(done)
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    """onnxruntime.quantization logs every node at INFO on the root logger: hold it down."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def out_matmul_prefixes(model) -> list[str]:
+    """ONNX node-name prefixes of the MLP output matrices (down_proj and the like)."""
+    from edge_c2i.targets import find_targets
+
+    return ["/" + t.name.replace(".", "/") + "/" for t in find_targets(model) if t.type == "out"]
+
+
+def quantize_int8(src: Path, dst: Path, scheme: str = "blockwise",
+                  exclude_prefixes: list[str] | None = None) -> dict:
+    """Write an 8-bit-weight copy of ``src``; returns how it was made.
+
+    ``blockwise`` (default): weight-only int8 with one scale per ``BLOCK_SIZE`` inputs
+    (MatMulNBits, bits=8, accuracy level 4: int8 compute with per-block activation scales).
+    ``dynamic``: ``quantize_dynamic``, per-channel uint8 weights (int8 weights overflow the
+    u8 x s8 kernels of CPUs without VNNI) and per-tensor dynamic activations; the MatMuls
+    named by ``exclude_prefixes`` (the MLP output matrices) stay fp32 because their inputs
+    carry outlier activations that one scale per tensor cannot represent.
+    Only MatMuls with constant weights change: the factors stay separate MatMuls.
+    """
+    if scheme not in INT8_SCHEMES:
+        raise UserError(f"unknown int8 scheme {scheme!r}: use {' or '.join(INT8_SCHEMES)}")
+    large = _is_large(src)
+    with _quiet_logging():
+        if scheme == "blockwise":
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+            quantizer = MatMulNBitsQuantizer(str(src), bits=8, block_size=BLOCK_SIZE,
+                                             is_symmetric=True, accuracy_level=4,
+                                             op_types_to_quantize=("MatMul",))
+            quantizer.process()
+            quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
+            return {"scheme": scheme, "op": "com.microsoft.MatMulNBits", "bits": 8,
+                    "block_size": BLOCK_SIZE, "accuracy_level": 4}
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        graph = onnx.load(src, load_external_data=False).graph
+        excluded = [n.name for n in graph.node if n.op_type == "MatMul"
+                    and any(n.name.startswith(p) for p in exclude_prefixes or ())]
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True,
+                         weight_type=QuantType.QUInt8, nodes_to_exclude=excluded,
+                         use_external_data_format=large)
+    return {"scheme": scheme, "op": "MatMulInteger", "weights": "uint8 per channel",
+            "activations": "uint8 per tensor, dynamic", "fp32_matmuls": len(excluded)}
+
+
+def convert_to_ort(folder: Path) -> dict:
+    """ORT-format copies of every .onnx in ``folder``, plus required_operators.config."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import (
+        OptimizationStyle,
+        convert_onnx_models_to_ort,
+    )
+
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        convert_onnx_models_to_ort(folder, optimization_styles=[OptimizationStyle.Fixed])
+    config = folder / "required_operators.config"
+    if not config.is_file():
+        raise UserError(f"the ORT conversion wrote no {config.name}:\n{log.getvalue()}")
+    return {"optimization": "fixed, level all", "config": config.name,
+            "models": sorted(p.name for p in folder.glob("*.ort"))}

@@ -1,0 +1,93 @@
+import pytest
+import torch
+from conftest import TINY, tiny_model
+
+from edge_c2i.evaluate import Result, Scorer, calibrated_accuracy, encode
+from edge_c2i.tasks import Example, load_task, split
+
+
+@pytest.fixture(scope="module")
+def epistemic():
+    return split(load_task("bigbench:epistemic_reasoning"), n_calib=20, n_eval=20)
+
+
+def flat(rows):
+    return [x for row in rows for x in row]
+
+
+def one_at_a_time(model, tok, ex):
+    """Reference: one unpadded sequence per (example, answer), full logits."""
+    out = []
+    for a in ex.choices or (ex.answer,):
+        ctx, ans = encode(tok, ex.prompt, a)
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([ctx + ans])).logits[0], -1)
+        out.append(sum(lp[len(ctx) + t - 1, tok_id].item() for t, tok_id in enumerate(ans)))
+    return out
+
+
+def test_batched_scores_equal_one_at_a_time_on_the_real_model(smol, epistemic):
+    model, tok = smol
+    examples = epistemic.eval[:8]
+    res = Scorer(tok, examples, max_batch_tokens=512).run(model)
+    for ex, got in zip(examples, res.choice_logprobs):
+        assert got == pytest.approx(one_at_a_time(model, tok, ex), abs=2e-4)
+    assert 0 <= res.accuracy <= 1 and res.loss > 0
+
+
+def test_open_answer_scores_on_the_real_model(smol):
+    model, tok = smol
+    ex = [Example("The capital of France is ", "Paris"), Example("One, two, three, four, ", "five")]
+    res = Scorer(tok, ex).run(model)
+    assert res.first_token_correct == [True, True]
+    ref = [one_at_a_time(model, tok, e)[0] / len(encode(tok, e.prompt, e.answer)[1]) for e in ex]
+    assert res.loss == pytest.approx(-sum(ref) / 2, abs=1e-4)
+
+
+def test_leading_space_goes_into_the_answer(smol):
+    _, tok = smol
+    ctx, ans = encode(tok, "The capital of France is ", "Paris")
+    assert tok.decode(ans) == " Paris" and not tok.decode(ctx).endswith(" ")
+
+
+def test_cached_prefix_gives_the_same_scores_as_a_full_run(smol, epistemic):
+    model, tok = smol
+    scorer = Scorer(tok, epistemic.eval[:6])
+    full = scorer.run(model)
+    scorer.cache_inputs(model, [25])
+    part = scorer.run(model, start_layer=25)
+    assert flat(part.choice_logprobs) == pytest.approx(flat(full.choice_logprobs), abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_cached_prefix_on_every_architecture(arch):
+    model = tiny_model(arch)
+
+    class Tok:  # a byte-level stand-in tokenizer for the random model
+        pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [3 + (ord(c) % 90) for c in text]}
+
+    examples = [Example(f"question {i}: ", "yes", ("yes", "no way")) for i in range(4)]
+    scorer = Scorer(Tok(), examples)
+    full = scorer.run(model)
+    scorer.cache_inputs(model, [1])
+    part = scorer.run(model, start_layer=1)
+    assert flat(part.choice_logprobs) == pytest.approx(flat(full.choice_logprobs), abs=1e-4)
+
+
+def test_calibration_control_fits_a_bias_that_flips_a_biased_model():
+    # the model always prefers choice 0 by a margin of 1, but gold is choice 1 when margin < 1.5
+    def res(margins, gold):
+        return Result(0, 0, [[0.0, -m] for m in margins], gold, None, len(gold))
+
+    labels = ("true", "false")
+    evals = [Example("p", labels[g], labels) for g in [1, 1, 0, 0]]
+    tests = [Example("p", labels[g], labels) for g in [1, 0]]
+    ev = res([1.0, 1.2, 2.0, 2.5], [1, 1, 0, 0])
+    te = res([1.1, 2.2], [1, 0])
+    assert calibrated_accuracy(ev, te, evals, tests) == 1.0
+    # tasks without one fixed label set get no control
+    mixed = [Example("p", "a", ("a", "b")), Example("p", "c", ("c", "d"))]
+    assert calibrated_accuracy(res([1, 1], [0, 0]), te, mixed, tests) is None

@@ -1,0 +1,58 @@
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from edge_c2i.evaluate import Scorer
+from edge_c2i.scan import rank_targets, singular_value_gradients, tail_scores
+from edge_c2i.targets import get_target, weight_matrix
+from edge_c2i.tasks import load_task, split
+
+
+def test_singular_value_gradients_match_autograd_on_the_real_model(smol):
+    model, tok = smol
+    examples = split(load_task("bigbench:epistemic_reasoning"), n_calib=8, n_eval=8).calib
+    targets = [get_target(model, 5, "out"), get_target(model, 27, "q")]
+    scans, _ = singular_value_gradients(model, tok, examples, targets, progress=False)
+    for t in targets:
+        # reference: W = U diag(s) V^T with s a leaf that requires grad, through autograd
+        module = model.get_submodule(t.name)
+        U, S, Vh = torch.linalg.svd(module.weight.detach(), full_matrices=False)
+        param = _FromSingularValues(U, S, Vh)
+        parametrize.register_parametrization(module, "weight", param)
+        try:
+            with torch.enable_grad():
+                Scorer(tok, examples).loss_and_backward(model)
+        finally:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        ref, got = param.s.grad, scans[t.key].g
+        rel = (got - ref).norm() / ref.norm()  # u_i^T G v_i does not depend on the signs
+        assert rel <= 1e-4, (t.key, float(rel))
+
+
+class _FromSingularValues(torch.nn.Module):
+    def __init__(self, U, S, Vh):
+        super().__init__()
+        self.U, self.Vh = U, Vh
+        self.s = torch.nn.Parameter(S.clone())
+
+    def forward(self, _original):
+        return self.U @ torch.diag(self.s) @ self.Vh
+
+
+def test_scores_follow_the_formulas():
+    s = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    g = torch.tensor([0.1, -0.2, 0.3, 0.5])
+    sc = tail_scores(s, g, rates=(0.5, 0.25), shape=(4, 8))
+    assert sc["first_order"][0.5] == pytest.approx(-(2 * 0.3 + 1 * 0.5))  # k = 2: cut s_2, s_3
+    assert sc["tail_grad"][0.25] == pytest.approx(0.6)  # k = 1: cut g_1..g_3
+
+
+def test_ranking_orders_by_predicted_benefit(smol):
+    model, tok = smol
+    examples = split(load_task("bigbench:epistemic_reasoning"), n_calib=4, n_eval=4).calib
+    targets = [get_target(model, i, "o") for i in (1, 15, 28)]
+    scans, timings = singular_value_gradients(model, tok, examples, targets, progress=False)
+    ranked = rank_targets(scans, "first_order")
+    benefits = [sc.benefit("first_order") for sc in ranked]
+    assert benefits == sorted(benefits, reverse=True)
+    assert timings["grad_s"] > 0 and timings["loss"] > 0
