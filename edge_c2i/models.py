@@ -29,6 +29,10 @@ PACKAGED = {
 }
 DEFAULT_MODEL = "smollm2-135m"
 ADAPTED_MANIFEST = "edge_c2i.json"  # marks a folder written by edge-c2i adapt
+# Bumped when the conversion changes (2: GGUF add_bos_token honoured, Gemma BPE tokenizer),
+# so that caches written by an older version are converted again.
+CONVERTER_VERSION = 2
+CONVERTED_MARK = "edge_c2i_converted.json"
 
 
 def _package_dir(package: str) -> Path:
@@ -86,6 +90,8 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     try:
         clean.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        mark = {"converter": CONVERTER_VERSION, "source": str(gguf)}
+        (tmp / CONVERTED_MARK).write_text(json.dumps(mark))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -104,11 +110,18 @@ def _gguf_field(gguf: Path, key: str):
     return field.parts[field.data[0]][0].item()
 
 
+def _converted(folder: Path) -> bool:
+    try:
+        return json.loads((folder / CONVERTED_MARK).read_text())["converter"] == CONVERTER_VERSION
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def resolve(name_or_path: str) -> Path | str:
     """A local folder for packaged names and .gguf files (converted once); else unchanged."""
     if name_or_path in PACKAGED:
         folder = home() / "models" / name_or_path
-        if not (folder / "config.json").exists():
+        if not _converted(folder):
             print(f"edge-c2i: converting the packaged {name_or_path} to {folder} (once)")
             convert_gguf(packaged_gguf(name_or_path), folder)
         return folder
@@ -118,7 +131,7 @@ def resolve(name_or_path: str) -> Path | str:
             raise UserError(f"no such .gguf file: {path}")
         stat = path.stat()
         folder = home() / "models" / f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
-        if not (folder / "config.json").exists():
+        if not _converted(folder):
             convert_gguf(path, folder)
         return folder
     if path.exists():

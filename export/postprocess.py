@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -61,11 +62,11 @@ def share_tied_weights(path: Path) -> int:
 
 @contextlib.contextmanager
 def _quiet_logging():
-    """onnxruntime.quantization logs every node at INFO on the root logger: hold it down."""
+    """onnxruntime.quantization logs every node on the root logger: hold it down."""
     loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.WARNING)
+        lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
@@ -77,7 +78,9 @@ def out_matmul_prefixes(model) -> list[str]:
     """ONNX node-name prefixes of the MLP output matrices (down_proj and the like)."""
     from edge_c2i.targets import find_targets
 
-    return ["/" + t.name.replace(".", "/") + "/" for t in find_targets(model) if t.type == "out"]
+    # the tracer names nodes by module path, "/model/layers.20/mlp/down_proj/MatMul"
+    return ["/" + re.sub(r"\.(?!\d)", "/", t.name) + "/"
+            for t in find_targets(model) if t.type == "out"]
 
 
 def quantize_int8(src: Path, dst: Path, scheme: str = "blockwise",
@@ -127,7 +130,7 @@ def convert_to_ort(folder: Path) -> dict:
     )
 
     log = io.StringIO()
-    with contextlib.redirect_stdout(log):
+    with contextlib.redirect_stdout(log), _quiet_logging():
         convert_onnx_models_to_ort(folder, optimization_styles=[OptimizationStyle.Fixed])
     config = folder / "required_operators.config"
     if not config.is_file():

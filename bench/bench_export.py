@@ -1,0 +1,240 @@
+"""Benchmark of the ONNX export: size, ONNX Runtime latency, peak memory and task accuracy.
+
+Variants of SmolLM2-135M
+  dense              the packaged model, fp32
+  adapted            one reduced matrix (layer 20 down_proj, rate 0.2), fp32
+  int8               dense, 8-bit weights (blockwise MatMulNBits, the default scheme)
+  int8-dynamic       dense, quantize_dynamic (the alternative scheme)
+  adapted+int8       adapted, 8-bit weights
+  compressed         every MLP matrix (gate, up, down) of every layer at rate 0.25, fp32
+  compressed+int8    compressed, 8-bit weights
+
+For each: bytes of the model file on disk; latency of a 128-token prefill and the mean
+time per generated token over 32 greedy steps with the KV cache, at 1 and 2 threads;
+the peak resident memory of that ONNX Runtime process; accuracy and loss on 100 examples
+of bigbench:epistemic_reasoning (the eval split), in ONNX Runtime and in PyTorch.
+
+Every measurement runs in a fresh subprocess that imports no torch (export.runtime only).
+Peak memory is VmHWM from /proc/self/status inside the child: a fresh address space
+after exec, so unlike ru_maxrss it does not carry the parent's peak into the child.
+
+    python bench/bench_export.py       # writes bench/results/export.json, prints a table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "export.json"
+MODEL = "smollm2-135m"
+TASK = "bigbench:epistemic_reasoning"
+N_EXAMPLES = 100
+PREFILL, NEW_TOKENS = 128, 32
+THREADS = (1, 2)
+ONE_MATRIX = (20, "out", 0.2)  # layer, type, rate of the "adapted" variant
+COMPRESS_TYPES, COMPRESS_RATE = ("gate", "in", "out"), 0.25
+MB = 1e6
+
+
+# ---------------------------------------------------------------- child side (no torch)
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise KeyError("VmHWM")
+
+
+def child_latency(job: dict) -> dict:
+    """Load, prefill PREFILL tokens, then NEW_TOKENS greedy steps; timings and peak memory."""
+    import numpy as np
+
+    from export.runtime import OnnxLM
+
+    t0 = time.perf_counter()
+    lm = OnnxLM(job["dir"], job["threads"], job["file"])
+    load = time.perf_counter() - t0
+    ids = np.random.default_rng(0).integers(100, 40000, PREFILL).tolist()
+    lm.step(ids[:8])  # warm-up
+    t0 = time.perf_counter()
+    logits, cache = lm.step(ids)
+    prefill = time.perf_counter() - t0
+    token = int(logits[-1].argmax())
+    t0 = time.perf_counter()
+    for _ in range(NEW_TOKENS):
+        logits, cache = lm.step([token], cache)
+        token = int(logits[-1].argmax())
+    per_token = (time.perf_counter() - t0) / NEW_TOKENS
+    return {"load_s": load, "prefill_ms": prefill * 1e3, "per_token_ms": per_token * 1e3,
+            "peak_rss_bytes": _peak_rss()}
+
+
+def child_accuracy(job: dict) -> dict:
+    from edge_c2i.tasks import load_task, split
+    from export.runtime import evaluate_onnx
+
+    examples = split(load_task(TASK)).eval[:N_EXAMPLES]
+    t0 = time.perf_counter()
+    res = evaluate_onnx(job["dir"], examples, job["file"], job["threads"])
+    return {**res, "seconds": time.perf_counter() - t0, "peak_rss_bytes": _peak_rss()}
+
+
+def run_child(job: dict) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps(job)]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False,
+                         env={**os.environ, "OMP_NUM_THREADS": str(job["threads"])})
+    if run.returncode != 0:
+        raise RuntimeError(f"child {job} failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- parent side
+
+
+def build_sources(work: Path) -> dict[str, str]:
+    """The adapted and compressed folders (dense is the packaged name)."""
+    from edge_c2i.factorize import reduce, save_adapted
+    from edge_c2i.models import load_model
+    from edge_c2i.targets import find_targets, get_target
+
+    sources = {"dense": MODEL}
+    layer, kind, rate = ONE_MATRIX
+    for name in ("adapted", "compressed"):
+        folder = work / f"src-{name}"
+        sources[name] = str(folder)
+        if (folder / "edge_c2i.json").is_file():
+            continue
+        model, tok = load_model(MODEL)
+        if name == "adapted":
+            targets, rate_used = [get_target(model, layer, kind)], rate
+        else:
+            targets = [t for t in find_targets(model) if t.type in COMPRESS_TYPES]
+            rate_used = COMPRESS_RATE
+        reductions = [reduce(model, t, rate_used) for t in targets]
+        save_adapted(model, tok, folder, reductions, info={"base_model": MODEL, "method": name})
+    return sources
+
+
+def torch_accuracy(source: str) -> dict:
+    import torch
+
+    from edge_c2i.evaluate import evaluate
+    from edge_c2i.models import load_model
+    from edge_c2i.tasks import load_task, split
+
+    torch.set_num_threads(2)
+    model, tok = load_model(source)
+    return evaluate(model, tok, split(load_task(TASK)).eval[:N_EXAMPLES])
+
+
+def export_all(sources: dict[str, str], work: Path) -> dict[str, tuple[Path, str, dict]]:
+    """variant -> (export folder, model file, manifest); exports are reused if present."""
+    from export.onnx_export import export_model
+
+    plan = {"dense": ("dense", "blockwise"), "adapted": ("adapted", "blockwise"),
+            "compressed": ("compressed", "blockwise"), "dense-dyn": ("dense", "dynamic")}
+    out = {}
+    for folder_name, (source, scheme) in plan.items():
+        folder = work / f"onnx-{folder_name}"
+        if not (folder / "edge_c2i_export.json").is_file():
+            t0 = time.perf_counter()
+            export_model(sources[source], folder, int8=True, force=True, int8_scheme=scheme)
+            print(f"exported {folder_name} in {time.perf_counter() - t0:.0f}s", flush=True)
+        manifest = json.loads((folder / "edge_c2i_export.json").read_text())
+        if scheme == "dynamic":
+            out["int8-dynamic"] = (folder, "model_int8.onnx", manifest)
+            continue
+        out[source] = (folder, "model.onnx", manifest)
+        out["int8" if source == "dense" else f"{source}+int8"] = (folder, "model_int8.onnx",
+                                                                  manifest)
+    order = ("dense", "adapted", "int8", "int8-dynamic", "adapted+int8", "compressed",
+             "compressed+int8")
+    return {k: out[k] for k in order}
+
+
+def measure(variants: dict, sources: dict[str, str]) -> list[dict]:
+    rows = []
+    torch_acc = {}
+    for name, (folder, file, manifest) in variants.items():
+        base = name.split("+")[0].replace("int8-dynamic", "dense").replace("int8", "dense")
+        if base not in torch_acc:
+            torch_acc[base] = torch_accuracy(sources[base])
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith(file))
+        row = {"variant": name, "folder": folder.name, "file": file, "bytes": size,
+               "parity": (manifest.get("parity") or {}).get(file),
+               "int8": manifest.get("int8") if "int8" in file else None,
+               "reductions": len(manifest.get("reductions", [])),
+               "latency": {}, "accuracy_torch": torch_acc[base]}
+        for threads in THREADS:
+            row["latency"][str(threads)] = run_child(
+                {"kind": "latency", "dir": str(folder), "file": file, "threads": threads})
+        row["accuracy_onnx"] = run_child(
+            {"kind": "accuracy", "dir": str(folder), "file": file, "threads": 2})
+        rows.append(row)
+        print(f"measured {name}", flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| variant | file MB | prefill 128 ms (1t / 2t) | ms/token (1t / 2t) | "
+            "peak RSS MB (1t) | accuracy ORT | accuracy PyTorch | loss ORT |")
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        lat = r["latency"]
+        lines.append(
+            f"| {r['variant']} | {r['bytes'] / MB:.0f} | "
+            f"{lat['1']['prefill_ms']:.0f} / {lat['2']['prefill_ms']:.0f} | "
+            f"{lat['1']['per_token_ms']:.1f} / {lat['2']['per_token_ms']:.1f} | "
+            f"{lat['1']['peak_rss_bytes'] / MB:.0f} | {r['accuracy_onnx']['accuracy']:.2f} | "
+            f"{r['accuracy_torch']['accuracy']:.2f} | {r['accuracy_onnx']['loss']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep the exports here and reuse them (default: a temp folder)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.child:
+        job = json.loads(args.child)
+        print(json.dumps((child_latency if job["kind"] == "latency" else child_accuracy)(job)))
+        return
+    import onnxruntime
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        sources = build_sources(work)
+        rows = measure(export_all(sources, work), sources)
+    result = {
+        "model": MODEL, "task": TASK, "n_examples": N_EXAMPLES, "split": "eval",
+        "prefill_tokens": PREFILL, "new_tokens": NEW_TOKENS,
+        "adapted": {"layer": ONE_MATRIX[0], "type": ONE_MATRIX[1], "rate": ONE_MATRIX[2]},
+        "compressed": {"types": COMPRESS_TYPES, "rate": COMPRESS_RATE},
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor(),
+                    "onnxruntime": onnxruntime.__version__},
+        "seconds": time.perf_counter() - t0,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(table(rows))
+    print(f"\n{args.out} written in {result['seconds'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""ONNX export of the real SmolLM2-135M, adapted with a single- and a multi-subspace reduction.
+
+One session-scoped export (int8 + .ort + parity check) serves most tests; the parity
+figures it measured are in its manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edge_c2i.errors import UserError
+from export import onnx_export, parity
+from export.onnx_export import export_model
+from export.runtime import MANIFEST, OnnxLM, evaluate_onnx
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+SINGLE, MULTI = (20, "out", 1), (10, "out", 4)  # (layer, type, clusters), rate 0.2
+RATE = 0.2
+
+
+@pytest.fixture(scope="session")
+def adapted(tmp_path_factory):
+    """An adapted folder and its PyTorch model: down_proj of layer 20 (c=1) and 10 (c=4)."""
+    from edge_c2i.factorize import reduce, save_adapted
+    from edge_c2i.models import load_model
+    from edge_c2i.targets import get_target
+
+    model, tok = load_model("smollm2-135m")
+    reductions = [reduce(model, get_target(model, layer, kind), RATE, clusters=c)
+                  for layer, kind, c in (SINGLE, MULTI)]
+    folder = tmp_path_factory.mktemp("adapted") / "smol-adapted"
+    save_adapted(model, tok, folder, reductions,
+                 info={"base_model": "smollm2-135m", "task": "bigbench:epistemic_reasoning",
+                       "method": "test"})
+    return folder, model, tok
+
+
+@pytest.fixture(scope="session")
+def exported(adapted, tmp_path_factory):
+    """The adapted folder exported with int8 and ORT format (parity checked at export)."""
+    out = tmp_path_factory.mktemp("onnx") / "smol-onnx"
+    manifest = export_model(str(adapted[0]), out, int8=True, ort=True)
+    return out, manifest
+
+
+def test_fp32_logits_and_greedy_tokens_match_pytorch(exported, adapted):
+    out, manifest = exported
+    fig = manifest["parity"]["model.onnx"]
+    assert fig["max_abs_logit_diff"] <= 1e-3
+    assert fig["greedy_same"] == fig["prompts"] == len(parity.PROMPTS)
+    # independently: the runtime's own generate loop against transformers' generate
+    model, tok = adapted[1], adapted[2]
+    lm = OnnxLM(out)
+    for prompt in ("The capital of France is", "Water boils at a temperature of"):
+        ids = lm.encode(prompt)
+        assert ids == tok(prompt)["input_ids"]
+        with torch.no_grad():
+            full = model(torch.tensor([ids])).logits[0].numpy()
+            want = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)),
+                                  max_new_tokens=10, do_sample=False, pad_token_id=2)
+        assert np.abs(lm.logits(ids) - full).max() <= 1e-3
+        assert lm.greedy(ids, 10)[0] == want[0, len(ids):].tolist()
+
+
+def _weights_of(graph, prefix: str) -> list[tuple[int, ...]]:
+    """Shapes of the 2-D initializers read by the nodes named under ``prefix``."""
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer if len(t.dims) == 2}
+    return sorted(shapes[i] for n in graph.node if n.name.startswith(prefix)
+                  for i in n.input if i in shapes)
+
+
+def test_factors_stay_factored_in_the_graph(exported, adapted):
+    out, _ = exported
+    graph = onnx.load(out / "model.onnx", load_external_data=False).graph
+    model = adapted[1]
+    single = model.get_submodule("model.layers.20.mlp.down_proj")
+    k = single.rank
+    # MatMul weights are stored input x output: B^T (1536 x k), then A^T (k x 576)
+    assert _weights_of(graph, "/model/layers.20/mlp/down_proj/") == sorted([(1536, k), (k, 576)])
+    multi = model.get_submodule("model.layers.10.mlp.down_proj")
+    want = [(1536, sum(multi.ranks))] + [(r, s) for r, s in zip(multi.ranks, multi.group_sizes)]
+    assert _weights_of(graph, "/model/layers.10/mlp/down_proj/") == sorted(want)
+    ops = {n.op_type for n in graph.node if n.name.startswith("/model/layers.10/mlp/down_proj/")}
+    assert "Gather" in ops  # the rows go back to their order
+    assert _weights_of(graph, "/model/layers.5/mlp/down_proj/") == [(1536, 576)]  # not reduced
+    assert not any(d == (1536, 576) for d in _weights_of(graph, "/model/layers.20/"))
+    # int8 quantizes each factor on its own: still separate MatMulNBits, never a product
+    q = onnx.load(out / "model_int8.onnx", load_external_data=False).graph
+    nbits = [n for n in q.node if n.op_type == "MatMulNBits"
+             and n.name.startswith("/model/layers.20/mlp/down_proj/")]
+    dims = sorted(tuple(a.i for a in n.attribute if a.name in ("K", "N")) for n in nbits)
+    assert dims == sorted([(1536, k), (k, 576)])
+
+
+def test_int8_is_within_tolerance_and_smaller(exported):
+    manifest = exported[1]
+    fig = manifest["parity"]["model_int8.onnx"]
+    assert parity.failure(fig, int8=True) is None
+    assert fig["logit_corr_mean"] >= parity.INT8_MIN_CORR
+    assert fig["top1_agreement"] >= parity.INT8_MIN_TOP1
+    files = manifest["files"]
+    assert files["model_int8.onnx"] < 0.5 * files["model.onnx"]
+    assert manifest["int8"]["scheme"] == "blockwise"
+
+
+def test_ort_format_loads_and_gives_the_same_greedy_tokens(exported):
+    out, manifest = exported
+    assert (out / "required_operators.config").is_file()
+    ops = (out / "required_operators.config").read_text()
+    assert "MatMul" in ops and "com.microsoft" in ops
+    onnx_lm, ort_lm = OnnxLM(out, model_file="model.onnx"), OnnxLM(out, model_file="model.ort")
+    for prompt in ("The capital of France is", "def add(a, b):"):
+        ids = onnx_lm.encode(prompt)
+        assert ort_lm.greedy(ids, 8)[0] == onnx_lm.greedy(ids, 8)[0]
+    assert manifest["parity"]["model_int8.ort"]["greedy_same"] >= 1
+    # the tied LM head reads the embedding in place: no transposed copy in the .ort file
+    assert manifest["files"]["model.ort"] < 1.05 * manifest["files"]["model.onnx"]
+
+
+def test_manifest_has_what_the_android_app_reads(exported):
+    out, manifest = exported
+    on_disk = json.loads((out / MANIFEST).read_text())
+    assert on_disk == json.loads(json.dumps(manifest))
+    assert (manifest["num_layers"], manifest["num_kv_heads"], manifest["head_dim"]) == (30, 3, 64)
+    assert manifest["eos_token_id"] == [2]  # config's <|im_end|>, not the tokenizer's eos
+    assert manifest["add_bos_token"] is False
+    assert manifest["input_names"][:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert "past_key_values.29.value" in manifest["input_names"]
+    assert manifest["output_names"][0] == "logits" and "present.0.key" in manifest["output_names"]
+    assert manifest["adapted"] and manifest["task"] == "bigbench:epistemic_reasoning"
+    assert [r["clusters"] for r in manifest["reductions"]] == [1, 4]
+    for name in ("tokenizer.json", "config.json", "generation_config.json"):
+        assert (out / name).is_file()
+
+
+def test_runtime_path_does_not_import_torch(exported):
+    out, _ = exported
+    code = textwrap.dedent(f"""
+        import sys
+        from types import SimpleNamespace
+        from export.cli import generate_command
+        from export.runtime import OnnxLM, evaluate_onnx
+        from edge_c2i.tasks import Example
+        generate_command(SimpleNamespace(onnx={str(out)!r}, prompt="Hello", max_new_tokens=2,
+                                         int8=True, threads=1))
+        evaluate_onnx({str(out)!r}, [Example("Is it? ", "yes", ("yes", "no"))])
+        heavy = sorted(m for m in ("torch", "transformers", "optimum") if m in sys.modules)
+        print("HEAVY", heavy)
+    """)
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "HEAVY []" in run.stdout
+
+
+def test_onnx_accuracy_matches_pytorch_on_a_task_sample(exported, adapted):
+    from edge_c2i.evaluate import evaluate
+    from edge_c2i.tasks import load_task, split
+
+    examples = split(load_task("bigbench:epistemic_reasoning")).eval[:30]
+    want = evaluate(adapted[1], adapted[2], examples)
+    got = evaluate_onnx(exported[0], examples, threads=2)
+    assert got["n"] == want["n"] == 30
+    assert abs(got["accuracy"] - want["accuracy"]) <= 0.01
+    assert got["loss"] == pytest.approx(want["loss"], abs=1e-3)
+
+
+def test_cli_exports_the_packaged_model_and_generates_paris(tmp_path, capsys):
+    from edge_c2i.cli import main
+
+    out = tmp_path / "dense"
+    assert main(["export", "smollm2-135m", "--out", str(out)]) == 0
+    assert (out / "model.onnx").is_file() and not (out / "model_int8.onnx").exists()
+    capsys.readouterr()
+    assert main(["generate", "--onnx", str(out), "--prompt", "The capital of France is",
+                 "--max-new-tokens", "8"]) == 0
+    assert "Paris" in capsys.readouterr().out
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_existing_out_without_force_is_refused_and_kept(tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="--force"):
+        export_model("smollm2-135m", out)
+    assert _leftovers(tmp_path) == ["taken"] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
+    src = tmp_path / "not-a-model"
+    src.mkdir()
+    (src / "notes.txt").write_text("hello")
+    with pytest.raises(UserError, match="not a model"):
+        export_model(str(src), tmp_path / "out")
+    assert _leftovers(tmp_path) == ["not-a-model"]
+
+
+def test_a_parity_failure_leaves_nothing_behind(exported, adapted, tmp_path, monkeypatch):
+    done = exported[0]
+
+    def fake_export(model, tokenizer, folder, opset=None):  # reuse the session's graph
+        for f in done.iterdir():
+            if f.name == "model.onnx":
+                os.link(f, folder / f.name)  # 534 MB: a hard link, not a copy
+            elif f.suffix not in (".onnx", ".ort") and f.name != MANIFEST:
+                shutil.copy(f, folder)
+        return 18
+
+    monkeypatch.setattr(onnx_export, "export_graph", fake_export)
+    monkeypatch.setattr(parity, "PROMPTS", parity.PROMPTS[:1])
+    monkeypatch.setattr(parity, "FP32_ATOL", -1.0)  # nothing can pass
+    with pytest.raises(UserError, match="parity check failed"):
+        export_model(str(adapted[0]), tmp_path / "out")
+    assert _leftovers(tmp_path) == []
