@@ -283,6 +283,19 @@ def precision_synthetic(m: int = 1024, n: int = 512) -> list[dict]:
     return rows
 
 
+def chooser_table() -> list[dict]:
+    """What "auto" picks for the 4096 x 11008 matrix at a few budgets and ranks."""
+    rows = []
+    for k in (None, 40, 409):
+        for budget in ("256MB", "640MB", "1GB"):
+            try:
+                choice = msvd.choose_method(4096, 11008, k, msvd.parse_size(budget))
+            except msvd.UserError as exc:
+                choice = f"UserError: {exc}"
+            rows.append({"k": k, "budget": budget, "method": choice})
+    return rows
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -332,6 +345,7 @@ def main() -> None:
     print("precision", flush=True)
     results["precision_real"] = precision_real()
     results["precision_synthetic"] = precision_synthetic()
+    results["chooser_4096x11008"] = chooser_table()
     results["load_average_end"] = os.getloadavg()
     results["total_seconds"] = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -344,6 +358,9 @@ def main() -> None:
     print("synthetic spectrum 1 .. 1e-12, max rel err per decade:")
     for row in results["precision_synthetic"]:
         print(f"  {row['sigma_over_max']:<12} exact {row['exact']:.1e}  gram {row['gram']:.1e}")
+    print("auto on 4096 x 11008:")
+    for row in results["chooser_4096x11008"]:
+        print(f"  k={row['k']!s:<5} budget {row['budget']:<6} -> {row['method']}")
     print(f"\nwrote {args.out} ({results['total_seconds']:.0f} s)")
 
 

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,12 +29,13 @@ def check_out_dir(out: str | Path, force: bool) -> Path:
     out = Path(out)
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to replace it")
-    parent = out.parent if str(out.parent) else Path(".")
-    probe = parent
+    probe = out.parent
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise UserError(f"cannot write {out}: {probe} is not writable")
+    try:  # os.access says yes to root even where nothing can be created (/proc, read-only mounts)
+        tempfile.TemporaryDirectory(dir=probe).cleanup()
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {probe} is not writable ({e.strerror})") from None
     return out
 
 

@@ -119,7 +119,10 @@ def cmd_adapt(args, method: str = "c2i") -> int:
     from .api import adapt, check_out_dir, save
     from .models import load_model
 
+    from .search import check_grid
+
     _threads(args.threads)
+    check_grid(args.rates or (), getattr(args, "clusters", None) or ())  # before any heavy work
     out = check_out_dir(args.out, args.force)
     model, tok = load_model(args.model)
     kwargs = dict(n_eval=args.eval_samples, n_test=args.test_samples, seed=args.seed,
