@@ -18,3 +18,4 @@ demo: install
 
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests device_tests
+	bash android_demo/jvm-test.sh

@@ -43,11 +43,15 @@ def adapt(model: nn.Module, tokenizer, task: str | Task, method: str = "c2i",
           n_calib: int = 100, n_eval: int = 100, n_test: int | None = 1000, seed: int = 0,
           top_k: int = DEFAULT_TOP_K, rates=None, clusters=DEFAULT_CLUSTERS,
           score: str = DEFAULT_SCORE, clustering: str = "kmeans", layers=None, types=None,
-          progress: bool = True, model_name: str = "") -> dict:
-    """Search a reduction for ``task``, apply the winner to ``model`` in place, return the report."""
+          progress: bool = True, model_name: str = "", protocol: str | None = None) -> dict:
+    """Search a reduction for ``task``, apply the winner to ``model`` in place, return the report.
+
+    ``protocol`` picks the splits (tasks.split); by default LASER uses its own
+    (first 20% validation), C2I its seeded calibration/evaluation/test samples.
+    """
     t0 = time.perf_counter()
     task = load_task(task) if isinstance(task, str) else task
-    protocol = "laser" if method == "laser" else "c2i"
+    protocol = protocol or ("laser" if method == "laser" else "c2i")
     splits = split(task, n_calib, n_eval, n_test, seed, protocol)
     params_before = count_params(model)
     if method == "c2i":

@@ -60,6 +60,8 @@ def export_model(source: str, out: str | Path, int8: bool = False, ort: bool = F
         raise UserError(f"unknown int8 scheme {int8_scheme!r}: use {' or '.join(INT8_SCHEMES)}")
     clock = _Clock()
     where = resolve(source)
+    if isinstance(where, Path) and where.resolve() in (out.resolve(), *out.resolve().parents):
+        raise UserError(f"--out {out} would replace the model it exports; choose another folder")
     model, tokenizer = load_model(source)
     clock.lap("load")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -146,23 +146,19 @@ class OnnxLM:
         """Logits at every position of ``ids`` (one pass, empty cache)."""
         return self.step(ids)[0]
 
-    def greedy(self, ids: list[int], max_new_tokens: int = 16) -> tuple[list[int], np.ndarray]:
-        """Greedy continuation of ``ids``: prefill once, then one token a step; with its logits."""
+    def greedy(self, ids: list[int], max_new_tokens: int = 16) -> list[int]:
+        """Greedy continuation of ``ids``: prefill once, then one token a step; stops at EOS."""
         logits, cache = self.step(ids)
-        last, out, seen = logits[-1], [], []
-        for _ in range(max_new_tokens):
-            token = int(last.argmax())
-            seen.append(last)
-            out.append(token)
-            if token in self.eos_ids or len(out) == max_new_tokens:
-                break
-            logits, cache = self.step([token], cache)
-            last = logits[-1]
-        return out, np.stack(seen) if seen else np.zeros((0, 0), np.float32)
+        out: list[int] = []
+        while True:
+            out.append(int(logits[-1].argmax()))
+            if out[-1] in self.eos_ids or len(out) >= max_new_tokens:
+                return out
+            logits, cache = self.step(out[-1:], cache)
 
     def generate(self, prompt: str, max_new_tokens: int = 16) -> str:
         """Greedy continuation of ``prompt`` as text (special tokens dropped)."""
-        return self.decode(self.greedy(self.encode(prompt), max_new_tokens)[0])
+        return self.decode(self.greedy(self.encode(prompt), max_new_tokens))
 
     # ------------------------------------------------------------------ scoring
 

@@ -71,7 +71,7 @@ def test_fp32_logits_and_greedy_tokens_match_pytorch(exported, adapted):
             want = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)),
                                   max_new_tokens=10, do_sample=False, pad_token_id=2)
         assert np.abs(lm.logits(ids) - full).max() <= 1e-3
-        assert lm.greedy(ids, 10)[0] == want[0, len(ids):].tolist()
+        assert lm.greedy(ids, 10) == want[0, len(ids):].tolist()
 
 
 def _weights_of(graph, prefix: str) -> list[tuple[int, ...]]:
@@ -123,7 +123,7 @@ def test_ort_format_loads_and_gives_the_same_greedy_tokens(exported):
     onnx_lm, ort_lm = OnnxLM(out, model_file="model.onnx"), OnnxLM(out, model_file="model.ort")
     for prompt in ("The capital of France is", "def add(a, b):"):
         ids = onnx_lm.encode(prompt)
-        assert ort_lm.greedy(ids, 8)[0] == onnx_lm.greedy(ids, 8)[0]
+        assert ort_lm.greedy(ids, 8) == onnx_lm.greedy(ids, 8)
     assert manifest["parity"]["model_int8.ort"]["greedy_same"] >= 1
     # the tied LM head reads the embedding in place: no transposed copy in the .ort file
     assert manifest["files"]["model.ort"] < 1.05 * manifest["files"]["model.onnx"]
@@ -209,6 +209,15 @@ def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
     with pytest.raises(UserError, match="not a model"):
         export_model(str(src), tmp_path / "out")
     assert _leftovers(tmp_path) == ["not-a-model"]
+
+
+def test_an_out_folder_that_holds_the_source_is_refused(tmp_path):
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="would replace"):
+        export_model(str(src), src, force=True)
+    assert _leftovers(src) == ["config.json"]
 
 
 def test_a_parity_failure_leaves_nothing_behind(exported, adapted, tmp_path, monkeypatch):

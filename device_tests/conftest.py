@@ -1,0 +1,54 @@
+"""The exported model under test.
+
+By default: the packaged smollm2-135m adapted by C2I to fact_checker/fever
+(a small search, so CI stays quick), exported with int8 and the ORT format,
+plus PyTorch reference outputs; built once with the edge-c2i CLI and cached
+under $EDGE_C2I_HOME/device_export.  Set EDGE_C2I_DEVICE_DIR to test another
+export (it needs device_reference.json: python device_tests/make_reference.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+ADAPT = ["--model", "smollm2-135m", "--task", "bigbench:fact_checker/fever", "--samples", "32",
+         "--eval-samples", "32", "--top-k", "2", "--rates", "0.2,0.05", "--clusters", "1,4",
+         "--test-samples", "20"]
+CACHE_KEY = "smollm2-fever-c2i-v1"
+
+
+def _run(*args: str) -> None:
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{r.stderr[-3000:]}")
+
+
+def build_default_export() -> Path:
+    from edge_c2i.paths import home
+
+    final = home() / "device_export" / CACHE_KEY
+    if (final / "onnx" / "device_reference.json").is_file():
+        return final / "onnx"
+    work = final.with_name(final.name + ".tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    cli = ["-m", "edge_c2i.cli"]
+    _run(*cli, "adapt", *ADAPT, "--out", str(work / "adapted"))
+    _run(*cli, "export", str(work / "adapted"), "--out", str(work / "onnx"), "--int8", "--ort")
+    _run(str(HERE / "make_reference.py"), str(work / "onnx"), "--model", str(work / "adapted"))
+    shutil.rmtree(final, ignore_errors=True)
+    work.rename(final)
+    return final / "onnx"
+
+
+@pytest.fixture(scope="session")
+def onnx_dir() -> Path:
+    given = os.environ.get("EDGE_C2I_DEVICE_DIR")
+    return Path(given) if given else build_default_export()
