@@ -308,8 +308,8 @@ def print_table(title: str, summaries: list[dict]) -> None:
         err = s.get("max_rel_err_top")
         excess = s.get("max_truncation_excess")
         print(
-            f"{s['method']:<11}{s['seconds']:>9.2f}{s['cpu_seconds']:>9.2f}{s['peak_rss_mb']:>13.0f}"
-            f"{s['max_growth_mb']:>15.1f}{s['max_estimate_mb']:>13.1f}"
+            f"{s['method']:<11}{s['seconds']:>9.2f}{s['cpu_seconds']:>9.2f}"
+            f"{s['peak_rss_mb']:>13.0f}{s['max_growth_mb']:>15.1f}{s['max_estimate_mb']:>13.1f}"
             f"{s['max_growth_over_estimate']:>11.2f}"
             f"{'reference' if err is None else f'{err:.1e}':>13}"
             f"{'' if excess is None else f'{excess:.1e}':>14}"

@@ -40,8 +40,8 @@ gram        max(G + eigh, held + chunk) with
             gives the largest chunk a budget allows.
 A budget counts what the call allocates, outputs included; for ``svd`` the input W
 is not counted (it is already resident), for ``svd_from_safetensors`` nothing of W
-is.  Measured peak-RSS growth over these estimates (bench/results/svd.json, MKL, 2
-threads): see the ``growth/est`` column there; streaming SmolLM2's 113 MB embedding
+is.  Measured peak-RSS growth over these estimates (bench/results/svd.json, MKL,
+2 threads): exact 0.52-0.76, gram 0.72-0.92; streaming SmolLM2's 113 MB embedding
 (k = 8) with a 32 / 48 / 96 MB budget grows RSS by 22.0 / 38.0 / 86.0 MB.  A small
 budget makes the gram path slower, never larger, down to its floor: for p = 4096
 that is ~554 MB, the float64 eigh of the 4096 x 4096 Gram matrix.
@@ -87,6 +87,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -387,7 +388,7 @@ def tensor_info(path: str | Path, tensor_name: str) -> TensorInfo:
     return TensorInfo(path, tensor_name, dtype, itemsize, (rows, cols), 8 + length + begin)
 
 
-def _read_exact(f, view: memoryview) -> None:
+def _read_exact(f: BinaryIO, view: memoryview) -> None:
     """Fill ``view`` from the current file position (raw reads may return short)."""
     done = 0
     while done < len(view):
