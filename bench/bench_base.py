@@ -40,7 +40,8 @@ def main() -> None:
             rows.append({"model": name, "task": task, "n": res["n"], "accuracy": res["accuracy"],
                          "loss": res["loss"], "seconds": time.perf_counter() - t})
             print(rows[-1], flush=True)
-    write_result("base", {"test_samples": args.test_samples, "rows": rows})
+            # written after every row, so an interrupted run keeps what it measured
+            write_result("base", {"test_samples": args.test_samples, "rows": rows})
     print(table(rows, [("model", "model"), ("task", "task"), ("n", "n"),
                        ("accuracy", "accuracy"), ("loss", "loss")]))
 

@@ -79,6 +79,9 @@ def main() -> None:
                 row["laser_full_grid_s_estimated"] / row["c2i_multi_s"])
             rows.append(row)
             print(row, flush=True)
+            write_result("search", {"laser_subset": {"layers": layers, "types": types,
+                                                     "rates": rates},
+                                    "test_samples": args.test_samples, "rows": rows})
     write_result("search", {"laser_subset": {"layers": layers, "types": types, "rates": rates},
                             "test_samples": args.test_samples, "rows": rows})
     print(table(rows, [("model", "model"), ("task", "task"), ("base_acc", "base"),

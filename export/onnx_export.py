@@ -69,7 +69,8 @@ def export_model(source: str, out: str | Path, int8: bool = False, ort: bool = F
     try:
         opset = export_graph(model, tokenizer, tmp, opset)
         manifest = describe(source, where, model, tokenizer, tmp, opset)
-        manifest["timings"] = clock.lap("export")
+        clock.lap("export")
+        manifest["timings"] = clock.laps  # filled in as the stages finish
         _write_manifest(tmp, manifest)
         if int8:
             manifest["int8"] = quantize_int8(tmp / "model.onnx", tmp / "model_int8.onnx",
@@ -103,6 +104,8 @@ def export_graph(model, tokenizer, folder: Path, opset: int | None = None) -> in
             warnings.simplefilter("ignore")  # tracer warnings about Python control flow
             onnx_export_from_model(model, folder, task=EXPORT_TASK, opset=opset,
                                    do_validation=False)  # parity.py checks more strictly
+    except ValueError as e:  # optimum's word for an unsupported architecture or task
+        raise UserError(f"optimum cannot export this model: {e}") from None
     finally:
         optimum_logging.set_verbosity(verbosity)
     share_tied_weights(folder / "model.onnx")
@@ -119,20 +122,17 @@ class _Clock:
     def __init__(self):
         self.t, self.laps = time.perf_counter(), {}
 
-    def lap(self, name: str) -> dict:
+    def lap(self, name: str) -> None:
         now = time.perf_counter()
         self.laps[f"{name}_s"] = round(now - self.t, 1)
         self.t = now
-        return self.laps
 
 
 def describe(source: str, where, model, tokenizer, folder: Path, opset: int) -> dict:
     """The manifest: where the model came from and what a runtime needs to drive it."""
+    from importlib.metadata import version
+
     import onnx
-    import onnxruntime
-    import optimum
-    import torch
-    import transformers
 
     config, gen = model.config, getattr(model, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None)
@@ -164,9 +164,8 @@ def describe(source: str, where, model, tokenizer, folder: Path, opset: int) -> 
         "output_names": [o.name for o in graph.output],
         "int8": None,
         "ort": None,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "optimum": getattr(optimum, "__version__", None),
-                     "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "versions": {p: version(p) for p in ("torch", "transformers", "optimum", "optimum-onnx",
+                                             "onnx", "onnxruntime")},
     }
 
 

@@ -135,5 +135,7 @@ def convert_to_ort(folder: Path) -> dict:
     config = folder / "required_operators.config"
     if not config.is_file():
         raise UserError(f"the ORT conversion wrote no {config.name}:\n{log.getvalue()}")
+    # its comments name the models by path: keep the names only (the folder is renamed)
+    config.write_text(config.read_text().replace(f"{folder.resolve()}/", ""))
     return {"optimization": "fixed, level all", "config": config.name,
             "models": sorted(p.name for p in folder.glob("*.ort"))}

@@ -3,8 +3,16 @@ import torch
 from conftest import tiny_model
 
 from edge_c2i.errors import UserError
-from edge_c2i.factorize import (LowRankLinear, MultiSubspaceLinear, build_module, cluster_rows,
-                                count_params, rank_for, reduce, save_adapted)
+from edge_c2i.factorize import (
+    LowRankLinear,
+    MultiSubspaceLinear,
+    build_module,
+    cluster_rows,
+    count_params,
+    rank_for,
+    reduce,
+    save_adapted,
+)
 from edge_c2i.models import load_model
 from edge_c2i.targets import get_target, weight_matrix
 

@@ -1,15 +1,14 @@
 """The Gemma-3 .gguf tokenizer rebuilt as SentencePiece BPE segments, round-trips and fits the model."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from edge_c2i.gguf_tokenizer import fix_spm_bpe_tokenizer
 
-CACHE = Path.home() / ".cache" / "edge-c2i"
-GGUF = CACHE / "gguf" / "gemma-3-270m-q4_k_m.gguf"
-MODEL = CACHE / "models" / "gemma3-270m"  # float32 conversion, saved with the broken tokenizer
+from edge_c2i.paths import home
+
+GGUF = home() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+MODEL = home() / "models" / "gemma3-270m"  # float32 conversion (its weights are what matter)
 
 PARAGRAPHS = [
     (
@@ -36,7 +35,7 @@ def gemma_tokenizers():
     """(broken Unigram tokenizer as transformers builds it, fixed BPE tokenizer)."""
     from transformers import AutoTokenizer
 
-    broken = AutoTokenizer.from_pretrained(MODEL)
+    broken = AutoTokenizer.from_pretrained(GGUF.parent, gguf_file=GGUF.name)
     return broken, fix_spm_bpe_tokenizer(broken, GGUF)
 
 

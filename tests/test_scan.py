@@ -4,7 +4,7 @@ from torch.nn.utils import parametrize
 
 from edge_c2i.evaluate import Scorer
 from edge_c2i.scan import rank_targets, singular_value_gradients, tail_scores
-from edge_c2i.targets import get_target, weight_matrix
+from edge_c2i.targets import get_target
 from edge_c2i.tasks import load_task, split
 
 

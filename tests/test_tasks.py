@@ -30,7 +30,7 @@ def test_splits_are_deterministic_and_disjoint():
     a, b = split(task, seed=3), split(task, seed=3)
     assert a.calib == b.calib and a.eval == b.eval and a.test == b.test
     assert (len(a.calib), len(a.eval), len(a.test)) == (100, 100, 1000)
-    ids = lambda xs: {id(x) for x in xs}  # noqa: E731
+    ids = lambda xs: {id(x) for x in xs}
     assert not ids(a.calib) & ids(a.eval) and not ids(a.eval) & ids(a.test)
     assert split(task, seed=4).calib != a.calib
 
