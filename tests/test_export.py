@@ -234,7 +234,7 @@ def test_a_parity_failure_leaves_nothing_behind(exported, adapted, tmp_path, mon
 
     monkeypatch.setattr(onnx_export, "export_graph", fake_export)
     monkeypatch.setattr(parity, "PROMPTS", parity.PROMPTS[:1])
-    monkeypatch.setattr(parity, "FP32_ATOL", -1.0)  # nothing can pass
+    monkeypatch.setattr(parity, "FP32_FAIL", -1.0)  # nothing can pass
     with pytest.raises(UserError, match="parity check failed"):
         export_model(str(adapted[0]), tmp_path / "out")
     assert _leftovers(tmp_path) == []
