@@ -62,8 +62,9 @@ def share_tied_weights(path: Path) -> int:
 
 @contextlib.contextmanager
 def _quiet_logging():
-    """onnxruntime.quantization logs every node on the root logger: hold it down."""
-    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization")]
+    """onnxruntime's quantizers and converter log every step at INFO or DEBUG: hold them down."""
+    names = ("onnxruntime.quantization", "ort_format_model.utils")
+    loggers = [logging.getLogger(), *map(logging.getLogger, names)]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
