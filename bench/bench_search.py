@@ -1,28 +1,74 @@
-"""C2I vs LASER on the packaged models and BIG-bench tasks, measured in one run.
+"""C2I vs LASER on the packaged models and BIG-bench tasks, and the evidence for C2I's defaults.
 
-    python bench/bench_search.py --models smollm2-135m --tasks bigbench:fact_checker/fever \\
-        --laser-layers 24-29 --laser-types in,out,gate --laser-rates 0.2,0.05,0.01
+    python bench/bench_search.py                       # smollm2-135m, the four tasks
+    python bench/bench_search.py --models gemma3-270m --tasks bigbench:qa_wikidata
 
-For each (model, task): the unmodified model, the calibration control, LASER
-over the given grid (the full grid is 30 layers x 7 types x 9 rates = 1890
-evaluations on SmolLM2, too long for one run here: the subset is documented
-in the result file, and the cost per LASER evaluation is reported so the full
-grid's time can be estimated in a separate column), C2I single-subspace and
-C2I multi-subspace.  Both searches use the same evaluation sample size, the
-same cached-prefix evaluator and the same test split.
-Writes bench/results/search.json and prints a table.
+For each (model, task), on one seeded split (100 calibration, 100 evaluation,
+--test-samples test examples), in one process:
+
+- base: the unmodified model; calibrated: the same with a per-choice bias fitted
+  on the evaluation sample (choice tasks; METHOD.md section 5);
+- LASER over a documented subset of its grid (the full grid, 30 layers x 7 types
+  x 9 rates on SmolLM2, does not fit in one run here), scored on the same
+  evaluation sample with the same cached-prefix evaluator;
+- C2I once, over a wide grid: the top 4 matrices x rates (0.5, 0.2, 0.05, 0.01)
+  x clusters (1, 2, 4, 8).  Every smaller grid (fewer candidates, rates or
+  clusterings) is a subset of these trials, so what C2I with that grid would
+  have picked, and its cost (scan + base evaluation + the subset's trials and
+  preparation, each timed), follows exactly; the pick is then scored on the test
+  split.  "C2I single" is clusters (1,), "C2I multi" the default grid.
+- the score ablation: where each score ranks the matrix LASER picked, and how
+  many of the LASER-subset matrices that beat the base are in each score's top 4.
+
+Times: LASER's are measured on its subset.  The full grid's time is estimated
+in a separate column: a cached-prefix evaluation from layer l runs the blocks
+l..L-1, so its cost is modelled as base_eval_s x (L - l) / L, scaled by the
+ratio measured on the subset, and summed over the full grid.
+
+Writes bench/results/search.json after every pair (a cut-off run keeps what it
+measured) and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 from common import table, write_result
 
-from edge_c2i.api import adapt
+from edge_c2i.evaluate import Scorer, calibrated_accuracy
+from edge_c2i.factorize import build_module, swap
 from edge_c2i.models import load_model
-from edge_c2i.targets import find_targets
+from edge_c2i.scan import SCORES
+from edge_c2i.search import (
+    DEFAULT_CLUSTERS,
+    DEFAULT_RATES,
+    DEFAULT_TOP_K,
+    c2i_search,
+    laser_search,
+    pick,
+)
+from edge_c2i.targets import LASER_RATES, decoder_layers, find_targets, get_target
+from edge_c2i.tasks import load_task, split
+
+TASKS = ["bigbench:qa_wikidata", "bigbench:fact_checker/fever", "bigbench:epistemic_reasoning",
+         "bigbench:truthful_qa"]
+WIDE_K, WIDE_RATES, WIDE_CLUSTERS = 4, (0.5, 0.2, 0.05, 0.01), (1, 2, 4, 8)
+# the grids compared for the defaults: (top_k, rates, clusters), each a subset of the wide run
+VARIANTS = {
+    "K=1": (1, WIDE_RATES, WIDE_CLUSTERS),
+    "K=2": (2, WIDE_RATES, WIDE_CLUSTERS),
+    "K=4": (4, WIDE_RATES, WIDE_CLUSTERS),
+    "clusters 1": (4, WIDE_RATES, (1,)),
+    "clusters 1,2": (4, WIDE_RATES, (1, 2)),
+    "clusters 1,4": (4, WIDE_RATES, (1, 4)),
+    "clusters 1,8": (4, WIDE_RATES, (1, 8)),
+    "rates .2,.05,.01": (4, (0.2, 0.05, 0.01), WIDE_CLUSTERS),
+    "rates .05,.01": (4, (0.05, 0.01), WIDE_CLUSTERS),
+    "rates .5,.2": (4, (0.5, 0.2), WIDE_CLUSTERS),
+    "default": (DEFAULT_TOP_K, DEFAULT_RATES, DEFAULT_CLUSTERS),
+}
 
 
 def span(text: str) -> list[int]:
@@ -32,63 +78,141 @@ def span(text: str) -> list[int]:
     return [int(x) for x in text.split(",")]
 
 
+def sub_grid(found, top_k, rates, clusters):
+    """The trials and the cost of the C2I grid (top_k, rates, clusters) within the wide run."""
+    keys = [f"{c['layer']}.{c['type']}" for c in found.candidates[:top_k]]
+    trials = [t for t in found.trials if f"{t.layer}.{t.type}" in keys and t.rate in rates
+              and t.clusters in clusters]
+    prep = found.timings["prep_s"]
+    layers = {int(k.split(".")[0]) for k in keys}
+    cost = (found.timings["scan_s"] + found.timings["base_eval_s"]
+            + sum(prep[f"layer {layer}"] for layer in layers)
+            + sum(prep[f"{k}/c{c}"] for k in keys for c in clusters)
+            + sum(t.seconds for t in trials))
+    return trials, cost
+
+
+def laser_full_grid_estimate(laser, n_layers: int, n_types: int) -> float:
+    """Seconds LASER's full grid would take, from the subset (see the module doc)."""
+    base_s = laser.timings["base_eval_s"]
+    model = [base_s * (n_layers - t.layer) / n_layers for t in laser.trials]
+    scale = sum(t.seconds for t in laser.trials) / max(sum(model), 1e-9)
+    per_layer_rates = n_types * len(LASER_RATES)
+    full = sum(base_s * (n_layers - layer) / n_layers for layer in range(n_layers))
+    return base_s + scale * full * per_layer_rates
+
+
+def test_accuracy(model, scorer, trial, cache) -> dict:
+    """Test-split result of one reduction (None: the unmodified model); cached by config."""
+    key = None if trial is None else (trial.layer, trial.type, trial.rate, trial.clusters)
+    if key not in cache:
+        if trial is None:
+            cache[key] = scorer.run(model)
+        else:
+            t = get_target(model, trial.layer, trial.type)
+            original = model.get_submodule(t.name)
+            swap(model, t.name, build_module(original, trial.rate, trial.clusters, "kmeans"))
+            try:
+                cache[key] = scorer.run(model)
+            finally:
+                swap(model, t.name, original)
+    return cache[key].as_dict()
+
+
+def rank_of(ranking: list[str], key: str | None):
+    return None if key is None or key not in ranking else ranking.index(key) + 1
+
+
+def run_pair(model, tok, name, task, args, laser_grid) -> dict:
+    t_start = time.perf_counter()
+    splits = split(load_task(task), 100, 100, args.test_samples, 0, "c2i")
+    layers, types, rates = laser_grid
+    laser = laser_search(model, tok, splits.eval, rates, layers, types, progress=True)
+    wide = c2i_search(model, tok, splits.calib, splits.eval, WIDE_K, WIDE_RATES, WIDE_CLUSTERS,
+                      progress=True)
+    scorer = Scorer(tok, splits.test)
+    cache: dict = {}
+    base_test = test_accuracy(model, scorer, None, cache)
+    calibrated = calibrated_accuracy(wide.base, cache[None], splits.eval, splits.test)
+    n_layers = len(decoder_layers(model))
+    n_types = len({t.type for t in find_targets(model)})
+    laser_test = test_accuracy(model, scorer, laser.best, cache)
+    row = {"model": name, "task": task, "n_test": len(splits.test),
+           "base_acc": base_test["accuracy"], "base_loss": base_test["loss"],
+           "calibrated_acc": calibrated,
+           "laser_acc": laser_test["accuracy"], "laser_loss": laser_test["loss"],
+           "laser_chosen": laser.best and vars(laser.best),
+           "laser_subset_evals": len(laser.trials),
+           "laser_subset_s": laser.timings["search_s"],
+           "laser_s_per_eval": sum(t.seconds for t in laser.trials) / max(1, len(laser.trials)),
+           "laser_full_grid_evals": n_layers * n_types * len(LASER_RATES),
+           "laser_full_grid_s_estimated": laser_full_grid_estimate(laser, n_layers, n_types),
+           "c2i_scan_s": wide.timings["scan_s"], "c2i_base_eval_s": wide.timings["base_eval_s"],
+           "variants": {}}
+    for label, (k, rates_v, clusters_v) in VARIANTS.items():
+        trials, cost = sub_grid(wide, k, rates_v, clusters_v)
+        chosen = pick(wide.base, trials)
+        res = test_accuracy(model, scorer, chosen, cache)
+        row["variants"][label] = {"evals": len(trials), "s": cost, "chosen": chosen and vars(chosen),
+                                  "acc": res["accuracy"], "loss": res["loss"],
+                                  "gain": res["accuracy"] - base_test["accuracy"]}
+    for label, variant in (("c2i_single", "clusters 1"), ("c2i_multi", "default")):
+        v = row["variants"][variant]
+        row.update({f"{label}_acc": v["acc"], f"{label}_loss": v["loss"], f"{label}_s": v["s"],
+                    f"{label}_evals": v["evals"], f"{label}_chosen": v["chosen"]})
+    row["speedup_vs_laser"] = row["laser_subset_s"] / row["c2i_multi_s"]
+    row["speedup_vs_laser_full_grid_estimated"] = (row["laser_full_grid_s_estimated"]
+                                                   / row["c2i_multi_s"])
+    # score ablation
+    laser_key = laser.best and f"{laser.best.layer}.{laser.best.type}"
+    helpful = {f"{t.layer}.{t.type}" for t in laser.trials
+               if t.key() > (laser.base.accuracy, -laser.base.loss)}
+    row["ablation"] = {score: {"rank_of_laser_choice": rank_of(wide.rankings[score], laser_key),
+                               "helpful_in_top4": len(helpful & set(wide.rankings[score][:4])),
+                               "top4": wide.rankings[score][:4]}
+                       for score in SCORES}
+    row["laser_helpful_matrices"] = sorted(helpful)
+    row["seconds"] = time.perf_counter() - t_start
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["smollm2-135m"])
-    ap.add_argument("--tasks", nargs="+", default=["bigbench:fact_checker/fever"])
-    ap.add_argument("--laser-layers", default="24-29")
-    ap.add_argument("--laser-types", default="in,out,gate")
-    ap.add_argument("--laser-rates", default="0.2,0.05,0.01")
+    ap.add_argument("--tasks", nargs="+", default=TASKS)
+    ap.add_argument("--laser-layers", default="-5", help="a range a-b, a list, or -N: the last N")
+    ap.add_argument("--laser-types", default="gate,in,out")
+    ap.add_argument("--laser-rates", default="0.1,0.05,0.01")
     ap.add_argument("--test-samples", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="search")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    layers, types = span(args.laser_layers), args.laser_types.split(",")
-    rates = [float(r) for r in args.laser_rates.split(",")]
     rows = []
     for name in args.models:
+        model, tok = load_model(name)
+        n = len(decoder_layers(model))
+        layers = (list(range(n + int(args.laser_layers), n)) if args.laser_layers.startswith("-")
+                  else span(args.laser_layers))
+        grid = (layers, args.laser_types.split(","), [float(r) for r in args.laser_rates.split(",")])
         for task in args.tasks:
-            common = dict(n_eval=100, n_test=args.test_samples, progress=False, model_name=name)
-            runs = {}
-            model, tok = load_model(name)
-            full_grid = len(find_targets(model)) * 9
-            # LASER: validation = the same 100-example evaluation sample as C2I, for a fair cost
-            runs["laser"] = adapt(model, tok, task, method="laser", protocol="c2i",
-                                  layers=layers, types=types, rates=rates, **common)
-            for label, clusters in (("c2i_single", (1,)), ("c2i_multi", (1, 4))):
-                model, tok = load_model(name)
-                runs[label] = adapt(model, tok, task, clusters=clusters, **common)
-            laser = runs["laser"]
-            per_eval = laser["timings"]["search_s"] / max(1, laser["evaluations"])
-            row = {"model": name, "task": task,
-                   "base_acc": runs["c2i_single"]["base"]["accuracy"],
-                   "calibrated_acc": (runs["c2i_single"]["calibrated_base"] or {}).get("accuracy"),
-                   "laser_subset_evals": laser["evaluations"],
-                   "laser_subset_s": laser["timings"]["total_s"],
-                   "laser_s_per_eval": per_eval,
-                   "laser_full_grid_evals": full_grid,
-                   "laser_full_grid_s_estimated": per_eval * full_grid}
-            for label, rep in runs.items():
-                row[f"{label}_acc"] = rep["adapted"]["accuracy"]
-                row[f"{label}_loss"] = rep["adapted"]["loss"]
-                row[f"{label}_s"] = rep["timings"]["total_s"]
-                row[f"{label}_evals"] = rep["evaluations"]
-                row[f"{label}_chosen"] = rep["chosen"]
-            row["speedup_vs_laser"] = row["laser_subset_s"] / row["c2i_multi_s"]
-            row["speedup_vs_laser_full_grid_estimated"] = (
-                row["laser_full_grid_s_estimated"] / row["c2i_multi_s"])
+            row = run_pair(model, tok, name, task, args, grid)
+            row["laser_subset"] = {"layers": grid[0], "types": grid[1], "rates": grid[2]}
             rows.append(row)
-            print(row, flush=True)
-            write_result("search", {"laser_subset": {"layers": layers, "types": types,
-                                                     "rates": rates},
-                                    "test_samples": args.test_samples, "rows": rows})
-    write_result("search", {"laser_subset": {"layers": layers, "types": types, "rates": rates},
-                            "test_samples": args.test_samples, "rows": rows})
+            print({k: v for k, v in row.items() if k not in ("variants", "ablation")}, flush=True)
+            write_result(args.out, {"test_samples": args.test_samples, "threads": args.threads,
+                                    "wide_grid": {"top_k": WIDE_K, "rates": WIDE_RATES,
+                                                  "clusters": WIDE_CLUSTERS},
+                                    "variants": {k: {"top_k": v[0], "rates": v[1],
+                                                     "clusters": v[2]}
+                                                 for k, v in VARIANTS.items()},
+                                    "rows": rows})
     print(table(rows, [("model", "model"), ("task", "task"), ("base_acc", "base"),
                        ("calibrated_acc", "calibrated"), ("laser_acc", "LASER (subset)"),
                        ("c2i_single_acc", "C2I single"), ("c2i_multi_acc", "C2I multi"),
                        ("laser_subset_s", "LASER s"), ("c2i_multi_s", "C2I s"),
-                       ("speedup_vs_laser", "speedup (subset, measured)")]))
+                       ("speedup_vs_laser", "speedup (subset)"),
+                       ("speedup_vs_laser_full_grid_estimated", "speedup (full grid, est.)")]))
 
 
 if __name__ == "__main__":

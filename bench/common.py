@@ -31,7 +31,9 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """A markdown table; columns are (key, header); floats get 3 decimals."""
     def fmt(v):
         if isinstance(v, float):
-            return f"{v:.3f}"
+            if v and abs(v) < 0.01:
+                return f"{v:.1e}"
+            return f"{v:.1f}" if abs(v) >= 100 else f"{v:.3f}"
         return "" if v is None else str(v)
 
     head = "| " + " | ".join(h for _, h in columns) + " |"

@@ -46,6 +46,62 @@ def section_search(d: dict) -> str:
                            ("speedup_vs_laser_full_grid_estimated", "speedup, full grid est.")]))
 
 
+def section_export(d: dict) -> str:
+    dense = next((r for r in d["rows"] if r["variant"] == "dense"), None)
+    rows = []
+    for r in d["rows"]:
+        lat = r["latency"]
+        row = {"variant": r["variant"], "file": f"{r['folder']}/{r['file']}",
+               "mb": r["bytes"] / 1e6,
+               "acc_onnx": r["accuracy_onnx"]["accuracy"],
+               "acc_torch": r["accuracy_torch"]["accuracy"],
+               "max_dlogit": r["parity_vs_pytorch"]["max_abs_logit_diff"],
+               "rss": max(v["peak_rss_bytes"] for v in lat.values()) / 1e6}
+        for t, v in lat.items():
+            row[f"prefill_{t}"] = v["prefill_ms"]
+            row[f"token_{t}"] = v["per_token_ms"]
+        if dense:
+            row["size_ratio"] = r["bytes"] / dense["bytes"]
+            row["token_ratio"] = (lat["1"]["per_token_ms"]
+                                  / dense["latency"]["1"]["per_token_ms"])
+        rows.append(row)
+    return (f"### Export: {d['model']} in ONNX Runtime {d['machine'].get('onnxruntime', '')}\n\n"
+            "`python bench/bench_export.py` -> bench/results/export.json. Latency: prefill of "
+            f"{d['prefill_tokens']} tokens, then ms per generated token over {d['new_tokens']} "
+            "greedy steps with the KV cache (best of 3), at 1 and 2 threads, in a torch-free "
+            f"subprocess; peak RSS of that process. Accuracy on {d['n_examples']} examples of "
+            f"{d['task']} ({d['split']} split). adapted = layer {d['adapted']['layer']} "
+            f"{d['adapted']['type']} at rate {d['adapted']['rate']}; compressed = every MLP matrix "
+            f"({', '.join(d['compressed']['types'])}) at rate {d['compressed']['rate']}, which "
+            "shows what factors buy in size and speed, not a task-preserving setting (it breaks "
+            "the model). Ratios are against dense in the same run.\n\n"
+            + table(rows, [("variant", "variant"), ("file", "file"), ("mb", "MB"),
+                           ("size_ratio", "size / dense"), ("prefill_1", "prefill ms, 1 thr"),
+                           ("token_1", "ms/token, 1 thr"), ("token_ratio", "ms/token / dense"),
+                           ("prefill_2", "prefill ms, 2 thr"), ("token_2", "ms/token, 2 thr"),
+                           ("rss", "peak RSS MB"), ("max_dlogit", "max abs dlogit vs torch"),
+                           ("acc_torch", "acc. torch"), ("acc_onnx", "acc. ORT")]))
+
+
+def section_svd(d: dict) -> str:
+    rows = []
+    for key in ("gemma3_270m", "random_4096x11008"):
+        for r in d.get(key, []):
+            rows.append({"matrices": key, "method": r["method"], "n": r["matrices"],
+                         "budget_mb": (r.get("budget") or 0) / 1e6 or None,
+                         "seconds": r["seconds"], "peak": r["peak_rss_mb"],
+                         "growth": r["max_growth_mb"], "estimate": r["max_estimate_mb"],
+                         "err": r.get("max_rel_err_top")})
+    return ("### Memory-aware SVD\n\n`python bench/bench_svd.py` -> bench/results/svd.json. "
+            "Peak RSS of the process, the largest growth over the loaded weights for one "
+            "matrix, and the estimate `svd.workspace_bytes` budgets with; relative error of "
+            "the top singular values against float64 LAPACK.\n\n"
+            + table(rows, [("matrices", "matrices"), ("method", "method"), ("n", "count"),
+                           ("budget_mb", "budget MB"), ("seconds", "s"), ("peak", "peak RSS MB"),
+                           ("growth", "max growth MB"), ("estimate", "estimate MB"),
+                           ("err", "max rel. err (top)")]))
+
+
 def section_generic(name: str, d: dict) -> str:
     rows = d.get("rows") or d.get("results") or []
     if not rows or not isinstance(rows, list) or not isinstance(rows[0], dict):
@@ -56,12 +112,14 @@ def section_generic(name: str, d: dict) -> str:
 
 def main() -> None:
     parts = []
-    for name, render in (("base", section_base), ("search", section_search)):
+    known = {"base": section_base, "search": section_search, "export": section_export,
+             "svd": section_svd}
+    for name, render in known.items():
         d = load(name)
         if d:
             parts.append(render(d))
     for path in sorted(RESULTS.glob("*.json")):
-        if path.stem not in ("base", "search"):
+        if path.stem not in known:
             text = section_generic(path.stem, json.loads(path.read_text()))
             if text:
                 parts.append(text)

@@ -49,11 +49,13 @@ def adapt(model: nn.Module, tokenizer, task: str | Task, method: str = "c2i",
           n_calib: int = 100, n_eval: int = 100, n_test: int | None = 1000, seed: int = 0,
           top_k: int = DEFAULT_TOP_K, rates=None, clusters=DEFAULT_CLUSTERS,
           score: str = DEFAULT_SCORE, clustering: str = "kmeans", layers=None, types=None,
-          progress: bool = True, model_name: str = "", protocol: str | None = None) -> dict:
+          progress: bool = True, model_name: str = "", protocol: str | None = None,
+          max_memory: int | None = None) -> dict:
     """Search a reduction for ``task``, apply the winner to ``model`` in place, return the report.
 
     ``protocol`` picks the splits (tasks.split); by default LASER uses its own
     (first 20% validation), C2I its seeded calibration/evaluation/test samples.
+    ``max_memory`` (bytes) keeps the scan within that budget (budget.plan_scan).
     """
     t0 = time.perf_counter()
     task = load_task(task) if isinstance(task, str) else task
@@ -63,7 +65,7 @@ def adapt(model: nn.Module, tokenizer, task: str | Task, method: str = "c2i",
     if method == "c2i":
         found = c2i_search(model, tokenizer, splits.calib, splits.eval, top_k,
                            tuple(rates or DEFAULT_RATES), tuple(clusters), score, clustering,
-                           layers, types, progress)
+                           layers, types, progress, max_memory)
     elif method == "laser":
         found = laser_search(model, tokenizer, splits.eval, tuple(rates or LASER_RATES),
                              layers, types, progress)
@@ -72,14 +74,14 @@ def adapt(model: nn.Module, tokenizer, task: str | Task, method: str = "c2i",
 
     t_test = time.perf_counter()
     test_scorer = Scorer(tokenizer, splits.test)
-    base_test = test_scorer.run(model)
+    base_test = test_scorer.run(model, desc="test: base" if progress else None)
     eval_base = found.base
     reductions: list[Reduction] = []
     if found.best is not None:
         b = found.best
         reductions.append(reduce(model, get_target(model, b.layer, b.type), b.rate, b.clusters,
                                  clustering))
-        adapted_test = test_scorer.run(model)
+        adapted_test = test_scorer.run(model, desc="test: adapted" if progress else None)
     else:
         adapted_test = base_test
     calibrated = calibrated_accuracy(eval_base, base_test, splits.eval, splits.test)
@@ -126,6 +128,7 @@ def make_report(model_name, task_name, method, splits, found: SearchResult, redu
         "params": {"before": params_before, "after": params_after},
         "verdict": verdict,
         "trials": [vars(t) for t in found.trials],
+        "rankings": found.rankings,
     }
 
 

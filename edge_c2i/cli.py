@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-DEFAULT_TASK = "bigbench:epistemic_reasoning"
+DEFAULT_TASK = "bigbench:qa_wikidata"
 
 
 def _floats(text: str) -> list[float]:
@@ -43,6 +43,12 @@ def _threads(n: int | None) -> None:
         import torch
 
         torch.set_num_threads(n)
+
+
+def _budget(text: str | None) -> int | None:
+    from .svd import parse_size
+
+    return None if text is None else parse_size(text)
 
 
 # --------------------------------------------------------------------------- commands
@@ -85,10 +91,12 @@ def cmd_scan(args) -> int:
     from .tasks import load_task, split
 
     _threads(args.threads)
+    budget = _budget(args.max_memory)
     out = Path(args.out)
     splits = split(load_task(args.task), args.samples, 1, None, args.seed)
-    model, tok = load_model(args.model)
-    scans, timings = singular_value_gradients(model, tok, splits.calib, find_targets(model))
+    model, tok = load_model(args.model, max_memory=budget)
+    scans, timings = singular_value_gradients(model, tok, splits.calib, find_targets(model),
+                                              max_memory=budget)
     ranked = rank_targets(scans, args.score)
     rows = [{"layer": sc.target.layer, "type": sc.target.type, "score": sc.benefit(args.score),
              "best_rate": sc.best_rate(args.score),
@@ -100,6 +108,8 @@ def cmd_scan(args) -> int:
     for i, r in enumerate(rows[:10], 1):
         print(f"{i:>4} {r['layer']:>5} {r['type']:>5} {r['score']:>12.4g} {r['best_rate']:>9}")
     print(f"scan: {len(rows)} matrices in {timings['svd_s'] + timings['grad_s']:.1f}s -> {out}")
+    if budget is not None:
+        print(f"  within --max-memory {args.max_memory}: {timings['plan']}")
     return 0
 
 
@@ -122,13 +132,14 @@ def cmd_adapt(args, method: str = "c2i") -> int:
 
     _threads(args.threads)
     check_grid(args.rates or (), getattr(args, "clusters", None) or ())  # before any heavy work
+    budget = _budget(getattr(args, "max_memory", None))
     out = check_out_dir(args.out, args.force)
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, max_memory=budget)
     kwargs = dict(n_eval=args.eval_samples, n_test=args.test_samples, seed=args.seed,
                   layers=args.layers, types=args.types, rates=args.rates, model_name=args.model)
     if method == "c2i":
         kwargs.update(n_calib=args.samples, top_k=args.top_k, clusters=args.clusters,
-                      score=args.score, clustering=args.clustering)
+                      score=args.score, clustering=args.clustering, max_memory=budget)
     report = adapt(model, tok, args.task, method=method, **kwargs)
     save(model, tok, out, report, force=args.force)
     _summary(report, out)
@@ -176,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", type=int, default=100)
     s.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE)
     s.add_argument("--out", default="scan.json")
+    s.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="peak memory budget, e.g. 2GB: batches and passes are planned to fit")
     s.set_defaults(func=cmd_scan)
 
     for name, method in (("adapt", "c2i"), ("laser", "laser")):
@@ -195,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--clusters", type=_ints, default=list(DEFAULT_CLUSTERS))
             a.add_argument("--clustering", choices=["kmeans", "blocks"], default="kmeans")
             a.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE)
+            a.add_argument("--max-memory", default=None, metavar="SIZE",
+                           help="peak memory budget of the scan, e.g. 2GB")
         a.set_defaults(func=lambda args, m=method: cmd_adapt(args, m))
 
     d = sub.add_parser("demo", help="adapt the packaged model, export it, run it in ONNX Runtime")

@@ -23,11 +23,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
 
 from .targets import decoder_layers
 from .tasks import Example
 
 LM_HEAD_CHUNK = 256  # positions per LM-head call: bounds the logits' memory
+MAX_PADDING = 0.15  # a batch is closed before padding passes this share of its tokens
 
 
 def split_answer(prompt: str, answer: str) -> tuple[str, str]:
@@ -112,14 +115,20 @@ class Scorer:
         self.n_answers = [len(p[2]) for p in packed]
         self.answer_len = [[len(a) for a in p[2]] for p in packed]
         packed.sort(key=lambda p: len(p[1]) + sum(map(len, p[2])))
+        self.longest = len(packed[-1][1]) + sum(map(len, packed[-1][2]))  # tokens, one example
+        # batches of similar lengths (sorted), closed at max_batch_tokens or when padding
+        # would pass MAX_PADDING of the batch (short tasks: half the compute was padding)
         self.batches = []
         batch: list = []
+        used = 0
         for p in packed:
             length = len(p[1]) + sum(map(len, p[2]))
-            if batch and length * (len(batch) + 1) > max_batch_tokens:
+            area = length * (len(batch) + 1)
+            if batch and (area > max_batch_tokens or area - used - length > MAX_PADDING * area):
                 self.batches.append(self._collate(batch))
-                batch = []
+                batch, used = [], 0
             batch.append(p)
+            used += length
         if batch:
             self.batches.append(self._collate(batch))
         self._cached: dict[int, list[torch.Tensor]] = {}
@@ -180,15 +189,23 @@ class Scorer:
         h = hidden[batch["rows"], batch["cols"]]
         head = model.get_output_embeddings()
         cap = getattr(model.config, "final_logit_softcapping", None)
-        lps, hits = [], []
-        for start in range(0, h.shape[0], LM_HEAD_CHUNK):
-            logits = head(h[start : start + LM_HEAD_CHUNK]).float()
+
+        def chunk(hc, tgt):
+            logits = head(hc).float()
             if cap:
                 logits = torch.tanh(logits / cap) * cap
-            tgt = batch["targets"][start : start + LM_HEAD_CHUNK]
             logp = torch.log_softmax(logits, dim=-1)
-            lps.append(logp.gather(1, tgt[:, None])[:, 0])
-            hits.append(logits.argmax(-1))
+            return logp.gather(1, tgt[:, None])[:, 0], logits.argmax(-1)
+
+        # with autograd, each chunk's logits are recomputed in backward instead of kept:
+        # only one chunk of (positions x vocabulary) is ever alive (Gemma-3: 262k entries)
+        grad = torch.is_grad_enabled() and h.requires_grad
+        lps, hits = [], []
+        for start in range(0, h.shape[0], LM_HEAD_CHUNK):
+            args = (h[start : start + LM_HEAD_CHUNK], batch["targets"][start : start + LM_HEAD_CHUNK])
+            lp, hit = checkpoint(chunk, *args, use_reentrant=False) if grad else chunk(*args)
+            lps.append(lp)
+            hits.append(hit)
         return torch.cat(lps), torch.cat(hits)
 
     def _slot_logprobs(self, model: nn.Module, batch: dict):
@@ -197,14 +214,19 @@ class Scorer:
         per_slot = torch.zeros(len(batch["owner"]), dtype=lp.dtype).index_add(0, batch["slots"], lp)
         return per_slot, argmax
 
-    def run(self, model: nn.Module, start_layer: int | None = None) -> Result:
-        """Score ``model``; with ``start_layer``, run only blocks >= it from cached inputs."""
+    def run(self, model: nn.Module, start_layer: int | None = None,
+            desc: str | None = None) -> Result:
+        """Score ``model``; with ``start_layer``, run only blocks >= it from cached inputs.
+
+        ``desc`` shows a progress bar over the batches under that name.
+        """
         n = len(self.examples)
         logprobs = [[0.0] * k for k in self.n_answers]
         first_hit = [False] * n
         ctx = self._start_at(model, start_layer) if start_layer is not None else contextlib.nullcontext()
         with torch.no_grad(), ctx:
-            for bi, batch in enumerate(self.batches):
+            for bi, batch in enumerate(tqdm(self.batches, desc=desc, disable=desc is None,
+                                            leave=False)):
                 self._batch_index = bi
                 per_slot, argmax = self._slot_logprobs(model, batch)
                 first_entry = 0

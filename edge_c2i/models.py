@@ -144,12 +144,21 @@ def resolve(name_or_path: str) -> Path | str:
 
 
 def load_model(
-    name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32
+    name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32,
+    max_memory: int | None = None,
 ) -> tuple[nn.Module, object]:
-    """Model (eval mode) and tokenizer from a packaged name, folder, .gguf, hub id or adapted folder."""
+    """Model (eval mode) and tokenizer from a packaged name, folder, .gguf, hub id or adapted folder.
+
+    With ``max_memory`` (bytes), a model whose stored weights cannot fit is refused
+    before it is loaded.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where = resolve(name_or_path)
+    if max_memory is not None:
+        from .budget import check_weights_fit
+
+        check_weights_fit(where, max_memory)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
         manifest = Path(where) / ADAPTED_MANIFEST if isinstance(where, Path) else None

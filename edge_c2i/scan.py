@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .evaluate import Scorer
 from .factorize import rank_for
-from .targets import LASER_RATES, Target, weight_matrix
+from .targets import LASER_RATES, Target, decoder_layers, weight_matrix
 
 SCORES = ("first_order", "tail_grad")
 DEFAULT_SCORE = "first_order"
@@ -64,32 +64,47 @@ def tail_scores(s: torch.Tensor, g: torch.Tensor, rates=LASER_RATES, shape=None)
     return out
 
 
-def decompose(W: torch.Tensor):
-    """(U, S, V) of W; the memory-aware chooser when it is available."""
-    try:
-        from .svd import svd
-    except ImportError:  # pragma: no cover - svd.py is optional at import time
-        U, S, Vh = torch.linalg.svd(W.detach().float(), full_matrices=False)
-        return U, S, Vh.t()
-    return svd(W.detach().float())
+def decompose(W: torch.Tensor, budget: int | None = None):
+    """(U, S, V) of W by the memory-aware chooser (exact unless ``budget`` says otherwise)."""
+    from .svd import svd
+
+    return svd(W.detach().float(), budget=budget)
 
 
 def singular_value_gradients(model: nn.Module, tokenizer, examples, targets: list[Target],
-                             progress: bool = True, max_batch_tokens: int = 2048,
-                             svds: dict | None = None) -> tuple[dict[str, MatrixScan], dict]:
+                             progress: bool = True, svds: dict | None = None,
+                             max_memory: int | None = None) -> tuple[dict[str, MatrixScan], dict]:
     """g = dL/ds for every target, from one forward+backward over ``examples``.
 
     Returns the scans keyed by ``target.key`` and timings.  ``svds`` (key ->
-    (U, S, V)) is filled with the decompositions when given, for reuse.
+    (U, S, V)) is filled with the decompositions when given, for reuse (not under a
+    budget: they would all be resident).  ``max_memory`` (bytes) plans batches and
+    passes with budget.plan_scan, or raises UserError before any heavy work.
     """
+    from .budget import plan_scan
+
+    scorer = Scorer(tokenizer, examples)
+    plan = plan_scan(model, targets, scorer.longest, max_memory)
+    scorer = Scorer(tokenizer, examples, plan.batch_tokens)
+    timings = {"svd_s": 0.0, "grad_s": 0.0, "loss": 0.0, "passes": plan.passes,
+               "batch_tokens": plan.batch_tokens, "plan": plan.describe()}
+    scans = {}
+    for group in plan.groups:
+        keep = svds if max_memory is None else None
+        scans.update(_scan_group(model, scorer, group, plan.svd_budget, keep, progress, timings))
+    return scans, timings
+
+
+def _scan_group(model, scorer: Scorer, targets: list[Target], svd_budget, svds, progress,
+                timings) -> dict[str, MatrixScan]:
+    """One forward+backward for ``targets``; blocks below the lowest one run without autograd."""
     t0 = time.perf_counter()
     factors = {}
     for t in tqdm(targets, desc="svd", disable=not progress, leave=False):
-        U, S, V = decompose(weight_matrix(model.get_submodule(t.name)))
-        factors[t.key] = (U, S, V)
+        factors[t.key] = decompose(weight_matrix(model.get_submodule(t.name)), svd_budget)
         if svds is not None:
-            svds[t.key] = (U, S, V)
-    t_svd = time.perf_counter() - t0
+            svds[t.key] = factors[t.key]
+    timings["svd_s"] += time.perf_counter() - t0
 
     g = {t.key: torch.zeros_like(factors[t.key][1], dtype=torch.float64) for t in targets}
     hooks = []
@@ -110,25 +125,34 @@ def singular_value_gradients(model: nn.Module, tokenizer, examples, targets: lis
 
     for t in targets:
         hooks.append(model.get_submodule(t.name).register_forward_hook(watch(t.key)))
-    # all weights are frozen: let the gradient flow from the embeddings on
-    emb = model.get_input_embeddings()
-    hooks.append(emb.register_forward_hook(lambda m, a, out: out.requires_grad_(True)))
+    # all weights are frozen: the gradient flows from the hidden states entering the lowest
+    # target block on (the blocks below keep no activations)
+    lowest = min(t.layer for t in targets)
+
+    def start_grad(module, args, kwargs):
+        if args:
+            return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
+        kwargs["hidden_states"] = kwargs["hidden_states"].detach().requires_grad_(True)
+        return args, kwargs
+
+    hooks.append(decoder_layers(model)[lowest].register_forward_pre_hook(start_grad,
+                                                                         with_kwargs=True))
     t1 = time.perf_counter()
     try:
         with torch.enable_grad():
-            loss = Scorer(tokenizer, examples, max_batch_tokens).loss_and_backward(model)
+            timings["loss"] = scorer.loss_and_backward(model)
     finally:
         for h in hooks:
             h.remove()
-    t_grad = time.perf_counter() - t1
+    timings["grad_s"] += time.perf_counter() - t1
 
     scans = {}
     for t in targets:
-        U, S, V = factors[t.key]
+        _, S, _ = factors.pop(t.key)
         shape = tuple(weight_matrix(model.get_submodule(t.name)).shape)
         gg = g[t.key].float()
         scans[t.key] = MatrixScan(t, S, gg, tail_scores(S, gg, shape=shape))
-    return scans, {"svd_s": t_svd, "grad_s": t_grad, "loss": loss}
+    return scans
 
 
 def rank_targets(scans: dict[str, MatrixScan], score: str = DEFAULT_SCORE) -> list[MatrixScan]:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .errors import UserError
 from .evaluate import Result, Scorer
 from .factorize import build_module, cluster_rows, rank_for, swap
-from .scan import DEFAULT_SCORE, rank_targets, singular_value_gradients
+from .scan import DEFAULT_SCORE, SCORES, rank_targets, singular_value_gradients
 from .targets import LASER_RATES, Target, find_targets, weight_matrix
 
 # C2I defaults (see README, "Choosing the defaults"): a handful of candidates,
@@ -36,6 +36,7 @@ class Trial:
     clusters: int
     accuracy: float
     loss: float
+    seconds: float = 0.0  # wall time of this evaluation (the cached prefix included)
 
     def key(self) -> tuple[float, float]:
         return (self.accuracy, -self.loss)
@@ -49,6 +50,7 @@ class SearchResult:
     trials: list[Trial]
     candidates: list[dict] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    rankings: dict = field(default_factory=dict)  # score -> all target keys, best first
 
 
 def check_grid(rates, clusters) -> None:
@@ -61,15 +63,24 @@ def check_grid(rates, clusters) -> None:
 
 
 def _try_all(model: nn.Module, scorer: Scorer, targets: list[Target], rates, clusters,
-             clustering: str, svds: dict, desc: str, progress: bool) -> list[Trial]:
-    """Score every (target, rate, clusters), restoring the model after each."""
+             clustering: str, svds: dict, desc: str, progress: bool,
+             prep: dict | None = None) -> list[Trial]:
+    """Score every (target, rate, clusters), restoring the model after each.
+
+    ``prep`` (optional) receives the seconds spent outside the trials: caching the
+    hidden states entering each layer ("layer 12") and clustering a matrix
+    ("12.out/c4"), so that the cost of any sub-grid can be added up afterwards.
+    """
+    prep = {} if prep is None else prep
     by_layer: dict[int, list[Target]] = {}
     for t in targets:
         by_layer.setdefault(t.layer, []).append(t)
     trials = []
     bar = tqdm(total=len(targets) * len(rates) * len(clusters), desc=desc, disable=not progress)
     for layer in sorted(by_layer):
+        t0 = time.perf_counter()
         scorer.cache_inputs(model, [layer])
+        prep[f"layer {layer}"] = time.perf_counter() - t0
         for t in by_layer[layer]:
             original = model.get_submodule(t.name)
             W = weight_matrix(original).detach().float()
@@ -77,17 +88,21 @@ def _try_all(model: nn.Module, scorer: Scorer, targets: list[Target], rates, clu
             for c in clusters:
                 if c > m:
                     raise UserError(f"{c} clusters for {t.key} with only {m} rows: lower --clusters")
+                t0 = time.perf_counter()
                 groups = cluster_rows(W, c, clustering) if c > 1 else None
                 group_svds = _group_svds(W, groups) if groups else None
+                prep[f"{t.key}/c{c}"] = time.perf_counter() - t0
                 for rate in rates:
                     rank_for(rate, m, n)  # validates the rate
                     new = build_module(original, rate, c, clustering, svds.get(t.key), groups, group_svds)
                     swap(model, t.name, new)
+                    t0 = time.perf_counter()
                     try:
                         res = scorer.run(model, start_layer=layer)
                     finally:
                         swap(model, t.name, original)
-                    trials.append(Trial(t.layer, t.type, rate, c, res.accuracy, res.loss))
+                    trials.append(Trial(t.layer, t.type, rate, c, res.accuracy, res.loss,
+                                        time.perf_counter() - t0))
                     bar.update()
         scorer.drop_cache()
     bar.close()
@@ -100,7 +115,7 @@ def _group_svds(W, groups):
     return [decompose(W[idx]) for idx in groups]
 
 
-def _pick(base: Result, trials: list[Trial]) -> Trial | None:
+def pick(base: Result, trials: list[Trial]) -> Trial | None:
     if not trials:
         return None
     best = max(trials, key=Trial.key)
@@ -110,15 +125,19 @@ def _pick(base: Result, trials: list[Trial]) -> Trial | None:
 def c2i_search(model: nn.Module, tokenizer, calib, evals, top_k: int = DEFAULT_TOP_K,
                rates=DEFAULT_RATES, clusters=DEFAULT_CLUSTERS, score: str = DEFAULT_SCORE,
                clustering: str = "kmeans", layers=None, types=None,
-               progress: bool = True) -> SearchResult:
-    """Scan once, then try the top-K matrices x rates x clusterings on the evaluation sample."""
+               progress: bool = True, max_memory: int | None = None) -> SearchResult:
+    """Scan once, then try the top-K matrices x rates x clusterings on the evaluation sample.
+
+    ``max_memory`` (bytes) runs the scan within that budget (budget.plan_scan).
+    """
     check_grid(rates, clusters)
     if top_k < 1:
         raise UserError("--top-k must be at least 1")
     t0 = time.perf_counter()
     targets = find_targets(model, layers, types)
     svds: dict = {}
-    scans, scan_t = singular_value_gradients(model, tokenizer, calib, targets, progress, svds=svds)
+    scans, scan_t = singular_value_gradients(model, tokenizer, calib, targets, progress, svds,
+                                             max_memory)
     ranked = rank_targets(scans, score)
     top = ranked[:top_k]
     keep = {sc.target.key for sc in top}
@@ -128,13 +147,17 @@ def c2i_search(model: nn.Module, tokenizer, calib, evals, top_k: int = DEFAULT_T
     t1 = time.perf_counter()
     scorer = Scorer(tokenizer, evals)
     base = scorer.run(model)
+    t_base = time.perf_counter() - t1
+    prep: dict = {}
     trials = _try_all(model, scorer, [sc.target for sc in top], rates, clusters, clustering,
-                      svds, "c2i search", progress)
+                      svds, "c2i search", progress, prep)
     t_search = time.perf_counter() - t1
     candidates = [{"layer": sc.target.layer, "type": sc.target.type, "score": sc.benefit(score),
                    "best_rate": sc.best_rate(score)} for sc in ranked]
-    return SearchResult("c2i", base, _pick(base, trials), trials, candidates,
-                        {"scan_s": t_scan, "search_s": t_search, **scan_t})
+    rankings = {name: [sc.target.key for sc in rank_targets(scans, name)] for name in SCORES}
+    return SearchResult("c2i", base, pick(base, trials), trials, candidates,
+                        {"scan_s": t_scan, "search_s": t_search, "base_eval_s": t_base,
+                         "prep_s": prep, **scan_t}, rankings)
 
 
 def laser_search(model: nn.Module, tokenizer, evals, rates=LASER_RATES, layers=None, types=None,
@@ -145,6 +168,10 @@ def laser_search(model: nn.Module, tokenizer, evals, rates=LASER_RATES, layers=N
     targets = find_targets(model, layers, types)
     scorer = Scorer(tokenizer, evals)
     base = scorer.run(model)
-    trials = _try_all(model, scorer, targets, rates, (1,), "none", {}, "laser search", progress)
-    return SearchResult("laser", base, _pick(base, trials), trials, [],
-                        {"scan_s": 0.0, "search_s": time.perf_counter() - t0})
+    t_base = time.perf_counter() - t0
+    prep: dict = {}
+    trials = _try_all(model, scorer, targets, rates, (1,), "none", {}, "laser search", progress,
+                      prep)
+    return SearchResult("laser", base, pick(base, trials), trials, [],
+                        {"scan_s": 0.0, "search_s": time.perf_counter() - t0,
+                         "base_eval_s": t_base, "prep_s": prep})

@@ -129,14 +129,30 @@ def main_demo(args) -> int:
     test = split(load_task(args.task), seed=args.seed).test[:100]
     threads = _threads(args.threads)
     print(f"\n{report['method']} chose {report['chosen']} -> {adapted}; exported to {onnx_dir}")
+    print(f"  verdict: {report['verdict']}")
+    control = report["calibrated_base"]
+    control = f"{control['accuracy']:.3f}" if control else "n/a (open answers)"
     print(f"  PyTorch test accuracy {report['base']['accuracy']:.3f} -> "
-          f"{report['adapted']['accuracy']:.3f} (n={report['adapted']['n']})")
+          f"{report['adapted']['accuracy']:.3f} (n={report['adapted']['n']}; calibration "
+          f"control {control})")
+    summary = {"adapted": str(adapted), "onnx": str(onnx_dir), "report": report["verdict"],
+               "chosen": report["chosen"], "torch": {"base": report["base"],
+                                                     "adapted": report["adapted"]},
+               "onnx_runtime": {}, "generations": []}
     for int8 in (False, True):
         name = model_file(onnx_dir, int8)
         res = evaluate_onnx(onnx_dir, test, name, threads)
+        summary["onnx_runtime"][name] = res
         print(f"  ONNX Runtime {name:<16} accuracy {res['accuracy']:.3f}  loss {res['loss']:.4f} "
               f"(first {res['n']} test examples)")
     lm = OnnxLM(onnx_dir, threads, model_file(onnx_dir, True))
-    prompt = test[0].prompt
-    print(f"  greedy answer (int8) to the first test prompt: {lm.generate(prompt, 8)!r}")
+    for ex in test[:3]:
+        answer = lm.generate(ex.prompt.rstrip(" "), 8)  # a trailing space token derails greedy decoding
+        summary["generations"].append({"prompt": ex.prompt, "gold": ex.answer, "int8": answer})
+        print(f"  {ex.prompt.strip()!r} -> {answer!r} (gold {ex.answer!r})")
+    path = out / "summary.json"
+    tmp = path.with_name(".summary.json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(path)
+    print(f"  summary: {path}")
     return 0

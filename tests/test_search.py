@@ -7,7 +7,7 @@ import pytest
 from edge_c2i.api import adapt, save
 from edge_c2i.evaluate import Result
 from edge_c2i.models import load_model
-from edge_c2i.search import Trial, _pick, c2i_search
+from edge_c2i.search import Trial, pick, c2i_search
 from edge_c2i.tasks import load_task, split
 
 REPORT_KEYS = {"model", "task", "method", "n_grad_samples", "n_eval_samples", "timings",
@@ -18,11 +18,11 @@ REPORT_KEYS = {"model", "task", "method", "n_grad_samples", "n_eval_samples", "t
 def test_pick_accepts_only_what_beats_the_base():
     base = Result(0.5, 1.0, None, None, None, 10)
     worse = Trial(1, "out", 0.1, 1, 0.5, 1.1)
-    assert _pick(base, [worse]) is None  # same accuracy, higher loss
+    assert pick(base, [worse]) is None  # same accuracy, higher loss
     tie_better_loss = Trial(1, "out", 0.2, 1, 0.5, 0.9)
-    assert _pick(base, [worse, tie_better_loss]) is tie_better_loss
+    assert pick(base, [worse, tie_better_loss]) is tie_better_loss
     better = Trial(2, "in", 0.2, 4, 0.6, 1.5)
-    assert _pick(base, [worse, tie_better_loss, better]) is better
+    assert pick(base, [worse, tie_better_loss, better]) is better
 
 
 def test_c2i_search_on_the_real_model_with_a_tiny_grid(smol):

@@ -1,0 +1,173 @@
+"""A memory budget for scan and adapt (``--max-memory``): estimate, plan, refuse early.
+
+What must be resident while the scan runs its forward+backward pass:
+
+    runtime      Python + torch + transformers + tokenizers (RUNTIME_BYTES, measured)
+    weights      the model's parameters and buffers
+    activations  what autograd keeps for one batch: ``batch_tokens`` x layers x a
+                 per-token figure from the config (``activation_bytes_per_token``)
+    lm head      one chunk of logits over the vocabulary (LM_HEAD_CHUNK positions;
+                 recomputed in backward, so only one chunk lives at a time)
+    factors      U, S, V of the matrices scanned in one pass (one group of layers)
+    svd          the workspace of one decomposition (svd.workspace_bytes)
+
+``plan_scan`` fits these under the budget: one pass with every factor resident
+if a batch of at least the longest example still fits next to them; else a
+smaller batch and groups of consecutive layers whose factors fit what is left,
+one forward+backward per group (blocks below the group run without autograd).  The gradients are the same as one unbudgeted pass: only how the sums
+are split over batches and passes changes.  When even one example and one layer
+cannot fit, ``plan_scan`` raises a UserError with the estimated need before any
+heavy work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .errors import UserError
+from .evaluate import LM_HEAD_CHUNK
+from .svd import format_size, workspace_bytes
+from .targets import Target, weight_matrix
+
+# RSS of a process that has imported torch, transformers and edge_c2i, before any model is
+# loaded: 286 MB measured with torch 2.13 / transformers 4.57 (bench/bench_memory.py
+# records it as "runtime_rss"); rounded up for the allocator's arenas.
+RUNTIME_BYTES = 320 * 10**6
+DEFAULT_BATCH_TOKENS = 2048  # the unbudgeted scan's batch
+MULTI_PASS_BATCH = 512  # batch tokens when the factors need several passes (passes cost more)
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of the distinct parameters and buffers (tied weights counted once)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def activation_bytes_per_token(config, max_len: int) -> int:
+    """What autograd saves per token over all layers (float32), a deliberate over-estimate.
+
+    Per layer: the residual stream and its norms (8 h), q/k/v/attention outputs
+    (4 hq + 4 hkv), the MLP's gate/up/activation/product and its input to the down
+    projection (6 i), and the attention probabilities of one token (2 heads x length).
+    """
+    text = getattr(config, "text_config", None) or config
+    h = text.hidden_size
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or h // heads
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * h
+    per_layer = 8 * h + 4 * heads * head_dim + 4 * kv * head_dim + 6 * inter + 2 * heads * max_len
+    return 4 * per_layer * text.num_hidden_layers
+
+
+def factor_bytes(m: int, n: int) -> int:
+    """U (m x r), S (r), V (n x r) in float32 plus the float64 gradient accumulator."""
+    r = min(m, n)
+    return 4 * (m * r + r + n * r) + 8 * r
+
+
+@dataclass
+class ScanPlan:
+    budget: int | None
+    batch_tokens: int
+    groups: list[list[Target]]  # one forward+backward pass each
+    svd_budget: int | None  # bytes one decomposition may use
+    estimate: dict = field(default_factory=dict)  # component -> bytes at the plan's peak
+
+    @property
+    def passes(self) -> int:
+        return len(self.groups)
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{k} {format_size(v)}" for k, v in self.estimate.items())
+        return (f"{self.passes} pass(es), batches of <= {self.batch_tokens} tokens; "
+                f"estimated peak {format_size(sum(self.estimate.values()))} ({parts})")
+
+
+def _by_layer(targets: list[Target]) -> dict[int, list[Target]]:
+    layers: dict[int, list[Target]] = {}
+    for t in targets:
+        layers.setdefault(t.layer, []).append(t)
+    return dict(sorted(layers.items()))
+
+
+def plan_scan(model: nn.Module, targets: list[Target], longest: int,
+              budget: int | None) -> ScanPlan:
+    """Batch size and layer groups for a scan within ``budget`` bytes (None: no budget).
+
+    ``longest`` is the token count of the longest calibration example with its
+    answer (no batch can be smaller).  The exact SVD is kept when its workspace
+    fits; else the chunked Gram path (same singular values, svd.py).
+    """
+    try:
+        return _plan(model, targets, longest, budget, exact_svd=True)
+    except UserError:
+        return _plan(model, targets, longest, budget, exact_svd=False)
+
+
+def _plan(model, targets, longest, budget, exact_svd: bool) -> ScanPlan:
+    shapes = {t.key: tuple(weight_matrix(model.get_submodule(t.name)).shape) for t in targets}
+    per_layer = {layer: sum(factor_bytes(*shapes[t.key]) for t in ts)
+                 for layer, ts in _by_layer(targets).items()}
+    per_token = activation_bytes_per_token(model.config, longest)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    fixed = {"runtime": RUNTIME_BYTES, "weights": model_bytes(model),
+             "lm head": 3 * 4 * LM_HEAD_CHUNK * vocab}
+    methods = ("exact",) if exact_svd else ("exact", "gram")
+    svd_need = max((min(workspace_bytes(m, n, how) for how in methods)
+                    for m, n in shapes.values()), default=0)
+    if budget is None:
+        tokens = max(DEFAULT_BATCH_TOKENS, longest)
+        estimate = {**fixed, "activations": tokens * per_token,
+                    "factors": sum(per_layer.values()), "svd": svd_need}
+        return ScanPlan(None, tokens, [list(targets)], None, estimate)
+
+    free = budget - sum(fixed.values()) - svd_need
+    biggest_layer = max(per_layer.values(), default=0)
+    least = {**fixed, "activations": longest * per_token, "factors": biggest_layer,
+             "svd": svd_need}
+    if free - longest * per_token - biggest_layer < 0:
+        need = sum(least.values())
+        parts = ", ".join(f"{k} {format_size(v)}" for k, v in least.items())
+        raise UserError(f"the scan needs at least ~{format_size(need)} ({parts}); "
+                        f"--max-memory is {format_size(budget)}: raise it")
+    # one pass when every factor fits next to a batch of at least the longest example;
+    # else batches of MULTI_PASS_BATCH tokens (fewer when tight) and layers in groups
+    one_pass = (free - sum(per_layer.values())) // per_token
+    if one_pass >= longest:
+        tokens = int(min(DEFAULT_BATCH_TOKENS, one_pass))
+    else:
+        tokens = int(max(longest, min(MULTI_PASS_BATCH, (free - biggest_layer) // per_token)))
+    room = free - tokens * per_token
+    groups: list[list[Target]] = []
+    size = room + 1  # start a new group at the first layer
+    for layer, ts in _by_layer(targets).items():
+        if size + per_layer[layer] > room:
+            groups.append([])
+            size = 0
+        groups[-1].extend(ts)
+        size += per_layer[layer]
+    largest_group = max((sum(factor_bytes(*shapes[t.key]) for t in g) for g in groups), default=0)
+    estimate = {**fixed, "activations": tokens * per_token, "factors": largest_group,
+                "svd": svd_need}
+    return ScanPlan(budget, tokens, groups, svd_need, estimate)
+
+
+def check_weights_fit(where, budget: int | None) -> None:
+    """Before loading: refuse when the runtime plus the stored weights already exceed the budget."""
+    from pathlib import Path
+
+    if budget is None or not isinstance(where, Path):
+        return
+    stored = sum(f.stat().st_size for f in where.glob("*.safetensors"))
+    need = RUNTIME_BYTES + stored
+    if need > budget:
+        raise UserError(f"the model's weights alone need ~{format_size(stored)} (plus "
+                        f"{format_size(RUNTIME_BYTES)} for the runtime); --max-memory is "
+                        f"{format_size(budget)}: raise it")
