@@ -32,10 +32,11 @@ measured) and prints a table.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
-from common import table, write_result
+from common import RESULTS, table, write_result
 
 from edge_c2i.evaluate import Scorer, calibrated_accuracy
 from edge_c2i.factorize import build_module, swap
@@ -186,9 +187,15 @@ def main() -> None:
     ap.add_argument("--test-samples", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="search")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows of other (model, task) pairs already in the result file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
+    previous = RESULTS / f"{args.out}.json"
+    if args.append and previous.exists():
+        rows = [r for r in json.loads(previous.read_text())["rows"]
+                if not (r["model"] in args.models and r["task"] in args.tasks)]
     for name in args.models:
         model, tok = load_model(name)
         n = len(decoder_layers(model))

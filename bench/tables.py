@@ -27,23 +27,67 @@ def section_base(d: dict) -> str:
 
 
 def section_search(d: dict) -> str:
-    sub = d["laser_subset"]
     rows = []
     for r in d["rows"]:
-        rows.append({**r, "laser_grid": f"{r['laser_subset_evals']} of {r['laser_full_grid_evals']}"})
-    return (f"### C2I vs LASER (test split, {d['test_samples']} examples)\n\n"
-            "`python bench/bench_search.py ...` (arguments in the result file) -> "
-            "bench/results/search.json. LASER ran on a subset of its grid: layers "
-            f"{sub['layers']}, types {sub['types']}, rates {sub['rates']}; the speedup column is "
-            "measured on that subset, the estimate for the full grid (per-evaluation cost x "
-            "grid size) is a separate column.\n\n"
-            + table(rows, [("model", "model"), ("task", "task"), ("base_acc", "base"),
-                           ("calibrated_acc", "calibrated base"), ("laser_acc", "LASER"),
-                           ("c2i_single_acc", "C2I single"), ("c2i_multi_acc", "C2I multi"),
-                           ("laser_grid", "LASER evals"), ("c2i_multi_evals", "C2I evals"),
-                           ("laser_subset_s", "LASER s"), ("c2i_multi_s", "C2I s"),
-                           ("speedup_vs_laser", "speedup, measured"),
-                           ("speedup_vs_laser_full_grid_estimated", "speedup, full grid est.")]))
+        sub = r["laser_subset"]
+        rows.append({**r, "laser_grid": f"{r['laser_subset_evals']} of {r['laser_full_grid_evals']}",
+                     "subset": f"layers {sub['layers'][0]}-{sub['layers'][-1]}, "
+                               f"{'/'.join(sub['types'])}, rates {'/'.join(map(str, sub['rates']))}"})
+    main = table(rows, [("model", "model"), ("task", "task"), ("n_test", "n test"),
+                        ("base_acc", "base"), ("calibrated_acc", "calibrated base"),
+                        ("laser_acc", "LASER (subset)"), ("c2i_single_acc", "C2I single"),
+                        ("c2i_multi_acc", "C2I multi"), ("laser_grid", "LASER evals"),
+                        ("c2i_multi_evals", "C2I evals"), ("laser_subset_s", "LASER s"),
+                        ("c2i_multi_s", "C2I s"), ("speedup_vs_laser", "speedup, measured"),
+                        ("laser_full_grid_s_estimated", "LASER full grid s, est."),
+                        ("speedup_vs_laser_full_grid_estimated", "speedup, full grid est.")])
+    chosen = table(rows, [("model", "model"), ("task", "task"), ("subset", "LASER subset"),
+                          ("laser_chosen", "LASER chose"), ("c2i_multi_chosen", "C2I chose")])
+    labels = list(d["rows"][0]["variants"]) if d["rows"] else []
+    agg = []
+    for label in labels:
+        vs = [r["variants"][label] for r in d["rows"]]
+        agg.append({"variant": label, "grid": d["variants"][label],
+                    "gain": sum(v["gain"] for v in vs) / len(vs),
+                    "improved": f"{sum(v['gain'] > 0 for v in vs)}/{len(vs)}",
+                    "worse": f"{sum(v['gain'] < 0 for v in vs)}/{len(vs)}",
+                    "evals": sum(v["evals"] for v in vs) / len(vs),
+                    "s": sum(v["s"] for v in vs) / len(vs)})
+    variants = table(agg, [("variant", "C2I grid"), ("grid", "top_k / rates / clusters"),
+                           ("gain", "mean test gain"), ("improved", "pairs improved"),
+                           ("worse", "pairs worse"), ("evals", "mean evals"),
+                           ("s", "mean s (scan + search)")])
+    abl = []
+    for r in d["rows"]:
+        a = r["ablation"]
+        abl.append({"model": r["model"], "task": r["task"],
+                    "laser": r["laser_chosen"] and f"{r['laser_chosen']['layer']}.{r['laser_chosen']['type']}",
+                    "helpful": len(r["laser_helpful_matrices"]),
+                    **{f"rank_{k}": v["rank_of_laser_choice"] for k, v in a.items()},
+                    **{f"top4_{k}": v["helpful_in_top4"] for k, v in a.items()}})
+    ablation = table(abl, [("model", "model"), ("task", "task"), ("laser", "LASER's matrix"),
+                           ("rank_first_order", "its rank, first_order"),
+                           ("rank_tail_grad", "its rank, tail_grad"),
+                           ("helpful", "subset matrices that beat base"),
+                           ("top4_first_order", "of them in top 4, first_order"),
+                           ("top4_tail_grad", "of them in top 4, tail_grad")])
+    return (f"### C2I vs LASER (test split, up to {d['test_samples']} examples)\n\n"
+            "`python bench/bench_search.py` (--models/--tasks as in the rows) -> "
+            "bench/results/search.json, one process, 100 calibration + 100 evaluation examples "
+            "for both methods. LASER ran on a subset of its grid (below); the measured speedup is "
+            "against that subset, the full-grid figure is an estimate (per-layer cost model "
+            "scaled by the subset's measured cost, see the script) and has its own column. C2I "
+            "ran once over top 4 x rates 0.5/0.2/0.05/0.01 x clusters 1/2/4/8; 'C2I single' "
+            "(clusters 1) and 'C2I multi' (the default grid) are what those grids pick from "
+            "the same trials, with their own timed trials and preparation.\n\n"
+            + main + "\n\n" + chosen
+            + "\n\n#### Choosing the defaults\n\nEvery row is a sub-grid of the same wide "
+              "run, its pick scored on the test split; gains are test accuracy minus base, "
+              "averaged over the model x task pairs above.\n\n" + variants
+            + "\n\n#### Score ablation\n\nWhere each score ranks (of all the model's "
+              "matrices) the matrix LASER's subset search picked, and how many of the subset's "
+              "matrices that beat the base on the evaluation sample each score puts in its top "
+              "4.\n\n" + ablation)
 
 
 def section_export(d: dict) -> str:

@@ -242,11 +242,11 @@ class Scorer:
         loss = -sum(lp[0] / ln[0] for lp, ln in zip(logprobs, self.answer_len)) / n
         return Result(sum(first_hit) / n, loss, None, None, first_hit, n)
 
-    def loss_and_backward(self, model: nn.Module) -> float:
+    def loss_and_backward(self, model: nn.Module, desc: str | None = None) -> float:
         """Mean task loss over the examples (the gold answer only); backward() per batch."""
         n = len(self.examples)
         total = 0.0
-        for batch in self.batches:
+        for batch in tqdm(self.batches, desc=desc, disable=desc is None, leave=False):
             per_slot, _ = self._slot_logprobs(model, batch)
             keep, n_ans = [], []
             for k, (i, j) in enumerate(batch["owner"]):

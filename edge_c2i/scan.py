@@ -140,7 +140,8 @@ def _scan_group(model, scorer: Scorer, targets: list[Target], svd_budget, svds, 
     t1 = time.perf_counter()
     try:
         with torch.enable_grad():
-            timings["loss"] = scorer.loss_and_backward(model)
+            desc = f"gradients (layers {lowest}-{max(t.layer for t in targets)})"
+            timings["loss"] = scorer.loss_and_backward(model, desc if progress else None)
     finally:
         for h in hooks:
             h.remove()
