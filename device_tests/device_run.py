@@ -1,6 +1,7 @@
 """Device side: run an exported model the way a phone or a board runs it.
 
     python device_tests/device_run.py ONNX_DIR MODEL_FILE [--threads 1] [--max-memory-mb N]
+        [--examples N]
 
 ONNX Runtime only (this process never imports torch), a hard address-space cap
 (RLIMIT_AS) set before anything loads, one thread by default. Prints one JSON
@@ -22,6 +23,9 @@ def main() -> None:
     ap.add_argument("model_file")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-memory-mb", type=int, default=0)
+    ap.add_argument("--examples", type=int, default=0,
+                    help="score only the first N of the reference's task examples "
+                         "(default 0: all of them, as many as the reference has)")
     args = ap.parse_args()
     if args.max_memory_mb:
         cap = args.max_memory_mb * 2**20
@@ -54,7 +58,8 @@ def main() -> None:
     for _ in range(steps):
         logits, cache = lm.step([int(logits[-1].argmax())], cache)
     per_token_s = (time.perf_counter() - t) / steps
-    examples = split(load_task(ref["task"])).test[: ref["examples"]]
+    n = min(args.examples, ref["examples"]) if args.examples > 0 else ref["examples"]
+    examples = split(load_task(ref["task"])).test[:n]
     task = score_examples(lm, examples)
     print(json.dumps({
         "model_file": args.model_file, "threads": args.threads, "cap_mb": args.max_memory_mb,

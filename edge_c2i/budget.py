@@ -6,12 +6,13 @@ What must be resident while the scan runs its forward+backward pass:
     weights      the model's parameters and buffers
     activations  what autograd keeps for one batch: ``batch_tokens`` x layers x a
                  per-token figure from the config (``activation_bytes_per_token``)
-    lm head      one chunk of logits over the vocabulary (LM_HEAD_CHUNK positions;
-                 recomputed in backward, so only one chunk lives at a time)
+    lm head      one chunk of logits over the vocabulary (LM_HEAD_CHUNK positions, fewer
+                 under a budget: at most 2.5% of it; recomputed in backward, so only
+                 one chunk lives at a time)
     factors      U, S, V of the matrices scanned in one pass (one group of layers)
     svd          the workspace of one decomposition (svd.workspace_bytes)
 
-``plan_scan`` fits these under the budget: one pass with every factor resident
+``plan_scan`` fits these under 92% of the budget (SAFETY): one pass with every factor resident
 if a batch of at least the longest example still fits next to them; else a
 smaller batch and groups of consecutive layers whose factors fit what is left,
 one forward+backward per group (blocks below the group run without autograd).  The gradients are the same as one unbudgeted pass: only how the sums
@@ -36,7 +37,9 @@ from .targets import Target, weight_matrix
 # records it as "runtime_rss"); rounded up for the allocator's arenas.
 RUNTIME_BYTES = 320 * 10**6
 DEFAULT_BATCH_TOKENS = 2048  # the unbudgeted scan's batch
-MULTI_PASS_BATCH = 512  # batch tokens when the factors need several passes (passes cost more)
+SAFETY = 0.92  # plan within 92% of --max-memory: allocator arenas and estimate error
+LM_HEAD_BYTES = 12  # per position and vocabulary entry: logits, softcapped copy, log-softmax
+MIN_LM_HEAD_CHUNK = 8
 
 
 def model_bytes(model: nn.Module) -> int:
@@ -79,6 +82,7 @@ class ScanPlan:
     groups: list[list[Target]]  # one forward+backward pass each
     svd_budget: int | None  # bytes one decomposition may use
     estimate: dict = field(default_factory=dict)  # component -> bytes at the plan's peak
+    lm_head_chunk: int = LM_HEAD_CHUNK  # answer positions per LM-head call
 
     @property
     def passes(self) -> int:
@@ -117,8 +121,13 @@ def _plan(model, targets, longest, budget, exact_svd: bool) -> ScanPlan:
                  for layer, ts in _by_layer(targets).items()}
     per_token = activation_bytes_per_token(model.config, longest)
     vocab = model.get_output_embeddings().weight.shape[0]
+    lm_chunk = LM_HEAD_CHUNK  # positions per LM-head call; under a budget at most 2.5% of it
+    asked = budget
+    if budget is not None:
+        budget = int(SAFETY * budget)
+        lm_chunk = max(MIN_LM_HEAD_CHUNK, min(LM_HEAD_CHUNK, budget // 40 // (LM_HEAD_BYTES * vocab)))
     fixed = {"runtime": RUNTIME_BYTES, "weights": model_bytes(model),
-             "lm head": 3 * 4 * LM_HEAD_CHUNK * vocab}
+             "lm head": LM_HEAD_BYTES * lm_chunk * vocab}
     methods = ("exact",) if exact_svd else ("exact", "gram")
     svd_need = max((min(workspace_bytes(m, n, how) for how in methods)
                     for m, n in shapes.values()), default=0)
@@ -126,7 +135,7 @@ def _plan(model, targets, longest, budget, exact_svd: bool) -> ScanPlan:
         tokens = max(DEFAULT_BATCH_TOKENS, longest)
         estimate = {**fixed, "activations": tokens * per_token,
                     "factors": sum(per_layer.values()), "svd": svd_need}
-        return ScanPlan(None, tokens, [list(targets)], None, estimate)
+        return ScanPlan(None, tokens, [list(targets)], None, estimate, lm_chunk)
 
     free = budget - sum(fixed.values()) - svd_need
     biggest_layer = max(per_layer.values(), default=0)
@@ -135,16 +144,29 @@ def _plan(model, targets, longest, budget, exact_svd: bool) -> ScanPlan:
     if free - longest * per_token - biggest_layer < 0:
         need = sum(least.values())
         parts = ", ".join(f"{k} {format_size(v)}" for k, v in least.items())
-        raise UserError(f"the scan needs at least ~{format_size(need)} ({parts}); "
-                        f"--max-memory is {format_size(budget)}: raise it")
-    # one pass when every factor fits next to a batch of at least the longest example;
-    # else batches of MULTI_PASS_BATCH tokens (fewer when tight) and layers in groups
+        raise UserError(f"the scan needs at least ~{format_size(need / SAFETY)} ({parts}, "
+                        f"and {1 - SAFETY:.0%} headroom); --max-memory is "
+                        f"{format_size(asked)}: raise it")
+    # one pass when every factor fits next to a batch of at least the longest example.
+    # Else passes cost most (each one runs the whole sample): group the layers with the
+    # smallest batch (the longest example), then grow the batch into what the largest
+    # group leaves free.
     one_pass = (free - sum(per_layer.values())) // per_token
     if one_pass >= longest:
         tokens = int(min(DEFAULT_BATCH_TOKENS, one_pass))
+        groups = [list(targets)]
     else:
-        tokens = int(max(longest, min(MULTI_PASS_BATCH, (free - biggest_layer) // per_token)))
-    room = free - tokens * per_token
+        groups = _group_layers(targets, per_layer, free - longest * per_token)
+        largest = max(sum(per_layer[layer] for layer in {t.layer for t in g}) for g in groups)
+        tokens = int(min(DEFAULT_BATCH_TOKENS, max(longest, (free - largest) // per_token)))
+    largest_group = max((sum(factor_bytes(*shapes[t.key]) for t in g) for g in groups), default=0)
+    estimate = {**fixed, "activations": tokens * per_token, "factors": largest_group,
+                "svd": svd_need}
+    return ScanPlan(asked, tokens, groups, svd_need, estimate, lm_chunk)
+
+
+def _group_layers(targets: list[Target], per_layer: dict[int, int], room: int) -> list[list[Target]]:
+    """Consecutive layers in groups whose factors fit ``room`` bytes."""
     groups: list[list[Target]] = []
     size = room + 1  # start a new group at the first layer
     for layer, ts in _by_layer(targets).items():
@@ -153,10 +175,7 @@ def _plan(model, targets, longest, budget, exact_svd: bool) -> ScanPlan:
             size = 0
         groups[-1].extend(ts)
         size += per_layer[layer]
-    largest_group = max((sum(factor_bytes(*shapes[t.key]) for t in g) for g in groups), default=0)
-    estimate = {**fixed, "activations": tokens * per_token, "factors": largest_group,
-                "svd": svd_need}
-    return ScanPlan(budget, tokens, groups, svd_need, estimate)
+    return groups
 
 
 def check_weights_fit(where, budget: int | None) -> None:

@@ -94,8 +94,10 @@ class Scorer:
     answer (a test checks it), at a fraction of the cost.
     """
 
-    def __init__(self, tokenizer, examples: list[Example], max_batch_tokens: int = 4096):
+    def __init__(self, tokenizer, examples: list[Example], max_batch_tokens: int = 4096,
+                 lm_head_chunk: int = LM_HEAD_CHUNK):
         self.examples = examples
+        self.lm_head_chunk = lm_head_chunk
         self.is_choice = examples[0].choices is not None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.gold = []
@@ -201,8 +203,9 @@ class Scorer:
         # only one chunk of (positions x vocabulary) is ever alive (Gemma-3: 262k entries)
         grad = torch.is_grad_enabled() and h.requires_grad
         lps, hits = [], []
-        for start in range(0, h.shape[0], LM_HEAD_CHUNK):
-            args = (h[start : start + LM_HEAD_CHUNK], batch["targets"][start : start + LM_HEAD_CHUNK])
+        step = self.lm_head_chunk
+        for start in range(0, h.shape[0], step):
+            args = (h[start : start + step], batch["targets"][start : start + step])
             lp, hit = checkpoint(chunk, *args, use_reentrant=False) if grad else chunk(*args)
             lps.append(lp)
             hits.append(hit)

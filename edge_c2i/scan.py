@@ -85,7 +85,7 @@ def singular_value_gradients(model: nn.Module, tokenizer, examples, targets: lis
 
     scorer = Scorer(tokenizer, examples)
     plan = plan_scan(model, targets, scorer.longest, max_memory)
-    scorer = Scorer(tokenizer, examples, plan.batch_tokens)
+    scorer = Scorer(tokenizer, examples, plan.batch_tokens, plan.lm_head_chunk)
     timings = {"svd_s": 0.0, "grad_s": 0.0, "loss": 0.0, "passes": plan.passes,
                "batch_tokens": plan.batch_tokens, "plan": plan.describe()}
     scans = {}

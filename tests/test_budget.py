@@ -5,13 +5,7 @@ import sys
 
 import pytest
 
-from edge_c2i.budget import (
-    activation_bytes_per_token,
-    check_weights_fit,
-    factor_bytes,
-    model_bytes,
-    plan_scan,
-)
+from edge_c2i.budget import check_weights_fit, model_bytes, plan_scan
 from edge_c2i.errors import UserError
 from edge_c2i.evaluate import Scorer
 from edge_c2i.models import resolve
@@ -28,13 +22,14 @@ def calib(smol):
 
 
 def _tight_budget(model, targets, longest):
-    """A budget too small for one pass: 1.5 longest examples of activations, two layers' factors."""
-    free_plan = plan_scan(model, targets, longest, None)
-    fixed = sum(v for k, v in free_plan.estimate.items() if k not in ("activations", "factors"))
-    two_layers = 2 * sum(factor_bytes(*model.get_submodule(t.name).weight.shape)
-                         for t in targets if t.layer == targets[0].layer)
-    per_token = activation_bytes_per_token(model.config, longest)
-    return fixed + int(1.5 * longest * per_token) + two_layers
+    """The smallest budget (to 5 MB) the plan accepts: one or two layers' factors per pass."""
+    budget = model_bytes(model)
+    while True:
+        try:
+            plan_scan(model, targets, longest, budget)
+            return budget
+        except UserError:
+            budget += 5 * 10**6
 
 
 def test_budgeted_scan_has_the_same_gradients_and_ranking(smol, calib):
@@ -45,6 +40,8 @@ def test_budgeted_scan_has_the_same_gradients_and_ranking(smol, calib):
     plan = plan_scan(model, targets, longest, budget)
     assert plan.passes >= 3 and plan.batch_tokens < 2048
     assert sum(plan.estimate.values()) <= budget
+    with pytest.raises(UserError, match="the scan needs at least"):
+        plan_scan(model, targets, longest, budget - 5 * 10**6)
     assert sorted(t.key for g in plan.groups for t in g) == sorted(t.key for t in targets)
 
     free, timings_free = singular_value_gradients(model, tok, calib, targets, progress=False)
