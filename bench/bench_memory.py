@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import table, write_result
+from common import RESULTS, table, write_result
 
 WRAPPER = """
 import json, resource, subprocess, sys, time
@@ -44,16 +44,26 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["gemma3-270m"])
     ap.add_argument("--task", default="bigbench:epistemic_reasoning")
-    ap.add_argument("--budget", default="2GB")
+    ap.add_argument("--budgets", default="none,2GB", help="comma-separated; none = no budget")
+    ap.add_argument("--commands", default="scan,adapt")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows already in bench/results/memory.json for other runs")
     ap.add_argument("--threads", default="2")
     args = ap.parse_args()
     cli = [sys.executable, "-m", "edge_c2i.cli"]
+    budgets = [None if b == "none" else b for b in args.budgets.split(",")]
+    commands = args.commands.split(",")
     rows = []
+    previous = RESULTS / "memory.json"
+    if args.append and previous.exists():
+        rows = [r for r in json.loads(previous.read_text())["rows"]
+                if not (r["model"] in args.models and r["command"] in commands
+                        and (None if r["budget"] == "none" else r["budget"]) in budgets)]
     runtime = measure([sys.executable, "-c", RUNTIME_PROBE])
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
-            for command in ("scan", "adapt"):
-                for budget in (None, args.budget):
+            for command in commands:
+                for budget in budgets:
                     out = Path(tmp) / f"{model}-{command}-{budget}"
                     cmd = [*cli, command, "--model", model, "--task", args.task,
                            "--threads", args.threads,

@@ -121,11 +121,10 @@ def _plan(model, targets, longest, budget, exact_svd: bool) -> ScanPlan:
                  for layer, ts in _by_layer(targets).items()}
     per_token = activation_bytes_per_token(model.config, longest)
     vocab = model.get_output_embeddings().weight.shape[0]
-    lm_chunk = LM_HEAD_CHUNK  # positions per LM-head call; under a budget at most 2.5% of it
+    lm_chunk = lm_head_chunk_for(model, budget)
     asked = budget
     if budget is not None:
         budget = int(SAFETY * budget)
-        lm_chunk = max(MIN_LM_HEAD_CHUNK, min(LM_HEAD_CHUNK, budget // 40 // (LM_HEAD_BYTES * vocab)))
     fixed = {"runtime": RUNTIME_BYTES, "weights": model_bytes(model),
              "lm head": LM_HEAD_BYTES * lm_chunk * vocab}
     methods = ("exact",) if exact_svd else ("exact", "gram")
@@ -163,6 +162,16 @@ def _plan(model, targets, longest, budget, exact_svd: bool) -> ScanPlan:
     estimate = {**fixed, "activations": tokens * per_token, "factors": largest_group,
                 "svd": svd_need}
     return ScanPlan(asked, tokens, groups, svd_need, estimate, lm_chunk)
+
+
+def lm_head_chunk_for(model: nn.Module, budget: int | None) -> int:
+    """Answer positions per LM-head call: LM_HEAD_CHUNK, or fewer so that one chunk of
+    logits takes at most 2.5% of ``budget`` (Gemma-3 at 2 GB: 14 positions, 44 MB)."""
+    if budget is None:
+        return LM_HEAD_CHUNK
+    vocab = model.get_output_embeddings().weight.shape[0]
+    fit = int(SAFETY * budget) // 40 // (LM_HEAD_BYTES * vocab)
+    return max(MIN_LM_HEAD_CHUNK, min(LM_HEAD_CHUNK, fit))
 
 
 def _group_layers(targets: list[Target], per_layer: dict[int, int], room: int) -> list[list[Target]]:
