@@ -2,7 +2,7 @@
 # Run device_tests/device_run.py on an arm64 CPU and compare it with the same run on x86.
 #
 #   bash device_tests/arm64/run_arm64.sh ONNX_DIR [MODEL_FILE ...] [--examples N]
-#        [--out FILE] [--cap-mb MB] [--x86-from DIR] [--no-x86]
+#        [--out FILE] [--cap-mb MB] [--x86-from DIR] [--no-x86] [--compare-only]
 #
 # MODEL_FILE defaults to: model.onnx model_int8.ort.  ONNX_DIR needs device_reference.json
 # (python device_tests/make_reference.py ONNX_DIR --model ADAPTED, on the host).
@@ -18,13 +18,14 @@
 # compares: max abs difference of the last-position logits of the reference prompts (arm64 vs
 # x86), greedy tokens, task accuracy; and each side against device_reference.json with the
 # tolerances of device_tests/test_device.py.  On a board, --x86-from DIR takes the x86 side
-# from an earlier host run (DIR = the x86/ folder of its work dir).
+# from an earlier host run (DIR = the x86/ folder of its work dir).  --compare-only redoes
+# only the comparison and the --out file from the raw outputs already in WORK.
 #
 # Every run: 1 ONNX Runtime thread (--threads 1), OMP_NUM_THREADS=1, under `nice -n $NICE`
 # (default 19).  Writes --out (default bench/results/device_arm64.json); raw outputs go to
 # WORK (default $ARM64_ROOT/work).  Exit code 1 if a check fails.
-# Environment: ARM64_ROOT (/tmp/arm64), ARM64_MODE, NICE, PYTHON (native), HOST_PYTHON,
-# DEVICE_RUN (another device_run.py to run instead of the repo's), EDGE_C2I_HOME (task data).
+# Environment: ARM64_ROOT (/tmp/arm64), ARM64_MODE, QEMU_CPU (cortex-a76), NICE, PYTHON
+# (native), HOST_PYTHON, DEVICE_RUN (another device_run.py to run instead of the repo's), EDGE_C2I_HOME (task data).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,6 +34,9 @@ ARM64_ROOT=${ARM64_ROOT:-/tmp/arm64}
 ROOTFS=$ARM64_ROOT/rootfs
 WORK=${WORK:-$ARM64_ROOT/work}
 NICE=${NICE:-19}
+# The emulated CPU: Cortex-A76 (Raspberry Pi 5, RK3588 class; NEON + dotprod, no SVE/i8mm).
+# Also tried here: cortex-a72 (Pi 4; 3x slower int8 under qemu), max (all features).
+QEMU_CPU=${QEMU_CPU:-cortex-a76}
 HOST_PY=${HOST_PYTHON:-python3}
 SITE=/opt/edge-c2i/site-packages
 DEVICE_RUN=${DEVICE_RUN:-$REPO/device_tests/device_run.py}
@@ -40,7 +44,7 @@ log() { echo "[run_arm64] $*" >&2; }
 die() { echo "[run_arm64] error: $*" >&2; exit 2; }
 
 ONNX_DIR="" MODELS=() EXAMPLES=0 CAP_MB=3072 OUT=$REPO/bench/results/device_arm64.json
-X86=1 X86_FROM=""
+X86=1 X86_FROM="" RUN=1
 while [ $# -gt 0 ]; do
     case $1 in
         --examples) EXAMPLES=$2; shift 2 ;;
@@ -48,6 +52,7 @@ while [ $# -gt 0 ]; do
         --cap-mb) CAP_MB=$2; shift 2 ;;
         --x86-from) X86_FROM=$(cd "$2" && pwd); shift 2 ;;
         --no-x86) X86=0; shift ;;
+        --compare-only) RUN=0; shift ;;
         -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         -*) die "unknown option $1" ;;
         *) if [ -z "$ONNX_DIR" ]; then ONNX_DIR=$1; else MODELS+=("$1"); fi; shift ;;
@@ -107,9 +112,9 @@ esac
 # ---------------------------------------------------------------- helper: logits + versions
 # A second, short process per model: the last-position logits of the reference prompts
 # (device_run.py prints only their difference to the reference) and the package versions.
-cp "$DEVICE_RUN" "$WORK/device_run.py"
+[ "$RUN" = 1 ] && cp "$DEVICE_RUN" "$WORK/device_run.py"
 cat >"$WORK/dump_logits.py" <<'EOF'
-import json, platform, sys
+import json, os, platform, sys
 import numpy as np, onnxruntime, tokenizers
 from export.runtime import OnnxLM
 onnx_dir, model_file, out = sys.argv[1:4]
@@ -123,6 +128,7 @@ except OSError:
 print(json.dumps({"machine": platform.machine(), "python": platform.python_version(),
                   "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
                   "tokenizers": tokenizers.__version__, "debian": deb,
+                  "qemu_cpu": os.environ.get("QEMU_CPU"),
                   "torch_imported": "torch" in sys.modules}))
 EOF
 
@@ -141,7 +147,7 @@ run_side() {
         # qemu looks a path up under ROOTFS first, then on the host: /usr/... comes from
         # the rootfs, the repo, ONNX_DIR and WORK (absent from the rootfs) from the host.
         env -i "${env[@]}" PYTHONPATH="$REPO:$SITE" EDGE_C2I_HOME="$C2I_HOME" \
-            nice -n "$NICE" qemu-aarch64-static -L "$ROOTFS" "$ROOTFS/usr/bin/python3" "$@"
+            QEMU_CPU="$QEMU_CPU" nice -n "$NICE" qemu-aarch64-static -L "$ROOTFS" "$ROOTFS/usr/bin/python3" "$@"
     else
         # chroot: paths inside are /repo, /onnx, /work (bind mounts in a private namespace)
         local args=() a
@@ -156,7 +162,8 @@ run_side() {
             mount --bind "$3" "$R/work"
             mount -t proc proc "$R/proc"; mount --rbind /dev "$R/dev"   # no /sys: see README
             shift 3; exec chroot "$R" "$@"' _ "$ROOTFS" "$REPO" "$ONNX_DIR" "$WORK" \
-            /usr/bin/env -i "${env[@]}" PYTHONPATH=/repo:$SITE EDGE_C2I_HOME=/work/c2i-home \
+            /usr/bin/env -i "${env[@]}" QEMU_CPU="$QEMU_CPU" PYTHONPATH=/repo:$SITE \
+            EDGE_C2I_HOME=/work/c2i-home \
             nice -n "$NICE" /usr/bin/python3 "${args[@]}"
     fi
 }
@@ -164,8 +171,9 @@ run_side() {
 now() { date +%s.%N; }
 sides=(arm64); [ "$X86" = 1 ] && sides+=(x86)
 status=0
+[ "$RUN" = 1 ] || sides=()
 for m in "${MODELS[@]}"; do
-    for side in "${sides[@]}"; do
+    for side in ${sides[@]+"${sides[@]}"}; do
         log "$side: device_run.py $m --threads 1 --max-memory-mb $CAP_MB --examples $EXAMPLES"
         t0=$(now)
         if run_side "$side" "$WORK/device_run.py" "$ONNX_DIR" "$m" --threads 1 \
@@ -189,15 +197,16 @@ done
 QEMU=$(command -v qemu-aarch64-static >/dev/null && qemu-aarch64-static --version | head -1 || true)
 [ -n "$X86_FROM" ] && XDIR=$X86_FROM || XDIR=$WORK/x86
 "$HOST_PY" - "$WORK" "$XDIR" "$ONNX_DIR" "$OUT" "$MODE" "$QEMU" "$EXAMPLES" "$CAP_MB" "$NICE" \
-    "${MODELS[@]}" <<'EOF' || status=1
-import datetime, json, os, platform, sys
+    "$WORK/device_run.py" "$REPO/device_tests/device_run.py" "${MODELS[@]}" <<'EOF' || status=1
+import datetime, hashlib, json, os, platform, sys
 from pathlib import Path
 import numpy as np
 
-work, xdir, onnx_dir, out, mode, qemu, examples, cap, nice, *models = sys.argv[1:]
+work, xdir, onnx_dir, out, mode, qemu, examples, cap, nice, ran, repo_run, *models = sys.argv[1:]
 work, xdir = Path(work), Path(xdir)
 ref = json.loads((Path(onnx_dir) / "device_reference.json").read_text())
 FP32 = lambda m: "int8" not in m
+sha = lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16]
 
 
 def side(folder, m):
@@ -251,13 +260,16 @@ result = {"date": datetime.date.today().isoformat(),
           "reference": {"task": ref["task"], "examples": ref["examples"], "host": ref["host"]},
           "settings": {"threads": 1, "OMP_NUM_THREADS": 1, "cap_mb": int(cap), "nice": int(nice),
                        "examples_arg": int(examples)},
+          "device_run": {"sha256": sha(ran), "same_as_repo": sha(ran) == sha(repo_run)},
           "environment": {}, "models": {}}
 ok = True
 for m in models:
     a_run, a_env, a_logits = side(work / "arm64", m)
     x_run, x_env, x_logits = side(xdir, m)
     if a_env:
-        result["environment"]["arm64"] = dict(a_env, emulator=qemu if mode != "native" else None)
+        a_env = {k: v for k, v in a_env.items() if k != "qemu_cpu"} | {
+            "emulator": f"{qemu}, -cpu {a_env.get('qemu_cpu')}" if mode != "native" else None}
+        result["environment"]["arm64"] = a_env
     if x_env:
         result["environment"]["x86"] = x_env
     entry = {"precision": "fp32" if FP32(m) else "int8"}
@@ -275,14 +287,30 @@ for m in models:
                                           zip(a_run["prompts"], x_run["prompts"])),
                "accuracy_diff": round(a_run["task"]["accuracy"] - x_run["task"]["accuracy"], 6),
                "same_n_examples": a_run["task"]["n"] == x_run["task"]["n"]}
+        cmp["first_greedy_token_equal"] = all(p["greedy"][:1] == q["greedy"][:1] for p, q in
+                                              zip(a_run["prompts"], x_run["prompts"]))
         if a_logits is not None and x_logits is not None:
             cmp["max_abs_logit_diff"] = float(max(np.abs(p - q).max()
                                                   for p, q in zip(a_logits, x_logits)))
-        tol_logit = 1e-3 if FP32(m) else 5e-2
-        cmp["pass"] = (cmp["greedy_tokens_equal"] and cmp.get("max_abs_logit_diff", 1) <= tol_logit
-                       and abs(cmp["accuracy_diff"]) <= (0.01 if FP32(m) else 0.05) + 1e-9)
-        cmp["tolerances"] = {"max_abs_logit_diff": tol_logit,
-                             "accuracy": 0.01 if FP32(m) else 0.05}
+            cmp["min_logit_corr"] = float(min(np.corrcoef(p, q)[0, 1]
+                                              for p, q in zip(a_logits, x_logits)))
+        # test_device.py's tolerances, with x86 in the place of the PyTorch reference:
+        # fp32: logits within 1e-3, the same greedy tokens, accuracy within 0.01;
+        # int8 (other integer kernels on each CPU): logits corr >= 0.98, the same first greedy
+        # token, accuracy within 0.05.
+        acc_tol = 0.01 if FP32(m) else 0.05
+        if FP32(m):
+            cmp["pass"] = (cmp["greedy_tokens_equal"]
+                           and cmp.get("max_abs_logit_diff", np.inf) <= 1e-3)
+            cmp["tolerances"] = {"max_abs_logit_diff": 1e-3, "greedy": "all tokens",
+                                 "accuracy": acc_tol}
+        else:
+            cmp["pass"] = (cmp["first_greedy_token_equal"]
+                           and cmp.get("min_logit_corr", 0) >= 0.98)
+            cmp["tolerances"] = {"min_logit_corr": 0.98, "greedy": "first token",
+                                 "accuracy": acc_tol}
+        cmp["pass"] = bool(cmp["pass"] and cmp["same_n_examples"]
+                           and abs(cmp["accuracy_diff"]) <= acc_tol + 1e-9)
         ok &= cmp["pass"]
         entry["arm64_vs_x86"] = cmp
     else:

@@ -103,21 +103,34 @@ if [ ! -e "$STAMP" ] || [ "$(cat "$STAMP")" != "${REQS[*]}" ]; then
     echo "${REQS[*]}" >"$STAMP"
 fi
 
-# 5. /sys is never mounted in the rootfs: onnxruntime's cpuinfo segfaults under qemu-user
-#    on the host's x86 /sys (and the host's /proc/cpuinfo, which qemu 7.2 passes through).
-#    Plain files stand in for the CPU lists it reads, as on a 1-core board, so cpuinfo
-#    initialises (CPU features then come from the aarch64 HWCAPs that qemu reports).
-mkdir -p "$ROOTFS/sys/devices/system/cpu"
-for f in possible present online; do echo 0 >"$ROOTFS/sys/devices/system/cpu/$f"; done
+# 5. /sys is never mounted in the rootfs: onnxruntime's cpuinfo (its aarch64 build) segfaults
+#    under qemu-user when it reads the host's x86 CPU topology and cache files in /sys (with
+#    the host's /proc/cpuinfo, which qemu 7.2 passes through unchanged). Plain files stand in
+#    for the CPU lists it reads, as on a 1-core board, so cpuinfo initialises (the CPU
+#    features then come from the aarch64 HWCAPs that qemu reports). For qemu -L, which falls
+#    back to the host's file when the rootfs lacks one, the per-CPU files cpuinfo reads are
+#    directories here: they open but read nothing, as if absent.
+CPU=$ROOTFS/sys/devices/system/cpu
+mkdir -p "$CPU"
+for f in possible present online; do echo 0 >"$CPU/$f"; done
+for f in topology/physical_package_id topology/cluster_cpus_list topology/core_siblings_list \
+         topology/thread_siblings_list cpufreq/cpuinfo_max_freq cpufreq/cpuinfo_min_freq \
+         cache/index0/level cache/index0/size cache/index0/shared_cpu_list \
+         cache/index1/level cache/index1/size cache/index1/shared_cpu_list \
+         cache/index2/level cache/index2/size cache/index2/shared_cpu_list \
+         cache/index3/level cache/index3/size cache/index3/shared_cpu_list; do
+    mkdir -p "$CPU/cpu0/$f"
+done
 
 # 6. Smoke test: the emulated python imports the three packages.
 mkdir -p "$ROOTFS/repo" "$ROOTFS/onnx" "$ROOTFS/c2i-home"   # run_arm64.sh's mount points
 CHECK='import platform, numpy, onnxruntime, tokenizers; print(platform.machine(), platform.python_version(), "onnxruntime", onnxruntime.__version__, "numpy", numpy.__version__, "tokenizers", tokenizers.__version__)'
 if binfmt_ok; then
     unshare --mount --propagation private -- bash -c 'mount -t proc proc "$1/proc" &&
-        exec chroot "$1" /usr/bin/env -i PYTHONPATH="$2" /usr/bin/python3 -c "$3"' \
-        _ "$ROOTFS" "$SITE" "$CHECK"
+        exec chroot "$1" /usr/bin/env -i PYTHONPATH="$2" QEMU_CPU="$4" /usr/bin/python3 -c "$3"' \
+        _ "$ROOTFS" "$SITE" "$CHECK" "${QEMU_CPU:-cortex-a76}"
 else
-    PYTHONPATH=$ROOTFS$SITE qemu-aarch64-static -L "$ROOTFS" "$ROOTFS/usr/bin/python3" -c "$CHECK"
+    PYTHONPATH=$SITE QEMU_CPU=${QEMU_CPU:-cortex-a76} \
+        qemu-aarch64-static -L "$ROOTFS" "$ROOTFS/usr/bin/python3" -c "$CHECK"
 fi
 log "done: $ROOTFS (Debian $(cat "$ROOTFS/etc/debian_version"), $(qemu-aarch64-static --version | head -1))"
