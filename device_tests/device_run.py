@@ -43,11 +43,14 @@ def main() -> None:
     prompts = []
     for r in ref["prompts"]:
         last = lm.logits(r["ids"])[-1]
-        greedy, _ = lm.greedy(r["ids"], len(r["greedy"]))
+        greedy = lm.greedy(r["ids"], len(r["greedy"]))
         want = np.array(r["last_logits"], dtype=np.float32)
         corr = float(np.corrcoef(last, want)[0, 1])
+        # where the host's first greedy token stands in this model's logits (1 = its argmax)
+        rank = int((last > last[r["greedy"][0]]).sum()) + 1
         prompts.append({"prompt": r["prompt"], "greedy": list(map(int, greedy)),
-                        "max_abs_diff": float(np.abs(last - want).max()), "corr": corr})
+                        "max_abs_diff": float(np.abs(last - want).max()), "corr": corr,
+                        "host_first_token_rank": rank})
     # latency: prefill of 128 tokens, then one token a step
     ids = (ref["prompts"][0]["ids"] * 64)[:128]
     t = time.perf_counter()
