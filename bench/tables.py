@@ -26,13 +26,21 @@ def section_base(d: dict) -> str:
                                 ("accuracy", "accuracy"), ("loss", "loss")]))
 
 
+def _config(c: dict | None) -> str:
+    if not c:
+        return "none (no improvement)"
+    return f"{c['layer']}.{c['type']} rate {c['rate']} clusters {c['clusters']}"
+
+
 def section_search(d: dict) -> str:
     rows = []
     for r in d["rows"]:
         sub = r["laser_subset"]
         rows.append({**r, "laser_grid": f"{r['laser_subset_evals']} of {r['laser_full_grid_evals']}",
                      "subset": f"layers {sub['layers'][0]}-{sub['layers'][-1]}, "
-                               f"{'/'.join(sub['types'])}, rates {'/'.join(map(str, sub['rates']))}"})
+                               f"{'/'.join(sub['types'])}, rates {'/'.join(map(str, sub['rates']))}",
+                     "laser_pick": _config(r["laser_chosen"]),
+                     "c2i_pick": _config(r["c2i_multi_chosen"])})
     main = table(rows, [("model", "model"), ("task", "task"), ("n_test", "n test"),
                         ("base_acc", "base"), ("calibrated_acc", "calibrated base"),
                         ("laser_acc", "LASER (subset)"), ("c2i_single_acc", "C2I single"),
@@ -42,13 +50,16 @@ def section_search(d: dict) -> str:
                         ("laser_full_grid_s_estimated", "LASER full grid s, est."),
                         ("speedup_vs_laser_full_grid_estimated", "speedup, full grid est.")])
     chosen = table(rows, [("model", "model"), ("task", "task"), ("subset", "LASER subset"),
-                          ("laser_chosen", "LASER chose"), ("c2i_multi_chosen", "C2I chose")])
+                          ("laser_pick", "LASER chose"), ("c2i_pick", "C2I (default grid) chose")])
     labels = list(d["rows"][0]["variants"]) if d["rows"] else []
     agg = []
     for label in labels:
         vs = [r["variants"][label] for r in d["rows"]]
-        agg.append({"variant": label, "grid": d["variants"][label],
-                    "gain": sum(v["gain"] for v in vs) / len(vs),
+        g = d["variants"][label]
+        agg.append({"variant": label,
+                    "grid": f"{g['top_k']} / {'/'.join(map(str, g['rates']))} / "
+                            f"{'/'.join(map(str, g['clusters']))}",
+                    "gain": f"{sum(v['gain'] for v in vs) / len(vs):+.3f}",
                     "improved": f"{sum(v['gain'] > 0 for v in vs)}/{len(vs)}",
                     "worse": f"{sum(v['gain'] < 0 for v in vs)}/{len(vs)}",
                     "evals": sum(v["evals"] for v in vs) / len(vs),

@@ -25,7 +25,8 @@
 # (default 19).  Writes --out (default bench/results/device_arm64.json); raw outputs go to
 # WORK (default $ARM64_ROOT/work).  Exit code 1 if a check fails.
 # Environment: ARM64_ROOT (/tmp/arm64), ARM64_MODE, QEMU_CPU (cortex-a76), NICE, PYTHON
-# (native), HOST_PYTHON, DEVICE_RUN (another device_run.py to run instead of the repo's), EDGE_C2I_HOME (task data).
+# (native), HOST_PYTHON, DEVICE_RUN (another device_run.py to run instead of the repo's),
+# EDGE_C2I_HOME (task data), RESULT_NOTE (a sentence added to the notes of --out).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,7 +38,9 @@ NICE=${NICE:-19}
 # The emulated CPU: Cortex-A76 (Raspberry Pi 5, RK3588 class; NEON + dotprod, no SVE/i8mm).
 # Also tried here: cortex-a72 (Pi 4; 3x slower int8 under qemu), max (all features).
 QEMU_CPU=${QEMU_CPU:-cortex-a76}
-HOST_PY=${HOST_PYTHON:-python3}
+# the python that reads the reference and compares (needs numpy); on a board, PYTHON's
+if [ "$(uname -m)" = aarch64 ]; then HOST_PY=${HOST_PYTHON:-${PYTHON:-python3}}
+else HOST_PY=${HOST_PYTHON:-python3}; fi
 SITE=/opt/edge-c2i/site-packages
 DEVICE_RUN=${DEVICE_RUN:-$REPO/device_tests/device_run.py}
 log() { echo "[run_arm64] $*" >&2; }
@@ -234,7 +237,23 @@ def summary(run):
             "torch_imported": run["torch_imported"]}
 
 
-def checks(run, m):  # device_tests/test_device.py's tolerances, against the PyTorch reference
+INT8_MAX_RANK = 3  # as test_device.py: the wanted first token among the top 3 int8 logits
+
+
+def rank(logits, token):  # 1 = the argmax
+    return int((logits > logits[token]).sum()) + 1
+
+
+def host_ranks(run, logits):
+    """Rank of the reference's first greedy token in each prompt's logits (device_run.py
+    prints it since 86f9028; older copies do not, then it comes from the dumped logits)."""
+    got = [p.get("host_first_token_rank") for p in run["prompts"]]
+    if None in got and logits is not None:
+        got = [rank(lg, w["greedy"][0]) for lg, w in zip(logits, ref["prompts"])]
+    return got
+
+
+def checks(run, m, logits):  # device_tests/test_device.py's tolerances, vs the PyTorch reference
     c = {"torch_not_imported": run["torch_imported"] is False,
          "peak_rss_below_cap": run["peak_rss_mb"] < int(cap)}
     pairs = list(zip(run["prompts"], ref["prompts"]))
@@ -243,12 +262,14 @@ def checks(run, m):  # device_tests/test_device.py's tolerances, against the PyT
         c["greedy_equals_reference"] = all(g["greedy"] == w["greedy"] for g, w in pairs)
     else:
         c["logits_corr_ge_0.98"] = all(g["corr"] >= 0.98 for g, _ in pairs)
-        c["first_greedy_token_equals_reference"] = all(g["greedy"][0] == w["greedy"][0]
-                                                       for g, w in pairs)
+        ranks = host_ranks(run, logits)
+        c[f"host_first_token_rank_le_{INT8_MAX_RANK}"] = (None not in ranks
+                                                         and max(ranks) <= INT8_MAX_RANK)
     tol = 0.01 if FP32(m) else 0.05
     if run["task"]["n"] == ref["examples"]:
         c[f"accuracy_within_{tol}_of_reference"] = \
             abs(run["task"]["accuracy"] - ref["host"]["accuracy"]) <= tol + 1e-9
+    # else: the reference's accuracy is on other examples; arm64 vs x86 compares accuracy
     c["loss_finite"] = bool(np.isfinite(run["task"]["loss"]))
     return c
 
@@ -271,14 +292,23 @@ for m in models:
             "emulator": f"{qemu}, -cpu {a_env.get('qemu_cpu')}" if mode != "native" else None}
         result["environment"]["arm64"] = a_env
     if x_env:
-        result["environment"]["x86"] = x_env
+        result["environment"]["x86"] = {k: v for k, v in x_env.items() if k != "qemu_cpu"}
     entry = {"precision": "fp32" if FP32(m) else "int8"}
     for name, run in (("arm64", a_run), ("x86", x_run)):
         if run is not None:
             entry[name] = summary(run)
-            entry[name]["checks_vs_reference"] = checks(run, m)
+            logits = a_logits if name == "arm64" else x_logits
+            entry[name]["checks_vs_reference"] = checks(run, m, logits)
+            if not FP32(m):
+                entry[name]["host_first_token_ranks"] = host_ranks(run, logits)
+                entry[name]["first_greedy_token_equals_reference"] = all(
+                    g["greedy"][0] == w["greedy"][0] for g, w in zip(run["prompts"], ref["prompts"]))
             entry[name]["max_abs_logit_diff_vs_reference"] = max(p["max_abs_diff"]
                                                                  for p in run["prompts"])
+            if run["task"]["n"] != ref["examples"]:
+                entry[name]["accuracy_vs_reference"] = (
+                    f"not checked: {run['task']['n']} examples, the reference has "
+                    f"{ref['examples']} (accuracy {ref['host']['accuracy']})")
             ok &= all(entry[name]["checks_vs_reference"].values())
         else:
             entry[name] = None
@@ -294,10 +324,12 @@ for m in models:
                                                   for p, q in zip(a_logits, x_logits)))
             cmp["min_logit_corr"] = float(min(np.corrcoef(p, q)[0, 1]
                                               for p, q in zip(a_logits, x_logits)))
+            cmp["x86_first_token_rank_in_arm64"] = max(rank(p, int(q.argmax()))
+                                                       for p, q in zip(a_logits, x_logits))
         # test_device.py's tolerances, with x86 in the place of the PyTorch reference:
         # fp32: logits within 1e-3, the same greedy tokens, accuracy within 0.01;
-        # int8 (other integer kernels on each CPU): logits corr >= 0.98, the same first greedy
-        # token, accuracy within 0.05.
+        # int8 (other integer kernels on each CPU): logits corr >= 0.98, x86's first greedy
+        # token among arm64's top 3, accuracy within 0.05.
         acc_tol = 0.01 if FP32(m) else 0.05
         if FP32(m):
             cmp["pass"] = (cmp["greedy_tokens_equal"]
@@ -305,9 +337,10 @@ for m in models:
             cmp["tolerances"] = {"max_abs_logit_diff": 1e-3, "greedy": "all tokens",
                                  "accuracy": acc_tol}
         else:
-            cmp["pass"] = (cmp["first_greedy_token_equal"]
+            cmp["pass"] = (cmp.get("x86_first_token_rank_in_arm64", np.inf) <= INT8_MAX_RANK
                            and cmp.get("min_logit_corr", 0) >= 0.98)
-            cmp["tolerances"] = {"min_logit_corr": 0.98, "greedy": "first token",
+            cmp["tolerances"] = {"min_logit_corr": 0.98,
+                                 "x86_first_token_rank_in_arm64": INT8_MAX_RANK,
                                  "accuracy": acc_tol}
         cmp["pass"] = bool(cmp["pass"] and cmp["same_n_examples"]
                            and abs(cmp["accuracy_diff"]) <= acc_tol + 1e-9)
@@ -322,7 +355,7 @@ result["notes"] = [
     "the RLIMIT_AS cap is not enforced under qemu-user (it ignores setrlimit(RLIMIT_AS))"
     if mode != "native" else "arm64 numbers measured on a native aarch64 CPU",
     "x86 numbers are from the host python on the same machine, under nice -n %s" % nice,
-]
+] + ([os.environ["RESULT_NOTE"]] if os.environ.get("RESULT_NOTE") else [])
 Path(out).write_text(json.dumps(result, indent=2) + "\n")
 for m, e in result["models"].items():
     a, x, c = e.get("arm64"), e.get("x86"), e.get("arm64_vs_x86", {})
