@@ -17,7 +17,8 @@ demo: install
 	edge-c2i demo --force
 
 test: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests device_tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q device_tests
 	bash android_demo/jvm-test.sh
 
 # The exported model run as a device runs it (ONNX Runtime only, 1 thread, memory cap);
