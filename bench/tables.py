@@ -173,6 +173,29 @@ def section_memory(d: dict) -> str:
                            ("seconds", "s"), ("top5", "top 5 of the ranking")]))
 
 
+def section_device_arm64(d: dict) -> str:
+    rows = []
+    for name, m in d["models"].items():
+        for cpu in ("arm64", "x86"):
+            r = m[cpu]
+            rows.append({"file": name, "cpu": cpu, "n": r["n_examples"], "acc": r["accuracy"],
+                         "prefill": r["prefill_128_s"], "token": r["per_token_s"],
+                         "rss": r["peak_rss_mb"],
+                         "diff": m["arm64_vs_x86"]["max_abs_logit_diff"] if cpu == "arm64" else None,
+                         "greedy": m["arm64_vs_x86"]["greedy_tokens_equal"] if cpu == "arm64" else None})
+    env = d["environment"]["arm64"]
+    return ("### Device run on arm64 (emulated) vs x86\n\n`sudo bash device_tests/arm64/run_arm64.sh "
+            "ONNX_DIR --examples 20` -> bench/results/device_arm64.json: device_tests/device_run.py "
+            f"(ONNX Runtime only, 1 thread) in a Debian {env['debian']} arm64 rootfs under "
+            f"{env['emulator']}, and the same command on x86, on the `make demo` export. Emulated "
+            "latency is not a board's (qemu is 20-600x slower); see device_tests/arm64/README.md.\n\n"
+            + table(rows, [("file", "model file"), ("cpu", "CPU"), ("n", "examples"),
+                           ("acc", "accuracy"), ("prefill", "prefill 128 s"),
+                           ("token", "s / token"), ("rss", "peak RSS MB"),
+                           ("diff", "max abs dlogit arm64 vs x86"),
+                           ("greedy", "greedy tokens equal")]))
+
+
 def section_generic(name: str, d: dict) -> str:
     rows = d.get("rows") or d.get("results") or []
     if not rows or not isinstance(rows, list) or not isinstance(rows[0], dict):
@@ -184,7 +207,8 @@ def section_generic(name: str, d: dict) -> str:
 def main() -> None:
     parts = []
     known = {"base": section_base, "search": section_search, "export": section_export,
-             "svd": section_svd, "memory": section_memory}
+             "svd": section_svd, "memory": section_memory,
+             "device_arm64": section_device_arm64}
     for name, render in known.items():
         d = load(name)
         if d:
