@@ -196,6 +196,20 @@ def section_device_arm64(d: dict) -> str:
                            ("greedy", "greedy tokens equal")]))
 
 
+def section_device_x86(d: dict) -> str:
+    rows = [{"file": name, "acc": r["task"]["accuracy"], "n": r["task"]["n"],
+             "prefill": r["prefill_128_s"], "token": r["per_token_s"], "rss": r["peak_rss_mb"],
+             "cap": r["cap_mb"], "torch": r["torch_imported"]} for name, r in d["runs"].items()]
+    return ("### device_tests on x86\n\n`make device-test` (also in `make test`) -> "
+            "device_tests/report.json, copied to bench/results/device_x86.json: the default export "
+            "(SmolLM2-135M adapted by C2I to fact_checker/fever), ONNX Runtime only, 1 thread, under "
+            "an address-space cap. The peak RSS column is the measured need.\n\n"
+            + table(rows, [("file", "model file"), ("n", "examples"), ("acc", "accuracy"),
+                           ("prefill", "prefill 128 s"), ("token", "s / token"),
+                           ("rss", "peak RSS MB"), ("cap", "cap MB (RLIMIT_AS)"),
+                           ("torch", "torch imported")]))
+
+
 def section_generic(name: str, d: dict) -> str:
     rows = d.get("rows") or d.get("results") or []
     if not rows or not isinstance(rows, list) or not isinstance(rows[0], dict):
@@ -208,7 +222,7 @@ def main() -> None:
     parts = []
     known = {"base": section_base, "search": section_search, "export": section_export,
              "svd": section_svd, "memory": section_memory,
-             "device_arm64": section_device_arm64}
+             "device_arm64": section_device_arm64, "device_x86": section_device_x86}
     for name, render in known.items():
         d = load(name)
         if d:
