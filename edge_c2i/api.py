@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .budget import lm_head_chunk_for
+from .budget import eval_batch_tokens_for, lm_head_chunk_for
 from .errors import UserError
 from .evaluate import Scorer, calibrated_accuracy
 from .factorize import Reduction, count_params, describe, reduce, save_adapted
@@ -74,7 +74,8 @@ def adapt(model: nn.Module, tokenizer, task: str | Task, method: str = "c2i",
         raise UserError(f"unknown method {method!r}: use c2i or laser")
 
     t_test = time.perf_counter()
-    test_scorer = Scorer(tokenizer, splits.test, lm_head_chunk=lm_head_chunk_for(model, max_memory))
+    test_scorer = Scorer(tokenizer, splits.test, eval_batch_tokens_for(max_memory),
+                         lm_head_chunk_for(model, max_memory))
     base_test = test_scorer.run(model, desc="test: base" if progress else None)
     eval_base = found.base
     reductions: list[Reduction] = []

@@ -37,6 +37,8 @@ from .targets import Target, weight_matrix
 # records it as "runtime_rss"); rounded up for the allocator's arenas.
 RUNTIME_BYTES = 320 * 10**6
 DEFAULT_BATCH_TOKENS = 2048  # the unbudgeted scan's batch
+DEFAULT_EVAL_BATCH_TOKENS = 4096  # scoring without autograd (evaluate.Scorer's default)
+BUDGET_EVAL_BATCH_TOKENS = 512
 SAFETY = 0.92  # plan within 92% of --max-memory: allocator arenas and estimate error
 LM_HEAD_BYTES = 12  # per position and vocabulary entry: logits, softcapped copy, log-softmax
 MIN_LM_HEAD_CHUNK = 8
@@ -162,6 +164,13 @@ def _plan(model, targets, longest, budget, exact_svd: bool) -> ScanPlan:
     estimate = {**fixed, "activations": tokens * per_token, "factors": largest_group,
                 "svd": svd_need}
     return ScanPlan(asked, tokens, groups, svd_need, estimate, lm_chunk)
+
+
+def eval_batch_tokens_for(budget: int | None) -> int:
+    """Batch tokens of the (no-grad) search and test scoring: smaller under a budget, where
+    4096-token batches of Gemma-3 took ~0.1 GB of transient activations and the budgeted
+    adapt passed its 2 GB by 2.7% (bench/results/memory.json)."""
+    return DEFAULT_EVAL_BATCH_TOKENS if budget is None else BUDGET_EVAL_BATCH_TOKENS
 
 
 def lm_head_chunk_for(model: nn.Module, budget: int | None) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from torch import nn
 from tqdm import tqdm
 
-from .budget import lm_head_chunk_for
+from .budget import eval_batch_tokens_for, lm_head_chunk_for
 from .errors import UserError
 from .evaluate import Result, Scorer
 from .factorize import build_module, cluster_rows, rank_for, swap
@@ -147,7 +147,8 @@ def c2i_search(model: nn.Module, tokenizer, calib, evals, top_k: int = DEFAULT_T
     t_scan = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    scorer = Scorer(tokenizer, evals, lm_head_chunk=lm_head_chunk_for(model, max_memory))
+    scorer = Scorer(tokenizer, evals, eval_batch_tokens_for(max_memory),
+                    lm_head_chunk_for(model, max_memory))
     base = scorer.run(model)
     t_base = time.perf_counter() - t1
     prep: dict = {}
