@@ -40,3 +40,10 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     rule = "|" + "|".join("---" for _ in columns) + "|"
     body = ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
     return "\n".join([head, rule, *body])
+
+
+# bench_scan.py's table (also rendered by tables.py, which must not import torch)
+SCAN_COLUMNS = [("model", "model"), ("task", "task"), ("tokens", "tokens"),
+                ("fb_s", "forward+backward s"), ("svd_s", "SVDs s"), ("grad_s", "scan's pass s"),
+                ("scan_s", "scan s"), ("grad_over_fb", "pass / f+b"),
+                ("ratio", "scan / (f+b + SVDs)"), ("within_target", "<= 1.5")]

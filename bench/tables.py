@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from common import RESULTS, table
+from common import RESULTS, SCAN_COLUMNS, table
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -177,6 +177,14 @@ def section_memory(d: dict) -> str:
                            ("pick", "adapt chose")]))
 
 
+def section_scan(d: dict) -> str:
+    return ("### What the scan costs\n\n`python bench/bench_scan.py` -> bench/results/scan.json "
+            f"(100 calibration examples, {d['threads']} threads, the faster of {d['repeats']} "
+            "runs). The target: the scan (SVDs of every target + its hooked forward+backward) "
+            f"costs at most {d['target_ratio']}x one ordinary forward+backward over the same "
+            "examples plus those SVDs.\n\n" + table(d["rows"], SCAN_COLUMNS))
+
+
 def section_device_arm64(d: dict) -> str:
     rows = []
     for name, m in d["models"].items():
@@ -225,7 +233,7 @@ def section_generic(name: str, d: dict) -> str:
 def main() -> None:
     parts = []
     known = {"base": section_base, "search": section_search, "export": section_export,
-             "svd": section_svd, "memory": section_memory,
+             "svd": section_svd, "scan": section_scan, "memory": section_memory,
              "device_arm64": section_device_arm64, "device_x86": section_device_x86}
     for name, render in known.items():
         d = load(name)

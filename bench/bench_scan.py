@@ -1,0 +1,94 @@
+"""What the scan costs, against the issue's target: at most 1.5x one ordinary
+forward+backward over the calibration sample plus the SVDs of the targets.
+
+    python bench/bench_scan.py --models smollm2-135m gemma3-270m
+
+For each (model, task), on the calibration split bench_search.py uses (100
+examples, seed 0), in one process, with the same batching:
+
+- ``fb_s``: one ordinary training step's forward+backward of the task loss,
+  every parameter requiring grad (what any fine-tuning step costs);
+- ``scan_s``: edge_c2i's scan, end to end: the SVD of every target
+  (``svd_s``) and its hooked forward+backward (``grad_s``);
+- ``ratio`` = scan_s / (fb_s + svd_s), the target being <= 1.5.
+
+Each is run twice after a warm-up pass and the faster run is kept (timings on a
+shared 2-core machine are noisy).  Writes bench/results/scan.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from common import SCAN_COLUMNS, table, write_result
+
+from edge_c2i.evaluate import Scorer
+from edge_c2i.models import load_model
+from edge_c2i.scan import singular_value_gradients
+from edge_c2i.targets import find_targets
+from edge_c2i.tasks import load_task, split
+
+TASKS = ["bigbench:qa_wikidata", "bigbench:fact_checker/fever", "bigbench:epistemic_reasoning",
+         "bigbench:truthful_qa"]
+
+
+def plain_forward_backward(model, scorer: Scorer) -> float:
+    params = list(model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        t0 = time.perf_counter()
+        with torch.enable_grad():
+            scorer.loss_and_backward(model)
+        return time.perf_counter() - t0
+    finally:
+        for p in params:
+            p.grad = None
+            p.requires_grad_(False)
+
+
+def run_pair(model, tok, name: str, task: str, repeats: int) -> dict:
+    calib = split(load_task(task), 100, 100, 0, 0, "c2i").calib
+    targets = find_targets(model)
+    scorer = Scorer(tok, calib)
+    plain_forward_backward(model, scorer)  # warm-up
+    fb, scans = [], []
+    for _ in range(repeats):
+        fb.append(plain_forward_backward(model, scorer))
+        t0 = time.perf_counter()
+        _, timings = singular_value_gradients(model, tok, calib, targets, progress=False)
+        scans.append({**timings, "scan_s": time.perf_counter() - t0})
+    fb_s = min(fb)
+    best = min(scans, key=lambda s: s["scan_s"])
+    row = {"model": name, "task": task, "n_calib": len(calib), "n_targets": len(targets),
+           "tokens": sum(len(b["input_ids"].view(-1)) for b in scorer.batches),
+           "fb_s": fb_s, "svd_s": best["svd_s"], "grad_s": best["grad_s"],
+           "scan_s": best["scan_s"], "grad_over_fb": best["grad_s"] / fb_s,
+           "ratio": best["scan_s"] / (fb_s + best["svd_s"])}
+    row["within_target"] = row["ratio"] <= 1.5
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
+    ap.add_argument("--tasks", nargs="+", default=TASKS)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name in args.models:
+        model, tok = load_model(name)
+        for task in args.tasks:
+            rows.append(run_pair(model, tok, name, task, args.repeats))
+            print(rows[-1], flush=True)
+            write_result("scan", {"threads": args.threads, "repeats": args.repeats,
+                                  "target_ratio": 1.5, "rows": rows})
+    print(table(rows, SCAN_COLUMNS))
+
+
+if __name__ == "__main__":
+    main()
