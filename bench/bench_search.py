@@ -12,7 +12,8 @@ For each (model, task), on one seeded split (100 calibration, 100 evaluation,
   x 9 rates on SmolLM2, does not fit in one run here), scored on the same
   evaluation sample with the same cached-prefix evaluator;
 - C2I once, over a wide grid: the top 4 matrices x rates (0.5, 0.2, 0.05, 0.01)
-  x clusters (1, 2, 4, 8).  Every smaller grid (fewer candidates, rates or
+  x clusters (1, 2, 4, 8) (--wide-clusters narrows it for the costliest tasks;
+  the variants outside it are then recorded as null).  Every smaller grid (fewer candidates, rates or
   clusterings) is a subset of these trials, so what C2I with that grid would
   have picked, and its cost (scan + base evaluation + the subset's trials and
   preparation, each timed), follows exactly; the pick is then scored on the test
@@ -129,7 +130,8 @@ def run_pair(model, tok, name, task, args, laser_grid) -> dict:
     splits = split(load_task(task), 100, 100, args.test_samples, 0, "c2i")
     layers, types, rates = laser_grid
     laser = laser_search(model, tok, splits.eval, rates, layers, types, progress=True)
-    wide = c2i_search(model, tok, splits.calib, splits.eval, WIDE_K, WIDE_RATES, WIDE_CLUSTERS,
+    wide_clusters = tuple(args.wide_clusters)
+    wide = c2i_search(model, tok, splits.calib, splits.eval, WIDE_K, WIDE_RATES, wide_clusters,
                       progress=True)
     scorer = Scorer(tok, splits.test)
     cache: dict = {}
@@ -149,8 +151,11 @@ def run_pair(model, tok, name, task, args, laser_grid) -> dict:
            "laser_full_grid_evals": n_layers * n_types * len(LASER_RATES),
            "laser_full_grid_s_estimated": laser_full_grid_estimate(laser, n_layers, n_types),
            "c2i_scan_s": wide.timings["scan_s"], "c2i_base_eval_s": wide.timings["base_eval_s"],
-           "variants": {}}
+           "wide_clusters": list(wide_clusters), "variants": {}}
     for label, (k, rates_v, clusters_v) in VARIANTS.items():
+        if not set(clusters_v) <= set(wide_clusters):
+            row["variants"][label] = None  # not a sub-grid of this pair's wide run
+            continue
         trials, cost = sub_grid(wide, k, rates_v, clusters_v)
         chosen = pick(wide.base, trials)
         res = test_accuracy(model, scorer, chosen, cache)
@@ -185,6 +190,9 @@ def main() -> None:
     ap.add_argument("--laser-types", default="gate,in,out")
     ap.add_argument("--laser-rates", default="0.1,0.05,0.01")
     ap.add_argument("--test-samples", type=int, default=300)
+    ap.add_argument("--wide-clusters", type=lambda t: [int(x) for x in t.split(",")],
+                    default=list(WIDE_CLUSTERS),
+                    help="clusterings of the wide C2I run (fewer: cheaper, fewer variants)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="search")
     ap.add_argument("--append", action="store_true",

@@ -54,8 +54,10 @@ def section_search(d: dict) -> str:
     labels = list(d["rows"][0]["variants"]) if d["rows"] else []
     agg = []
     for label in labels:
-        vs = [r["variants"][label] for r in d["rows"]]
+        vs = [r["variants"][label] for r in d["rows"] if r["variants"].get(label)]
         g = d["variants"][label]
+        if not vs:
+            continue
         agg.append({"variant": label,
                     "grid": f"{g['top_k']} / {'/'.join(map(str, g['rates']))} / "
                             f"{'/'.join(map(str, g['clusters']))}",
