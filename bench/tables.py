@@ -49,7 +49,10 @@ def section_search(d: dict) -> str:
                         ("c2i_multi_s", "C2I s"), ("speedup_vs_laser", "speedup, measured"),
                         ("laser_full_grid_s_estimated", "LASER full grid s, est."),
                         ("speedup_vs_laser_full_grid_estimated", "speedup, full grid est.")])
+    for row in rows:
+        row["wide"] = "/".join(map(str, row.get("wide_clusters") or [1, 2, 4, 8]))
     chosen = table(rows, [("model", "model"), ("task", "task"), ("subset", "LASER subset"),
+                          ("wide", "C2I wide run clusters"),
                           ("laser_pick", "LASER chose"), ("c2i_pick", "C2I (default grid) chose")])
     labels = list(d["rows"][0]["variants"]) if d["rows"] else []
     agg = []
@@ -90,13 +93,15 @@ def section_search(d: dict) -> str:
             "for both methods. LASER ran on a subset of its grid (below); the measured speedup is "
             "against that subset, the full-grid figure is an estimate (per-layer cost model "
             "scaled by the subset's measured cost, see the script) and has its own column. C2I "
-            "ran once over top 4 x rates 0.5/0.2/0.05/0.01 x clusters 1/2/4/8; 'C2I single' "
+            "ran once over top 4 x rates 0.5/0.2/0.05/0.01 x clusters 1/2/4/8 (narrower where "
+            "the 'C2I wide run clusters' column below says so, for the costliest tasks); 'C2I single' "
             "(clusters 1) and 'C2I multi' (the default grid) are what those grids pick from "
             "the same trials, with their own timed trials and preparation.\n\n"
             + main + "\n\n" + chosen
             + "\n\n#### Choosing the defaults\n\nEvery row is a sub-grid of the same wide "
               "run, its pick scored on the test split; gains are test accuracy minus base, "
-              "averaged over the model x task pairs above.\n\n" + variants
+              "averaged over the model x task pairs whose wide run holds that grid (the "
+              "'pairs improved' column gives how many).\n\n" + variants
             + "\n\n#### Score ablation\n\nWhere each score ranks (of all the model's "
               "matrices) the matrix LASER's subset search picked, and how many of the subset's "
               "matrices that beat the base on the evaluation sample each score puts in its top "
