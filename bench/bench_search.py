@@ -178,6 +178,12 @@ def run_pair(model, tok, name, task, args, laser_grid) -> dict:
                                "top4": wide.rankings[score][:4]}
                        for score in SCORES}
     row["laser_helpful_matrices"] = sorted(helpful)
+    # every trial of both searches (evaluation sample), to study other grids offline
+    row["c2i_trials"] = [vars(t) for t in wide.trials]
+    row["c2i_candidates"] = [f"{c['layer']}.{c['type']}" for c in wide.candidates]
+    row["c2i_prep_s"] = wide.timings["prep_s"]
+    row["c2i_base_eval"] = {"accuracy": wide.base.accuracy, "loss": wide.base.loss}
+    row["laser_trials"] = [vars(t) for t in laser.trials]
     row["seconds"] = time.perf_counter() - t_start
     return row
 
