@@ -40,20 +40,24 @@ def section_search(d: dict) -> str:
                      "subset": f"layers {sub['layers'][0]}-{sub['layers'][-1]}, "
                                f"{'/'.join(sub['types'])}, rates {'/'.join(map(str, sub['rates']))}",
                      "laser_pick": _config(r["laser_chosen"]),
-                     "c2i_pick": _config(r["c2i_multi_chosen"])})
+                     "c2i_pick": _config(r["c2i_chosen"]),
+                     "multi_pick": _config(r["c2i_multi_chosen"])})
     main = table(rows, [("model", "model"), ("task", "task"), ("n_test", "n test"),
                         ("base_acc", "base"), ("calibrated_acc", "calibrated base"),
-                        ("laser_acc", "LASER (subset)"), ("c2i_single_acc", "C2I single"),
+                        ("laser_acc", "LASER (subset)"), ("c2i_acc", "C2I"),
                         ("c2i_multi_acc", "C2I multi"), ("laser_grid", "LASER evals"),
-                        ("c2i_multi_evals", "C2I evals"), ("laser_subset_s", "LASER s"),
-                        ("c2i_multi_s", "C2I s"), ("speedup_vs_laser", "speedup, measured"),
+                        ("c2i_evals", "C2I evals"), ("laser_subset_s", "LASER s"),
+                        ("c2i_s", "C2I s"), ("speedup_vs_laser", "speedup, measured"),
                         ("laser_full_grid_s_estimated", "LASER full grid s, est."),
-                        ("speedup_vs_laser_full_grid_estimated", "speedup, full grid est.")])
+                        ("speedup_vs_laser_full_grid_estimated", "speedup, full grid est."),
+                        ("multi_speedup_vs_laser_full_grid_estimated",
+                         "C2I multi: speedup, full grid est.")])
     for row in rows:
         row["wide"] = "/".join(map(str, row.get("wide_clusters") or [1, 2, 4, 8]))
     chosen = table(rows, [("model", "model"), ("task", "task"), ("subset", "LASER subset"),
                           ("wide", "C2I wide run clusters"),
-                          ("laser_pick", "LASER chose"), ("c2i_pick", "C2I (default grid) chose")])
+                          ("laser_pick", "LASER chose"), ("c2i_pick", "C2I chose"),
+                          ("multi_pick", "C2I multi chose")])
     labels = list(d["rows"][0]["variants"]) if d["rows"] else []
     agg = []
     for label in labels:
@@ -87,6 +91,7 @@ def section_search(d: dict) -> str:
                            ("helpful", "subset matrices that beat base"),
                            ("top4_first_order", "of them in top 4, first_order"),
                            ("top4_tail_grad", "of them in top 4, tail_grad")])
+    dg = d["variants"]["default"]
     return (f"### C2I vs LASER (test split, up to {d['test_samples']} examples)\n\n"
             "`python bench/bench_search.py` (--models/--tasks as in the rows) -> "
             "bench/results/search.json, one process, 100 calibration + 100 evaluation examples "
@@ -94,9 +99,12 @@ def section_search(d: dict) -> str:
             "against that subset, the full-grid figure is an estimate (per-layer cost model "
             "scaled by the subset's measured cost, see the script) and has its own column. C2I "
             "ran once over top 4 x rates 0.5/0.2/0.05/0.01 x clusters 1/2/4/8 (narrower where "
-            "the 'C2I wide run clusters' column below says so, for the costliest tasks); 'C2I single' "
-            "(clusters 1) and 'C2I multi' (the default grid) are what those grids pick from "
-            "the same trials, with their own timed trials and preparation.\n\n"
+            "the 'C2I wide run clusters' column below says so, for the costliest tasks); 'C2I' "
+            f"(the default grid: top {dg['top_k']} x rates {'/'.join(map(str, dg['rates']))} x "
+            f"clusters {'/'.join(map(str, dg['clusters']))}) and 'C2I multi' (top 4 x the same "
+            "rates x clusters 1/4) are what those grids pick from "
+            "the same trials, with their own timed trials and preparation; the speedups are "
+            "C2I's.\n\n"
             + main + "\n\n" + chosen
             + "\n\n#### Choosing the defaults\n\nEvery row is a sub-grid of the same wide "
               "run, its pick scored on the test split; gains are test accuracy minus base, "
