@@ -193,9 +193,10 @@ def section_memory(d: dict) -> str:
 
 
 def section_scan(d: dict) -> str:
+    runs = "one run" if d["repeats"] == 1 else f"the faster of {d['repeats']} runs"
     return ("### What the scan costs\n\n`python bench/bench_scan.py` -> bench/results/scan.json "
             f"(100 calibration examples, {d['threads']} threads, after a warm-up pass, "
-            f"{'one run' if d['repeats'] == 1 else 'the faster of %d runs' % d['repeats']}). "
+            f"{runs}). "
             "The target: the scan (SVDs of every target + its hooked forward+backward) "
             f"costs at most {d['target_ratio']}x one ordinary forward+backward over the same "
             "examples plus those SVDs.\n\n" + table(d["rows"], SCAN_COLUMNS))
