@@ -12,22 +12,17 @@ import argparse
 import time
 
 import torch
-from common import table, write_result
+from common import model_task_args, table, write_result
 
 from edge_c2i.evaluate import evaluate
 from edge_c2i.models import load_model
 from edge_c2i.tasks import load_task, split
 
-TASKS = ["bigbench:epistemic_reasoning", "bigbench:qa_wikidata", "bigbench:fact_checker/fever",
-         "bigbench:truthful_qa"]
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
-    ap.add_argument("--tasks", nargs="+", default=TASKS)
+    model_task_args(ap)
     ap.add_argument("--test-samples", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []

@@ -22,16 +22,13 @@ import argparse
 import time
 
 import torch
-from common import SCAN_COLUMNS, table, write_result
+from common import SCAN_COLUMNS, model_task_args, table, write_result
 
 from edge_c2i.evaluate import Scorer
 from edge_c2i.models import load_model
 from edge_c2i.scan import singular_value_gradients
 from edge_c2i.targets import find_targets
 from edge_c2i.tasks import load_task, split
-
-TASKS = ["bigbench:qa_wikidata", "bigbench:fact_checker/fever", "bigbench:epistemic_reasoning",
-         "bigbench:truthful_qa"]
 
 
 def plain_forward_backward(model, scorer: Scorer) -> float:
@@ -73,9 +70,7 @@ def run_pair(model, tok, name: str, task: str, repeats: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
-    ap.add_argument("--tasks", nargs="+", default=TASKS)
-    ap.add_argument("--threads", type=int, default=2)
+    model_task_args(ap)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -38,7 +38,7 @@ import json
 import time
 
 import torch
-from common import RESULTS, table, write_result
+from common import RESULTS, TASKS, table, write_result
 
 from edge_c2i.evaluate import Scorer, calibrated_accuracy
 from edge_c2i.factorize import build_module, swap
@@ -55,8 +55,6 @@ from edge_c2i.search import (
 from edge_c2i.targets import LASER_RATES, decoder_layers, find_targets, get_target
 from edge_c2i.tasks import load_task, split
 
-TASKS = ["bigbench:qa_wikidata", "bigbench:fact_checker/fever", "bigbench:epistemic_reasoning",
-         "bigbench:truthful_qa"]
 WIDE_K, WIDE_RATES, WIDE_CLUSTERS = 4, (0.5, 0.2, 0.05, 0.01), (1, 2, 4, 8)
 # the grids compared for the defaults: (top_k, rates, clusters), each a subset of the wide run
 VARIANTS = {
