@@ -13,8 +13,8 @@ For each (model, task), on one seeded split (100 calibration, 100 evaluation,
   evaluation sample with the same cached-prefix evaluator;
 - C2I once, over a wide grid: the top 4 matrices x rates (0.5, 0.2, 0.05, 0.01)
   x clusters (1, 2, 4, 8) (--wide-clusters narrows it for the costliest tasks;
-  the variants outside it are then recorded as null).  Every smaller grid (fewer candidates, rates or
-  clusterings) is a subset of these trials, so what C2I with that grid would
+  the variants outside it are then recorded as null).  Every smaller grid
+  (fewer candidates, rates or clusterings) is a subset of these trials, so what C2I with that grid would
   have picked, and its cost (scan + base evaluation + the subset's trials and
   preparation, each timed), follows exactly; the pick is then scored on the test
   split.  "C2I single" is clusters (1,), "C2I multi" clusters (1, 4), "C2I" the
@@ -136,13 +136,14 @@ def summarize(row: dict) -> dict:
         row["variants"]["default"] = row["variants"][same[0]]
     for label, variant in (("c2i_single", "clusters 1"), ("c2i_multi", "clusters 1,4"),
                            ("c2i", "default")):
-        v = row["variants"][variant]
-        row.update({f"{label}_acc": v["acc"], f"{label}_loss": v["loss"], f"{label}_s": v["s"],
-                    f"{label}_evals": v["evals"], f"{label}_chosen": v["chosen"]})
+        v = row["variants"].get(variant) or {}  # null: not in this pair's wide run
+        row.update({f"{label}_{key}": v.get(field) for key, field in
+                    (("acc", "acc"), ("loss", "loss"), ("s", "s"), ("evals", "evals"),
+                     ("chosen", "chosen"))})
     row["speedup_vs_laser"] = row["laser_subset_s"] / row["c2i_s"]
     row["speedup_vs_laser_full_grid_estimated"] = row["laser_full_grid_s_estimated"] / row["c2i_s"]
-    row["multi_speedup_vs_laser_full_grid_estimated"] = (row["laser_full_grid_s_estimated"]
-                                                         / row["c2i_multi_s"])
+    row["multi_speedup_vs_laser_full_grid_estimated"] = (
+        row["c2i_multi_s"] and row["laser_full_grid_s_estimated"] / row["c2i_multi_s"])
     return row
 
 
@@ -225,6 +226,8 @@ def main() -> None:
     ap.add_argument("--resummarize", action="store_true",
                     help="only re-derive the headline fields of the result file (summarize)")
     args = ap.parse_args()
+    if 1 not in args.wide_clusters or not set(DEFAULT_CLUSTERS) <= set(args.wide_clusters):
+        ap.error(f"--wide-clusters must hold 1 and the default clusters {DEFAULT_CLUSTERS}")
     torch.set_num_threads(args.threads)
     rows = []
     previous = RESULTS / f"{args.out}.json"

@@ -41,7 +41,8 @@ def section_search(d: dict) -> str:
                                f"{'/'.join(sub['types'])}, rates {'/'.join(map(str, sub['rates']))}",
                      "laser_pick": _config(r["laser_chosen"]),
                      "c2i_pick": _config(r["c2i_chosen"]),
-                     "multi_pick": _config(r["c2i_multi_chosen"])})
+                     "multi_pick": (_config(r["c2i_multi_chosen"])
+                                    if r["variants"].get("clusters 1,4") else "not run")})
     main = table(rows, [("model", "model"), ("task", "task"), ("n_test", "n test"),
                         ("base_acc", "base"), ("calibrated_acc", "calibrated base"),
                         ("laser_acc", "LASER (subset)"), ("c2i_acc", "C2I"),
