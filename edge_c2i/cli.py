@@ -135,8 +135,9 @@ def cmd_adapt(args, method: str = "c2i") -> int:
     budget = _budget(getattr(args, "max_memory", None))
     out = check_out_dir(args.out, args.force)
     model, tok = load_model(args.model, max_memory=budget)
-    kwargs = dict(n_eval=args.eval_samples, n_test=args.test_samples, seed=args.seed,
-                  layers=args.layers, types=args.types, rates=args.rates, model_name=args.model)
+    kwargs = {"n_eval": args.eval_samples, "n_test": args.test_samples, "seed": args.seed,
+              "layers": args.layers, "types": args.types, "rates": args.rates,
+              "model_name": args.model}
     if method == "c2i":
         kwargs.update(n_calib=args.samples, top_k=args.top_k, clusters=args.clusters,
                       score=args.score, clustering=args.clustering, max_memory=budget)

@@ -19,6 +19,7 @@ L changes nothing below L.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -389,7 +390,7 @@ def calibrated_accuracy(eval_res: Result, test_res: Result, examples_eval, examp
             margins = sorted({max(s + bias[k] for k, s in enumerate(lp) if k != c) - lp[c]
                               for lp in eval_res.choice_logprobs})
             candidates = [margins[0] - 1.0, margins[-1] + 1.0]
-            candidates += [(a + b) / 2 for a, b in zip(margins, margins[1:])]
+            candidates += [(a + b) / 2 for a, b in itertools.pairwise(margins)]
             for value in candidates:
                 trial = bias.copy()
                 trial[c] = value

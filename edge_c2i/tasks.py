@@ -71,7 +71,7 @@ def bigbench_archive() -> Path:
     print(f"edge-c2i: downloading {BIGBENCH_SDIST} (358 MB, once) into {folder}", file=sys.stderr)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
            "--quiet", "-d", str(folder), BIGBENCH_SDIST]
-    if subprocess.run(cmd).returncode != 0:
+    if subprocess.run(cmd, check=False).returncode != 0:
         raise UserError(f"could not download {BIGBENCH_SDIST} with pip; check access to PyPI")
     found = sorted(folder.glob("bigbench-1.0.0*.tar.gz"))
     if not found:

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from edge_c2i.gguf_tokenizer import fix_spm_bpe_tokenizer
-
 from edge_c2i.paths import home
 
 GGUF = home() / "gguf" / "gemma-3-270m-q4_k_m.gguf"

@@ -7,7 +7,7 @@ import pytest
 from edge_c2i.api import adapt, save
 from edge_c2i.evaluate import Result
 from edge_c2i.models import load_model
-from edge_c2i.search import Trial, pick, c2i_search
+from edge_c2i.search import Trial, c2i_search, pick
 from edge_c2i.tasks import load_task, split
 
 REPORT_KEYS = {"model", "task", "method", "n_grad_samples", "n_eval_samples", "timings",
