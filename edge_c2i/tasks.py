@@ -9,9 +9,11 @@ Two sources:
   ``{"prompt": str, "answer": str, "choices": [str, ...]}``; with ``choices`` it
   is a choice task whose gold is ``answer``, without it an open-answer task.
 
-The prompt is built as BIG-bench builds it: ``task_prefix + example_input_prefix
-+ input + example_output_prefix`` (defaults ``"\\nQ: "`` and ``"\\nA: "``), and
-the answer follows it.
+The prompt is built from the task's own prefixes as BIG-bench builds it:
+``task_prefix + example_input_prefix + input + example_output_prefix`` (defaults
+``"\\nQ: "`` and ``"\\nA: "``), and the answer follows it.  Unlike BIG-bench's
+default (``append_choices_to_input``), the choices of a multiple-choice task are
+not listed in the prompt: each is scored as a continuation of it, as LASER does.
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ def bigbench_task_file(name: str) -> Path:
         if (out_dir / fname).is_file():
             return out_dir / fname
     wanted = {f"{TASKS_IN_ARCHIVE}{name}/{f}": f for f in ("task.json", "task_mc.json")}
+    below = f"{TASKS_IN_ARCHIVE}{name}/"
+    subtasks = []  # task files under NAME/, to name them if NAME itself has none
     with tarfile.open(bigbench_archive()) as tar:  # one streaming pass, stop at the file
         for member in tar:
             if member.name in wanted and member.isfile():
@@ -96,6 +100,13 @@ def bigbench_task_file(name: str) -> Path:
                 tmp.write_bytes(tar.extractfile(member).read())
                 tmp.rename(target)
                 return target
+            if member.name.startswith(below) and member.name.endswith("/task.json"):
+                subtasks.append(f"{name}/{member.name[len(below):-len('/task.json')]}")
+    if subtasks:
+        raise UserError(
+            f"BIG-bench task {name!r} is split in subtasks; pick one: "
+            + ", ".join(f"bigbench:{s}" for s in sorted(subtasks))
+        )
     raise UserError(
         f"unknown BIG-bench task {name!r}: no task.json for it in {BIGBENCH_SDIST} "
         "(nested tasks are addressed by path, e.g. bigbench:fact_checker/fever)"

@@ -77,6 +77,11 @@ def test_bad_task_names():
         load_task("bigbench:no_such_task_here")
 
 
+def test_a_task_split_in_subtasks_names_them():
+    with pytest.raises(UserError, match=r"split in subtasks; pick one: .*bigbench:fact_checker/fever"):
+        load_task("bigbench:fact_checker")
+
+
 def test_malformed_bigbench_json():
     with pytest.raises(UserError, match="no 'examples' list"):
         parse_bigbench({"name": "x"}, "x/task.json")
