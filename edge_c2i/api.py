@@ -16,7 +16,7 @@ from torch import nn
 
 from .budget import eval_batch_tokens_for, lm_head_chunk_for
 from .errors import UserError
-from .evaluate import Scorer, calibrated_accuracy
+from .evaluate import Scorer, calibrated_accuracy, calibration_control
 from .factorize import Reduction, count_params, describe, reduce, save_adapted
 from .scan import DEFAULT_SCORE
 from .search import (
@@ -102,11 +102,14 @@ def make_report(model_name, task_name, method, splits, found: SearchResult, redu
         chosen = {"layer": r.layer, "type": r.type, "rate": r.rate, "clusters": r.clusters,
                   "clustering": r.clustering, "ranks": r.ranks, "group_sizes": r.group_sizes}
     gain = adapted_test.accuracy - base_test.accuracy
+    control = calibration_control(splits.eval + splits.test)
     if chosen is None:
         verdict = "no improvement on the evaluation sample: the model is left as it was"
     elif calibrated is not None and adapted_test.accuracy <= calibrated:
-        verdict = ("the gain does not beat the calibration control (the unmodified model with a "
-                   "per-choice bias fitted on the evaluation sample)")
+        bias = ("a bias per answer token (a preference for shorter or longer answers)"
+                if control == "length bias" else "a per-choice bias")
+        verdict = ("the gain does not beat the calibration control (the unmodified model with "
+                   f"{bias} fitted on the evaluation sample)")
     else:
         verdict = f"test accuracy {gain:+.3f}"
     return {
@@ -126,7 +129,8 @@ def make_report(model_name, task_name, method, splits, found: SearchResult, redu
                         "best": None if found.best is None else vars(found.best)},
         "base": base_test.as_dict(),
         "adapted": adapted_test.as_dict(),
-        "calibrated_base": None if calibrated is None else {"accuracy": calibrated},
+        "calibrated_base": None if calibrated is None else {"accuracy": calibrated,
+                                                            "control": control},
         "params": {"before": params_before, "after": params_after},
         "verdict": verdict,
         "trials": [vars(t) for t in found.trials],

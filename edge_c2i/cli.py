@@ -119,7 +119,7 @@ def _summary(report: dict, out: Path) -> None:
           f"in {report['timings']['total_s']:.1f}s")
     print(f"  chosen: {report['chosen']}")
     print(f"  test accuracy {b['accuracy']:.3f} -> {a['accuracy']:.3f}, loss {b['loss']:.4f} "
-          f"-> {a['loss']:.4f}" + (f" (calibrated base {c['accuracy']:.3f})" if c else ""))
+          f"-> {a['loss']:.4f}" + (f" (calibrated base {c['accuracy']:.3f}, {c['control']})" if c else ""))
     print(f"  params {report['params']['before']:,} -> {report['params']['after']:,}")
     print(f"  {report['verdict']}")
     print(f"  written: {out} (report.json inside)")

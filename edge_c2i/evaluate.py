@@ -61,6 +61,7 @@ class Result:
     gold: list[int] | None  # index of the gold choice
     first_token_correct: list[bool] | None  # open tasks
     n: int
+    answer_tokens: list[list[int]] | None = None  # choice tasks: tokens of each choice
 
     def as_dict(self) -> dict:
         return {"accuracy": self.accuracy, "loss": self.loss, "n": self.n}
@@ -242,7 +243,8 @@ class Scorer:
         if self.is_choice:
             gold_lp = [logprobs[i][g] / self.answer_len[i][g] for i, g in enumerate(self.gold)]
             correct = [max(range(len(lp)), key=lp.__getitem__) == g for lp, g in zip(logprobs, self.gold)]
-            return Result(sum(correct) / n, -sum(gold_lp) / n, logprobs, list(self.gold), None, n)
+            return Result(sum(correct) / n, -sum(gold_lp) / n, logprobs, list(self.gold), None, n,
+                          [list(lens) for lens in self.answer_len])
         loss = -sum(lp[0] / ln[0] for lp, ln in zip(logprobs, self.answer_len)) / n
         return Result(sum(first_hit) / n, loss, None, None, first_hit, n)
 
@@ -361,41 +363,93 @@ def generation_accuracy(model, tokenizer, examples: list[Example], max_new_token
     return hits / len(examples)
 
 
-def calibrated_accuracy(eval_res: Result, test_res: Result, examples_eval, examples_test) -> float | None:
-    """Test accuracy of the model whose only change is a per-choice bias fitted on the eval sample.
+def calibration_control(examples) -> str | None:
+    """Which control ``calibrated_accuracy`` fits for a task's examples.
 
-    The control the report shows next to any gain: a reduction that only flips
-    the answer bias of a near-chance model is matched by this.  Defined for
-    tasks with one fixed label set (true/false, entailment/non-entailment, ...).
+    ``"label bias"``: every example offers the same choices (true/false, ...), so a
+    bias per choice is fitted; ``"length bias"``: the choices differ per question
+    (truthful_qa's answer sentences), so one bias per answer token is fitted: the
+    summed log-probability of a choice favours short answers, and a reduction can
+    raise accuracy by shifting that preference alone; None: open answers.
+    """
+    if not examples or examples[0].choices is None:
+        return None
+    labels = examples[0].choices
+    return "label bias" if all(e.choices == labels for e in examples) else "length bias"
+
+
+def _accuracy(res: Result, score) -> float:
+    """Accuracy when choice j of example i is scored ``score(i, j, logprob)``."""
+    ok = 0
+    for i, (lp, g) in enumerate(zip(res.choice_logprobs, res.gold)):
+        scores = [score(i, j, s) for j, s in enumerate(lp)]
+        ok += max(range(len(scores)), key=scores.__getitem__) == g
+    return ok / len(res.gold)
+
+
+def _between(points) -> list[float]:
+    """One value in each interval that ``points`` cut the line into."""
+    pts = sorted(set(points))
+    if not pts:
+        return [0.0]
+    return [pts[0] - 1.0, pts[-1] + 1.0, *((a + b) / 2 for a, b in itertools.pairwise(pts))]
+
+
+def _fit_label_bias(res: Result, n_labels: int) -> list[float]:
+    bias = [0.0] * n_labels
+    best = _accuracy(res, lambda i, j, s: s)
+    for _ in range(3):  # coordinate ascent over the biases of labels 1..C-1
+        for c in range(1, n_labels):
+            # label c wins where lp[c] + b_c beats every other biased score: the decision
+            # only changes where b_c crosses one of these margins, so try between them
+            margins = [max(s + bias[k] for k, s in enumerate(lp) if k != c) - lp[c]
+                       for lp in res.choice_logprobs]
+            for value in _between(margins):
+                trial = bias.copy()
+                trial[c] = value
+                a = _accuracy(res, lambda i, j, s, b=trial: s + b[j])
+                if a > best + 1e-12:
+                    best, bias = a, trial
+    return bias
+
+
+def _fit_length_bias(res: Result) -> float:
+    """The bias per answer token that maximizes accuracy on ``res`` (ties: the smallest)."""
+    crossings = []  # where two choices of one example swap places
+    for lp, lens in zip(res.choice_logprobs, res.answer_tokens):
+        for j, k in itertools.combinations(range(len(lp)), 2):
+            if lens[j] != lens[k]:
+                crossings.append((lp[k] - lp[j]) / (lens[j] - lens[k]))
+    # accuracy at every candidate bias at once: (betas, examples, choices), choices padded
+    width = max(map(len, res.choice_logprobs))
+    lp = torch.full((len(res.gold), width), float("-inf"), dtype=torch.float64)
+    lens = torch.zeros((len(res.gold), width), dtype=torch.float64)
+    for i, (row, n_tok) in enumerate(zip(res.choice_logprobs, res.answer_tokens)):
+        lp[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
+        lens[i, : len(row)] = torch.tensor(n_tok, dtype=torch.float64)
+    gold = torch.tensor(res.gold)
+    betas = torch.tensor([0.0, *_between(crossings)], dtype=torch.float64)
+    acc = torch.cat([((lp + b[:, None, None] * lens).argmax(-1) == gold).double().mean(-1)
+                     for b in betas.split(256)])
+    best = max(range(len(betas)), key=lambda k: (acc[k].item(), -abs(betas[k].item())))
+    return betas[best].item()
+
+
+def calibrated_accuracy(eval_res: Result, test_res: Result, examples_eval, examples_test) -> float | None:
+    """Test accuracy of the unmodified model with a bias fitted on the evaluation sample.
+
+    The control the report shows next to any gain: a reduction that only shifts
+    the answer preference of a near-chance model is matched by this.  The bias is
+    one per choice for tasks with one fixed label set, one per answer token for
+    tasks whose choices differ per question (``calibration_control``).
     """
     if eval_res.choice_logprobs is None:
         return None
-    labels = examples_eval[0].choices
-    if any(e.choices != labels for e in list(examples_eval) + list(examples_test)):
+    control = calibration_control(list(examples_eval) + list(examples_test))
+    if control == "label bias":
+        bias = _fit_label_bias(eval_res, len(examples_eval[0].choices))
+        return _accuracy(test_res, lambda i, j, s: s + bias[j])
+    if eval_res.answer_tokens is None or test_res.answer_tokens is None:
         return None
-
-    def acc(res: Result, bias: list[float]) -> float:
-        ok = 0
-        for lp, g in zip(res.choice_logprobs, res.gold):
-            scores = [s + b for s, b in zip(lp, bias)]
-            ok += max(range(len(scores)), key=scores.__getitem__) == g
-        return ok / len(res.gold)
-
-    bias = [0.0] * len(labels)
-    best = acc(eval_res, bias)
-    for _ in range(3):  # coordinate ascent over the biases of labels 1..C-1
-        for c in range(1, len(labels)):
-            # label c wins where lp[c] + b_c beats every other biased score: the decision
-            # only changes where b_c crosses one of these margins, so try between them
-            margins = sorted({max(s + bias[k] for k, s in enumerate(lp) if k != c) - lp[c]
-                              for lp in eval_res.choice_logprobs})
-            candidates = [margins[0] - 1.0, margins[-1] + 1.0]
-            candidates += [(a + b) / 2 for a, b in itertools.pairwise(margins)]
-            for value in candidates:
-                trial = bias.copy()
-                trial[c] = value
-                a = acc(eval_res, trial)
-                if a > best + 1e-12:
-                    best, bias = a, trial
-    return acc(test_res, bias)
-
+    beta = _fit_length_bias(eval_res)
+    return _accuracy(test_res, lambda i, j, s: s + beta * test_res.answer_tokens[i][j])

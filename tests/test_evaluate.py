@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import TINY, tiny_model
 
-from edge_c2i.evaluate import Result, Scorer, calibrated_accuracy, encode
+from edge_c2i.evaluate import Result, Scorer, calibrated_accuracy, calibration_control, encode
 from edge_c2i.tasks import Example, load_task, split
 
 
@@ -33,6 +33,9 @@ def test_batched_scores_equal_one_at_a_time_on_the_real_model(smol, epistemic):
     for ex, got in zip(examples, res.choice_logprobs):
         assert got == pytest.approx(one_at_a_time(model, tok, ex), abs=2e-4)
     assert 0 <= res.accuracy <= 1 and res.loss > 0
+    # the answer lengths the length-bias control needs, in example order
+    assert res.answer_tokens == [[len(encode(tok, ex.prompt, c)[1]) for c in ex.choices]
+                                 for ex in examples]
 
 
 def test_open_answer_scores_on_the_real_model(smol):
@@ -88,6 +91,23 @@ def test_calibration_control_fits_a_bias_that_flips_a_biased_model():
     ev = res([1.0, 1.2, 2.0, 2.5], [1, 1, 0, 0])
     te = res([1.1, 2.2], [1, 0])
     assert calibrated_accuracy(ev, te, evals, tests) == 1.0
-    # tasks without one fixed label set get no control
-    mixed = [Example("p", "a", ("a", "b")), Example("p", "c", ("c", "d"))]
-    assert calibrated_accuracy(res([1, 1], [0, 0]), te, mixed, tests) is None
+    assert calibration_control(evals + tests) == "label bias"
+
+
+def test_calibration_control_fits_a_length_bias_when_choices_differ_per_question():
+    # each token costs about 1 nat, so summed log-probs favour the shortest answer;
+    # gold is the longest: only a bias per answer token recovers it
+    def res(n_examples, gold_len):
+        lens = [[2, 5, gold_len]] * n_examples
+        lps = [[-1.0 * n - 0.01 * k for n in row] for k, row in enumerate(lens)]
+        return Result(0, 0, lps, [2] * n_examples, None, n_examples, lens)
+
+    examples = [Example(f"q{i}", f"c{i}", (f"a{i}", f"b{i}", f"c{i}")) for i in range(6)]
+    assert calibration_control(examples) == "length bias"
+    ev, te = res(4, 9), res(2, 7)
+    assert max(range(3), key=te.choice_logprobs[0].__getitem__) == 0  # unbiased: wrong
+    assert calibrated_accuracy(ev, te, examples[:4], examples[4:]) == 1.0
+    # without the answer lengths (results saved by an older version) there is no control
+    old = Result(0, 0, ev.choice_logprobs, ev.gold, None, 4)
+    assert calibrated_accuracy(old, te, examples[:4], examples[4:]) is None
+    assert calibration_control([Example("p", "a")]) is None  # open answers
