@@ -28,19 +28,25 @@ l..L-1, so its cost is modelled as base_eval_s x (L - l) / L, scaled by the
 ratio measured on the subset, and summed over the full grid.
 
 Writes bench/results/search.json after every pair (a cut-off run keeps what it
-measured) and prints a table.
+measured) and prints a table.  Within a pair, each stage (LASER, the C2I run, each
+test-split evaluation) is saved to bench/results/partial/ as it ends, so a pair
+longer than a sitting (Gemma-3 truthful_qa: about 3 hours on 2 cores) runs in
+pieces: run the same command again with --resume.  Each stage is timed within
+itself, so its figures stay measured; the row's ``resumed_stages`` lists those
+that an earlier process ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
 import torch
 from common import RESULTS, TASKS, table, write_result
 
-from edge_c2i.evaluate import Scorer, calibrated_accuracy
+from edge_c2i.evaluate import Result, Scorer, calibrated_accuracy, calibration_control
 from edge_c2i.factorize import build_module, swap
 from edge_c2i.models import load_model
 from edge_c2i.scan import SCORES
@@ -48,6 +54,8 @@ from edge_c2i.search import (
     DEFAULT_CLUSTERS,
     DEFAULT_RATES,
     DEFAULT_TOP_K,
+    SearchResult,
+    Trial,
     c2i_search,
     laser_search,
     pick,
@@ -97,6 +105,52 @@ def sub_grid(found, top_k, rates, clusters):
     return trials, cost
 
 
+class Stages:
+    """The finished stages of one (model, task) pair, on disk until the pair is done.
+
+    ``settings`` (grids, test size, threads) must match for a stage to be reused:
+    a resumed pair never mixes stages of different runs' settings.
+    """
+
+    def __init__(self, out: str, name: str, task: str, settings: dict, resume: bool):
+        slug = f"{out}__{name}__{task}".replace(":", "_").replace("/", "_")
+        self.path = RESULTS / "partial" / f"{slug}.json"
+        self.data = {"settings": settings, "stages": {}}
+        if resume and self.path.exists():
+            old = json.loads(self.path.read_text())
+            if old["settings"] != settings:
+                raise SystemExit(f"{self.path} was run with other settings ({old['settings']}); "
+                                 "rerun with those or delete the file")
+            self.data = old
+        self.resumed = sorted(self.data["stages"])
+
+    def get(self, key: str):
+        return self.data["stages"].get(key)
+
+    def put(self, key: str, value) -> None:
+        self.data["stages"][key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(self.data))
+        tmp.replace(self.path)
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def search_from_json(d: dict) -> SearchResult:
+    """A SearchResult saved with dataclasses.asdict, rebuilt."""
+    return SearchResult(d["method"], Result(**d["base"]), d["best"] and Trial(**d["best"]),
+                        [Trial(**t) for t in d["trials"]], d["candidates"], d["timings"],
+                        d["rankings"])
+
+
+def staged_search(stages: Stages, key: str, run) -> SearchResult:
+    if stages.get(key) is None:
+        stages.put(key, dataclasses.asdict(run()))
+    return search_from_json(stages.get(key))
+
+
 def laser_full_grid_estimate(laser, n_layers: int, n_types: int) -> float:
     """Seconds LASER's full grid would take, from the subset (see the module doc)."""
     base_s = laser.timings["base_eval_s"]
@@ -107,21 +161,27 @@ def laser_full_grid_estimate(laser, n_layers: int, n_types: int) -> float:
     return base_s + scale * full * per_layer_rates
 
 
-def test_accuracy(model, scorer, trial, cache) -> dict:
-    """Test-split result of one reduction (None: the unmodified model); cached by config."""
-    key = None if trial is None else (trial.layer, trial.type, trial.rate, trial.clusters)
-    if key not in cache:
+def test_result(model, scorer, trial, stages: Stages) -> Result:
+    """Test-split result of one reduction (None: the unmodified model), saved by config."""
+    key = "test base" if trial is None else (
+        f"test {trial.layer}.{trial.type} rate {trial.rate} clusters {trial.clusters}")
+    if stages.get(key) is None:
         if trial is None:
-            cache[key] = scorer.run(model)
+            res = scorer.run(model)
         else:
             t = get_target(model, trial.layer, trial.type)
             original = model.get_submodule(t.name)
             swap(model, t.name, build_module(original, trial.rate, trial.clusters, "kmeans"))
             try:
-                cache[key] = scorer.run(model)
+                res = scorer.run(model)
             finally:
                 swap(model, t.name, original)
-    return cache[key].as_dict()
+        stages.put(key, dataclasses.asdict(res))
+    return Result(**stages.get(key))
+
+
+def test_accuracy(model, scorer, trial, stages: Stages) -> dict:
+    return test_result(model, scorer, trial, stages).as_dict()
 
 
 def summarize(row: dict) -> dict:
@@ -147,28 +207,60 @@ def summarize(row: dict) -> dict:
     return row
 
 
+def recalibrate(path, test_samples: int) -> list[dict]:
+    """Fill in the calibration control of rows measured before it covered their task
+    (choices that differ per question: a bias per answer token).  Re-scores the
+    unmodified model on the pair's evaluation and test splits; its test accuracy must
+    equal the row's base accuracy, or the splits are not the row's."""
+    rows = json.loads(path.read_text())["rows"]
+    todo = [r for r in rows if r["calibrated_acc"] is None]
+    for name in sorted({r["model"] for r in todo}):
+        model, tok = load_model(name)
+        for r in (r for r in todo if r["model"] == name):
+            splits = split(load_task(r["task"]), 100, 100, test_samples, 0, "c2i")
+            if splits.eval[0].choices is None:
+                continue  # open answers: no control
+            ev, te = Scorer(tok, splits.eval).run(model), Scorer(tok, splits.test).run(model)
+            if abs(te.accuracy - r["base_acc"]) > 1e-9:
+                raise SystemExit(f"{name} {r['task']}: base test accuracy {te.accuracy} != "
+                                 f"the row's {r['base_acc']}: not the row's splits")
+            r["calibrated_acc"] = calibrated_accuracy(ev, te, splits.eval, splits.test)
+            r["calibrated_control"] = calibration_control(splits.eval + splits.test)
+            print(name, r["task"], "calibrated", r["calibrated_acc"], r["calibrated_control"])
+    return rows
+
+
 def rank_of(ranking: list[str], key: str | None):
     return None if key is None or key not in ranking else ranking.index(key) + 1
 
 
-def run_pair(model, tok, name, task, args, laser_grid) -> dict:
+def run_pair(model, tok, name, task, args, laser_grid) -> tuple[dict, Stages]:
     t_start = time.perf_counter()
     splits = split(load_task(task), 100, 100, args.test_samples, 0, "c2i")
     layers, types, rates = laser_grid
-    laser = laser_search(model, tok, splits.eval, rates, layers, types, progress=True)
     wide_clusters = tuple(args.wide_clusters)
-    wide = c2i_search(model, tok, splits.calib, splits.eval, WIDE_K, WIDE_RATES, wide_clusters,
-                      progress=True)
+    settings = {"laser_grid": [layers, types, rates], "wide_k": WIDE_K,
+                "wide_rates": list(WIDE_RATES), "wide_clusters": list(wide_clusters),
+                "test_samples": args.test_samples, "threads": args.threads}
+    stages = Stages(args.out, name, task, settings, args.resume)
+    laser = staged_search(stages, "laser", lambda: laser_search(
+        model, tok, splits.eval, rates, layers, types, progress=True))
+    wide = staged_search(stages, "c2i", lambda: c2i_search(
+        model, tok, splits.calib, splits.eval, WIDE_K, WIDE_RATES, wide_clusters, progress=True))
     scorer = Scorer(tok, splits.test)
-    cache: dict = {}
-    base_test = test_accuracy(model, scorer, None, cache)
-    calibrated = calibrated_accuracy(wide.base, cache[None], splits.eval, splits.test)
+    if wide.base.choice_logprobs is not None and wide.base.answer_tokens is None:
+        # a stage saved before results kept the answer lengths: they depend on the tokens only
+        wide.base.answer_tokens = Scorer(tok, splits.eval).answer_len
+    base_test = test_accuracy(model, scorer, None, stages)
+    calibrated = calibrated_accuracy(wide.base, test_result(model, scorer, None, stages),
+                                     splits.eval, splits.test)
     n_layers = len(decoder_layers(model))
     n_types = len({t.type for t in find_targets(model)})
-    laser_test = test_accuracy(model, scorer, laser.best, cache)
+    laser_test = test_accuracy(model, scorer, laser.best, stages)
     row = {"model": name, "task": task, "n_test": len(splits.test),
            "base_acc": base_test["accuracy"], "base_loss": base_test["loss"],
            "calibrated_acc": calibrated,
+           "calibrated_control": calibration_control(splits.eval + splits.test),
            "laser_acc": laser_test["accuracy"], "laser_loss": laser_test["loss"],
            "laser_chosen": laser.best and vars(laser.best),
            "laser_subset_evals": len(laser.trials),
@@ -184,7 +276,7 @@ def run_pair(model, tok, name, task, args, laser_grid) -> dict:
             continue
         trials, cost = sub_grid(wide, k, rates_v, clusters_v)
         chosen = pick(wide.base, trials)
-        res = test_accuracy(model, scorer, chosen, cache)
+        res = test_accuracy(model, scorer, chosen, stages)
         row["variants"][label] = {"evals": len(trials), "s": cost, "chosen": chosen and vars(chosen),
                                   "acc": res["accuracy"], "loss": res["loss"],
                                   "gain": res["accuracy"] - base_test["accuracy"]}
@@ -204,8 +296,9 @@ def run_pair(model, tok, name, task, args, laser_grid) -> dict:
     row["c2i_prep_s"] = wide.timings["prep_s"]
     row["c2i_base_eval"] = {"accuracy": wide.base.accuracy, "loss": wide.base.loss}
     row["laser_trials"] = [vars(t) for t in laser.trials]
-    row["seconds"] = time.perf_counter() - t_start
-    return row
+    row["seconds"] = time.perf_counter() - t_start  # this process only (see resumed_stages)
+    row["resumed_stages"] = stages.resumed
+    return row, stages
 
 
 def main() -> None:
@@ -223,6 +316,10 @@ def main() -> None:
     ap.add_argument("--out", default="search")
     ap.add_argument("--append", action="store_true",
                     help="keep the rows of other (model, task) pairs already in the result file")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the stages of an unfinished pair saved in bench/results/partial")
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="only fill in the calibration control of rows that lack it")
     ap.add_argument("--resummarize", action="store_true",
                     help="only re-derive the headline fields of the result file (summarize)")
     args = ap.parse_args()
@@ -231,6 +328,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = []
     previous = RESULTS / f"{args.out}.json"
+    if args.recalibrate:
+        data = json.loads(previous.read_text())
+        data["rows"] = recalibrate(previous, data["test_samples"])
+        data.pop("machine", None)
+        write_result(args.out, data)
+        return
     if args.resummarize:
         data = json.loads(previous.read_text())
         data["rows"] = [summarize(r) for r in data["rows"]]
@@ -248,7 +351,7 @@ def main() -> None:
                   else span(args.laser_layers))
         grid = (layers, args.laser_types.split(","), [float(r) for r in args.laser_rates.split(",")])
         for task in args.tasks:
-            row = run_pair(model, tok, name, task, args, grid)
+            row, stages = run_pair(model, tok, name, task, args, grid)
             row["laser_subset"] = {"layers": grid[0], "types": grid[1], "rates": grid[2]}
             rows.append(row)
             print({k: v for k, v in row.items() if k not in ("variants", "ablation")}, flush=True)
@@ -257,6 +360,7 @@ def main() -> None:
                                                   "clusters": WIDE_CLUSTERS},
                                     "variants": variant_grids(),
                                     "rows": rows})
+            stages.done()  # the pair is in the result file: its stages are no longer needed
     print(table(rows, [("model", "model"), ("task", "task"), ("base_acc", "base"),
                        ("calibrated_acc", "calibrated"), ("laser_acc", "LASER (subset)"),
                        ("c2i_single_acc", "C2I single"), ("c2i_multi_acc", "C2I multi"),

@@ -55,10 +55,15 @@ def section_search(d: dict) -> str:
                          "C2I multi: speedup, full grid est.")])
     for row in rows:
         row["wide"] = "/".join(map(str, row.get("wide_clusters") or [1, 2, 4, 8]))
+        resumed = row.get("resumed_stages") or []
+        n_test = sum(s.startswith("test") for s in resumed)
+        row["resumed"] = ", ".join([s for s in resumed if not s.startswith("test")]
+                                   + ([f"{n_test} test evaluations"] if n_test else [])) or "none"
     chosen = table(rows, [("model", "model"), ("task", "task"), ("subset", "LASER subset"),
                           ("wide", "C2I wide run clusters"),
                           ("laser_pick", "LASER chose"), ("c2i_pick", "C2I chose"),
-                          ("multi_pick", "C2I multi chose")])
+                          ("multi_pick", "C2I multi chose"),
+                          ("resumed", "stages run by an earlier process")])
     labels = list(d["rows"][0]["variants"]) if d["rows"] else []
     agg = []
     for label in labels:
@@ -95,8 +100,12 @@ def section_search(d: dict) -> str:
     dg = d["variants"]["default"]
     return (f"### C2I vs LASER (test split, up to {d['test_samples']} examples)\n\n"
             "`python bench/bench_search.py` (--models/--tasks as in the rows) -> "
-            "bench/results/search.json, one process, 100 calibration + 100 evaluation examples "
-            "for both methods. LASER ran on a subset of its grid (below); the measured speedup is "
+            "bench/results/search.json, one process per pair (a pair too long for one "
+            "sitting is run in pieces with --resume; the last column of the second table lists "
+            "the stages an earlier process ran), 100 calibration + 100 evaluation examples "
+            "for both methods. 'calibrated base' is the unmodified model with a bias fitted "
+            "on the evaluation sample: one per choice, or one per answer token where the choices "
+            "differ per question (truthful_qa). LASER ran on a subset of its grid (below); the measured speedup is "
             "against that subset, the full-grid figure is an estimate (per-layer cost model "
             "scaled by the subset's measured cost, see the script) and has its own column. C2I "
             "ran once over top 4 x rates 0.5/0.2/0.05/0.01 x clusters 1/2/4/8 (narrower where "
