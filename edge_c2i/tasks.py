@@ -89,8 +89,6 @@ def bigbench_task_file(name: str) -> Path:
         if (out_dir / fname).is_file():
             return out_dir / fname
     wanted = {f"{TASKS_IN_ARCHIVE}{name}/{f}": f for f in ("task.json", "task_mc.json")}
-    below = f"{TASKS_IN_ARCHIVE}{name}/"
-    subtasks = []  # task files under NAME/, to name them if NAME itself has none
     with tarfile.open(bigbench_archive()) as tar:  # one streaming pass, stop at the file
         for member in tar:
             if member.name in wanted and member.isfile():
@@ -100,17 +98,24 @@ def bigbench_task_file(name: str) -> Path:
                 tmp.write_bytes(tar.extractfile(member).read())
                 tmp.rename(target)
                 return target
-            if member.name.startswith(below) and member.name.endswith("/task.json"):
-                subtasks.append(f"{name}/{member.name[len(below):-len('/task.json')]}")
-    if subtasks:
-        raise UserError(
-            f"BIG-bench task {name!r} is split in subtasks; pick one: "
-            + ", ".join(f"bigbench:{s}" for s in sorted(subtasks))
-        )
+    _refuse_parent_task(name)
     raise UserError(
         f"unknown BIG-bench task {name!r}: no task.json for it in {BIGBENCH_SDIST} "
         "(nested tasks are addressed by path, e.g. bigbench:fact_checker/fever)"
     )
+
+
+def _refuse_parent_task(name: str) -> None:
+    """A task split in subtasks (its own task.json, if any, has no examples): name them."""
+    below = f"{TASKS_IN_ARCHIVE}{name}/"
+    with tarfile.open(bigbench_archive()) as tar:
+        subtasks = sorted(f"bigbench:{name}/{m.name[len(below):-len('/task.json')]}"
+                          for m in tar
+                          if m.name.startswith(below) and m.name.endswith("/task.json")
+                          and m.name != f"{below}task.json")
+    if subtasks:
+        raise UserError(f"BIG-bench task {name!r} is split in subtasks; pick one: "
+                        + ", ".join(subtasks))
 
 
 def parse_bigbench(data: dict, source: str) -> list[Example]:
@@ -184,6 +189,8 @@ def load_task(spec: str) -> Task:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e.msg})") from None
+        if isinstance(data, dict) and "examples" not in data:
+            _refuse_parent_task(rest.strip("/"))
         examples = parse_bigbench(data, str(path))
     elif kind == "jsonl" and rest:
         examples = parse_jsonl(Path(rest).expanduser())
