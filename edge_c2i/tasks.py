@@ -89,8 +89,10 @@ def bigbench_task_file(name: str) -> Path:
         if (out_dir / fname).is_file():
             return out_dir / fname
     wanted = {f"{TASKS_IN_ARCHIVE}{name}/{f}": f for f in ("task.json", "task_mc.json")}
+    seen = []  # every name in the archive, if the task is not found
     with tarfile.open(bigbench_archive()) as tar:  # one streaming pass, stop at the file
         for member in tar:
+            seen.append(member.name)
             if member.name in wanted and member.isfile():
                 out_dir.mkdir(parents=True, exist_ok=True)
                 target = out_dir / wanted[member.name]  # truthful_qa ships task_mc.json
@@ -98,21 +100,25 @@ def bigbench_task_file(name: str) -> Path:
                 tmp.write_bytes(tar.extractfile(member).read())
                 tmp.rename(target)
                 return target
-    _refuse_parent_task(name)
+    _refuse_parent_task(name, seen)
     raise UserError(
         f"unknown BIG-bench task {name!r}: no task.json for it in {BIGBENCH_SDIST} "
         "(nested tasks are addressed by path, e.g. bigbench:fact_checker/fever)"
     )
 
 
-def _refuse_parent_task(name: str) -> None:
-    """A task split in subtasks (its own task.json, if any, has no examples): name them."""
+def _refuse_parent_task(name: str, names: list[str] | None = None) -> None:
+    """A task split in subtasks (its own task.json, if any, has no examples): name them.
+
+    ``names``: the archive's member names, if a pass over it already read them.
+    """
     below = f"{TASKS_IN_ARCHIVE}{name}/"
-    with tarfile.open(bigbench_archive()) as tar:
-        subtasks = sorted(f"bigbench:{name}/{m.name[len(below):-len('/task.json')]}"
-                          for m in tar
-                          if m.name.startswith(below) and m.name.endswith("/task.json")
-                          and m.name != f"{below}task.json")
+    if names is None:
+        with tarfile.open(bigbench_archive()) as tar:
+            names = tar.getnames()
+    subtasks = sorted(f"bigbench:{name}/{n[len(below):-len('/task.json')]}" for n in names
+                      if n.startswith(below) and n.endswith("/task.json")
+                      and n != f"{below}task.json")
     if subtasks:
         raise UserError(f"BIG-bench task {name!r} is split in subtasks; pick one: "
                         + ", ".join(subtasks))
