@@ -30,7 +30,7 @@ ratio measured on the subset, and summed over the full grid.
 Writes bench/results/search.json after every pair (a cut-off run keeps what it
 measured) and prints a table.  Within a pair, each stage (LASER, the C2I run, each
 test-split evaluation) is saved to bench/results/partial/ as it ends, so a pair
-longer than a sitting (Gemma-3 truthful_qa: about 3 hours on 2 cores) runs in
+longer than a sitting (Gemma-3 truthful_qa: over two hours on 2 cores) runs in
 pieces: run the same command again with --resume.  Each stage is timed within
 itself, so its figures stay measured; the row's ``resumed_stages`` lists those
 that an earlier process ran.
@@ -248,12 +248,9 @@ def run_pair(model, tok, name, task, args, laser_grid) -> tuple[dict, Stages]:
     wide = staged_search(stages, "c2i", lambda: c2i_search(
         model, tok, splits.calib, splits.eval, WIDE_K, WIDE_RATES, wide_clusters, progress=True))
     scorer = Scorer(tok, splits.test)
-    if wide.base.choice_logprobs is not None and wide.base.answer_tokens is None:
-        # a stage saved before results kept the answer lengths: they depend on the tokens only
-        wide.base.answer_tokens = Scorer(tok, splits.eval).answer_len
-    base_test = test_accuracy(model, scorer, None, stages)
-    calibrated = calibrated_accuracy(wide.base, test_result(model, scorer, None, stages),
-                                     splits.eval, splits.test)
+    base_result = test_result(model, scorer, None, stages)
+    base_test = base_result.as_dict()
+    calibrated = calibrated_accuracy(wide.base, base_result, splits.eval, splits.test)
     n_layers = len(decoder_layers(model))
     n_types = len({t.type for t in find_targets(model)})
     laser_test = test_accuracy(model, scorer, laser.best, stages)
