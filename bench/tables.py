@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from common import RESULTS, SCAN_COLUMNS, table
+from common import RESULTS, SCAN_COLUMNS, TASKS, table
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -32,7 +32,17 @@ def _config(c: dict | None) -> str:
     return f"{c['layer']}.{c['type']} rate {c['rate']} clusters {c['clusters']}"
 
 
+MODELS = ["smollm2-135m", "gemma3-270m"]
+
+
+def _pair_order(r: dict) -> tuple:
+    """Model, then task, in the benchmark's own order (others after, by name)."""
+    return (MODELS.index(r["model"]) if r["model"] in MODELS else len(MODELS), r["model"],
+            TASKS.index(r["task"]) if r["task"] in TASKS else len(TASKS), r["task"])
+
+
 def section_search(d: dict) -> str:
+    d = {**d, "rows": sorted(d["rows"], key=_pair_order)}  # rows are appended as pairs finish
     rows = []
     for r in d["rows"]:
         sub = r["laser_subset"]
