@@ -24,10 +24,9 @@ from .targets import LASER_RATES, Target, find_targets, weight_matrix
 
 # C2I defaults, chosen from bench/bench_search.py (README, "The defaults, and the
 # evidence for them"): K <= 2 missed the helpful matrix in most pairs; the rate
-# sub-grids differed by about one point; adding multi-subspace trials (clusters 2,
-# 4 or 8) doubled the evaluations without a better test accuracy on any pair
-# measured, so the default is one subspace and --clusters 1,4 adds the multi-subspace
-# ones.
+# sub-grids differed by about one point; adding multi-subspace trials doubled the
+# evaluations for at most a few test examples (clusters 1,2) or less (1,4), so the
+# default is one subspace and --clusters 1,2 adds the multi-subspace ones.
 DEFAULT_TOP_K = 4
 DEFAULT_RATES = (0.5, 0.2, 0.05, 0.01)
 DEFAULT_CLUSTERS = (1,)
