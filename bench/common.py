@@ -10,11 +10,12 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
+MODELS = ["smollm2-135m", "gemma3-270m"]
 TASKS = ["bigbench:qa_wikidata", "bigbench:fact_checker/fever", "bigbench:epistemic_reasoning",
          "bigbench:truthful_qa"]
 
 
-def model_task_args(ap, models=("smollm2-135m", "gemma3-270m")) -> None:
+def model_task_args(ap, models=tuple(MODELS)) -> None:
     """--models, --tasks and --threads, shared by the per-(model, task) benchmarks."""
     ap.add_argument("--models", nargs="+", default=list(models))
     ap.add_argument("--tasks", nargs="+", default=TASKS)

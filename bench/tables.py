@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from common import RESULTS, SCAN_COLUMNS, TASKS, table
+from common import MODELS, RESULTS, SCAN_COLUMNS, TASKS, table
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -30,9 +30,6 @@ def _config(c: dict | None) -> str:
     if not c:
         return "none (no improvement)"
     return f"{c['layer']}.{c['type']} rate {c['rate']} clusters {c['clusters']}"
-
-
-MODELS = ["smollm2-135m", "gemma3-270m"]
 
 
 def _pair_order(r: dict) -> tuple:
@@ -77,22 +74,29 @@ def section_search(d: dict) -> str:
     labels = list(d["rows"][0]["variants"]) if d["rows"] else []
     agg = []
     for label in labels:
-        vs = [r["variants"][label] for r in d["rows"] if r["variants"].get(label)]
+        have = [r for r in d["rows"] if r["variants"].get(label)]
+        vs = [r["variants"][label] for r in have]
         g = d["variants"][label]
         if not vs:
             continue
+        default = [r["variants"]["default"]["gain"] for r in have]
         agg.append({"variant": label,
                     "grid": f"{g['top_k']} / {'/'.join(map(str, g['rates']))} / "
                             f"{'/'.join(map(str, g['clusters']))}",
                     "gain": f"{sum(v['gain'] for v in vs) / len(vs):+.3f}",
                     "improved": f"{sum(v['gain'] > 0 for v in vs)}/{len(vs)}",
                     "worse": f"{sum(v['gain'] < 0 for v in vs)}/{len(vs)}",
+                    "default": f"{sum(default) / len(default):+.3f}",
+                    "vs_default": f"{sum(v['gain'] > x for v, x in zip(vs, default))} / "
+                                  f"{sum(v['gain'] < x for v, x in zip(vs, default))}",
                     "evals": sum(v["evals"] for v in vs) / len(vs),
                     "s": sum(v["s"] for v in vs) / len(vs)})
     variants = table(agg, [("variant", "C2I grid"), ("grid", "top_k / rates / clusters"),
                            ("gain", "mean test gain"), ("improved", "pairs improved"),
-                           ("worse", "pairs worse"), ("evals", "mean evals"),
-                           ("s", "mean s (scan + search)")])
+                           ("worse", "pairs worse"),
+                           ("default", "default's mean gain, same pairs"),
+                           ("vs_default", "pairs above / below the default"),
+                           ("evals", "mean evals"), ("s", "mean s (scan + search)")])
     abl = []
     for r in d["rows"]:
         a = r["ablation"]
@@ -129,7 +133,9 @@ def section_search(d: dict) -> str:
             + "\n\n#### Choosing the defaults\n\nEvery row is a sub-grid of the same wide "
               "run, its pick scored on the test split; gains are test accuracy minus base, "
               "averaged over the model x task pairs whose wide run holds that grid (the "
-              "'pairs improved' column gives how many).\n\n" + variants
+              "'pairs improved' column gives how many); the default's gain over the same "
+              "pairs, and on how many pairs the row's pick did better or worse than the "
+              "default's, compare each grid with the default pair by pair.\n\n" + variants
             + "\n\n#### Score ablation\n\nWhere each score ranks (of all the model's "
               "matrices) the matrix LASER's subset search picked, and how many of the subset's "
               "matrices that beat the base on the evaluation sample each score puts in its top "
