@@ -107,7 +107,8 @@ def run_child(job: dict) -> dict:
 
 def build_sources(work: Path) -> dict[str, str]:
     """The adapted and compressed folders (dense is the packaged name)."""
-    from edge_c2i.factorize import reduce, save_adapted
+    from edge_c2i.adapted import save_adapted
+    from edge_c2i.factorize import reduce
     from edge_c2i.models import load_model
     from edge_c2i.targets import find_targets, get_target
 

@@ -8,42 +8,30 @@
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 
 from torch import nn
 
+from .adapted import save_adapted
 from .budget import eval_batch_tokens_for, lm_head_chunk_for
 from .errors import UserError
 from .evaluate import Scorer, calibrated_accuracy, calibration_control
-from .factorize import Reduction, count_params, describe, reduce, save_adapted
+from .factorize import Reduction, count_params, describe, reduce
+from .io import OutputDir
 from .scan import DEFAULT_SCORE
 from .search import (
     DEFAULT_CLUSTERS,
     DEFAULT_RATES,
     DEFAULT_TOP_K,
     SearchResult,
+    acceptance,
     c2i_search,
     laser_search,
 )
 from .targets import LASER_RATES, get_target
 from .tasks import Task, load_task, split
-
-
-def check_out_dir(out: str | Path, force: bool) -> Path:
-    """Refuse an existing or unwritable output folder before any heavy work."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"{out} exists; pass --force to replace it")
-    probe = out.parent
-    while not probe.exists():
-        probe = probe.parent
-    try:  # os.access says yes to root even where nothing can be created (/proc, read-only mounts)
-        tempfile.TemporaryDirectory(dir=probe).cleanup()
-    except OSError as e:
-        raise UserError(f"cannot write {out}: {probe} is not writable ({e.strerror})") from None
-    return out
+from .verdict import paired_difference, verdict
 
 
 def adapt(model: nn.Module, tokenizer, task: str | Task, method: str = "c2i",
@@ -89,8 +77,11 @@ def adapt(model: nn.Module, tokenizer, task: str | Task, method: str = "c2i",
     calibrated = calibrated_accuracy(eval_base, base_test, splits.eval, splits.test)
     timings = {**found.timings, "test_s": time.perf_counter() - t_test,
                "total_s": time.perf_counter() - t0}
-    return make_report(model_name, task.name, method, splits, found, reductions, base_test,
-                       adapted_test, calibrated, params_before, count_params(model), timings, score)
+    report = make_report(model_name, task.name, method, splits, found, reductions, base_test,
+                         adapted_test, calibrated, params_before, count_params(model), timings,
+                         score)
+    report["task_notes"] = task.notes  # delimiter and duplicates: what loading did
+    return report
 
 
 def make_report(model_name, task_name, method, splits, found: SearchResult, reductions,
@@ -101,17 +92,10 @@ def make_report(model_name, task_name, method, splits, found: SearchResult, redu
         r = reductions[0]
         chosen = {"layer": r.layer, "type": r.type, "rate": r.rate, "clusters": r.clusters,
                   "clustering": r.clustering, "ranks": r.ranks, "group_sizes": r.group_sizes}
-    gain = adapted_test.accuracy - base_test.accuracy
     control = calibration_control(splits.eval + splits.test)
-    if chosen is None:
-        verdict = "no improvement on the evaluation sample: the model is left as it was"
-    elif calibrated is not None and adapted_test.accuracy <= calibrated:
-        bias = ("a bias per answer token (a preference for shorter or longer answers)"
-                if control == "length bias" else "a per-choice bias")
-        verdict = ("the gain does not beat the calibration control (the unmodified model with "
-                   f"{bias} fitted on the evaluation sample)")
-    else:
-        verdict = f"test accuracy {gain:+.3f}"
+    gate = acceptance(found.base, found.trials)  # why the winner was kept or not
+    difference = paired_difference(base_test, adapted_test) if chosen else None  # paired, with CI
+    text = verdict(difference, base_test.n, calibrated, adapted_test.accuracy, control, gate)
     return {
         "model": model_name,
         "task": task_name,
@@ -132,14 +116,20 @@ def make_report(model_name, task_name, method, splits, found: SearchResult, redu
         "calibrated_base": None if calibrated is None else {"accuracy": calibrated,
                                                             "control": control},
         "params": {"before": params_before, "after": params_after},
-        "verdict": verdict,
+        "acceptance": gate,
+        "test_difference": difference,
+        "verdict": text,
         "trials": [vars(t) for t in found.trials],
         "rankings": found.rankings,
     }
 
 
-def save(model: nn.Module, tokenizer, out: str | Path, report: dict, force: bool = False) -> Path:
-    """Write the adapted folder (factors kept) with report.json; atomic."""
+def save(model: nn.Module, tokenizer, out: str | Path | OutputDir, report: dict,
+         force: bool = False) -> Path:
+    """Write the adapted folder with report.json, atomically (adapted.py has its layout).
+
+    ``force`` replaces an existing folder only if edge-c2i wrote it.
+    """
     reductions = []
     if report.get("chosen"):
         c = report["chosen"]
@@ -147,5 +137,5 @@ def save(model: nn.Module, tokenizer, out: str | Path, report: dict, force: bool
         reductions.append(describe(t, c["rate"], c["clusters"], c["clustering"],
                                    model.get_submodule(t.name)))
     info = {"base_model": report["model"], "task": report["task"], "method": report["method"]}
-    return save_adapted(model, tokenizer, Path(out), reductions, info, force,
+    return save_adapted(model, tokenizer, out, reductions, info, force,
                         {"report.json": json.dumps(report, indent=2)})

@@ -1,41 +1,89 @@
-"""The edge-c2i command line: argument parsing only; the work is in the library functions."""
+"""The edge-c2i command line: argument parsing only; the work is in the library functions.
+
+Conventions, as optimum-cli and lm-eval have them: every option has a help string
+that shows its default; arguments are checked before any model is loaded; results go
+to stdout (``--json`` for machine-readable ones), progress and notes to stderr; a
+bad input ends with one line ``edge-c2i: error: ...`` and exit code 2.  Nothing here
+imports torch: each command imports its module when it runs, so ``generate`` and
+``eval --onnx`` work where only ONNX Runtime is installed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from . import errors
+from .config import (
+    CLUSTERINGS,
+    DEFAULT_CLUSTERS,
+    DEFAULT_MODEL,
+    DEFAULT_SCORE,
+    DEFAULT_TASK,
+    DEFAULT_TOP_K,
+    SCORES,
+)
+from .errors import UserError, note
 
-DEFAULT_TASK = "bigbench:qa_wikidata"
+# --------------------------------------------------------------------------- argument types
+
+
+def _list(text: str, convert, example: str) -> list:
+    parts = text.replace(",", " ").split()
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected a list like {example}, got nothing")
+    try:
+        return [convert(x) for x in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a list like {example}, not {text!r}") from None
 
 
 def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 0.5,0.2 not {text!r}") from None
+    return _list(text, float, "0.5,0.2")
 
 
 def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 1,4 not {text!r}") from None
+    return _list(text, int, "1,4")
 
 
 def _words(text: str) -> list[str]:
-    return text.replace(",", " ").split()
+    return _list(text, str, "gate,out")
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: a temp name, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``edge-c2i: error: ...`` and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"edge-c2i: error: {self.prog.removeprefix('edge-c2i ')}: {message} "
+                     f"(see {self.prog} --help)\n")
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+# --------------------------------------------------------------------------- helpers
 
 
 def _threads(n: int | None) -> None:
@@ -51,30 +99,41 @@ def _budget(text: str | None) -> int | None:
     return None if text is None else parse_size(text)
 
 
+def _task(args):
+    from .tasks import load_task
+
+    return load_task(args.task, getattr(args, "target_delimiter", None))
+
+
+def _describe(chosen: dict | None) -> str:
+    if chosen is None:
+        return "nothing (the model is left as it was)"
+    subspaces = f"{chosen['clusters']} subspaces ({chosen['clustering']})" \
+        if chosen["clusters"] > 1 else "1 subspace"
+    return (f"layer {chosen['layer']} {chosen['type']} at rate {chosen['rate']} "
+            f"(rank {sum(chosen['ranks'])}, {subspaces})")
+
+
 # --------------------------------------------------------------------------- commands
 
 
 def cmd_eval(args) -> int:
-    from .tasks import load_task, split
-
     if args.onnx:
         from export.cli import eval_onnx_command
 
         return eval_onnx_command(args)
     from .evaluate import evaluate
     from .models import load_model
+    from .tasks import examples_for
 
-    _threads(args.threads)
-    splits = split(load_task(args.task), seed=args.seed)
-    examples = {"test": splits.test, "eval": splits.eval, "calib": splits.calib,
-                "all": splits.calib + splits.eval + splits.test}[args.split]
+    task = _task(args)
+    examples = examples_for(task, args.split, args.seed)
     if args.limit is not None:
-        if args.limit < 1:
-            raise UserError("--limit must be at least 1")
         examples = examples[: args.limit]
+    _threads(args.threads)
     model, tok = load_model(args.model)
     res = evaluate(model, tok, examples, generation=args.generation)
-    res.update({"model": args.model, "task": args.task, "split": args.split})
+    res.update({"model": args.model, "task": args.task, "split": args.split, **task.notes})
     if args.json:
         print(json.dumps(res))
     else:
@@ -84,26 +143,37 @@ def cmd_eval(args) -> int:
     return 0
 
 
+SCAN_KEYS = ("matrices", "score", "n_grad_samples")  # what marks a scan result edge-c2i wrote
+
+
 def cmd_scan(args) -> int:
+    from .io import check_output, json_with_keys, write_output_file
+
+    ours = json_with_keys(SCAN_KEYS)
+    check_output(args.out, args.force, ours, "a scan result", is_dir=False)
+    budget = _budget(args.max_memory)
+    task = _task(args)
+
     from .models import load_model
     from .scan import rank_targets, singular_value_gradients
     from .targets import find_targets
-    from .tasks import load_task, split
+    from .tasks import split
 
     _threads(args.threads)
-    budget = _budget(args.max_memory)
-    out = Path(args.out)
-    splits = split(load_task(args.task), args.samples, 1, None, args.seed)
+    splits = split(task, args.samples, 1, None, args.seed)
     model, tok = load_model(args.model, max_memory=budget)
     scans, timings = singular_value_gradients(model, tok, splits.calib, find_targets(model),
-                                              max_memory=budget)
+                                              progress=not args.quiet, max_memory=budget)
     ranked = rank_targets(scans, args.score)
     rows = [{"layer": sc.target.layer, "type": sc.target.type, "score": sc.benefit(args.score),
              "best_rate": sc.best_rate(args.score),
              "scores": {k: {str(r): v for r, v in t.items()} for k, t in sc.scores.items()}}
             for sc in ranked]
-    _write_json(out, {"model": args.model, "task": args.task, "score": args.score,
-                      "n_grad_samples": len(splits.calib), "timings": timings, "matrices": rows})
+    result = {"model": args.model, "task": args.task, "score": args.score,
+              "n_grad_samples": len(splits.calib), **task.notes, "timings": timings,
+              "matrices": rows}
+    out = write_output_file(args.out, json.dumps(result, indent=2), args.force, ours,
+                            "a scan result")
     print(f"{'rank':>4} {'layer':>5} {'type':>5} {args.score:>12} {'best rate':>9}")
     for i, r in enumerate(rows[:10], 1):
         print(f"{i:>4} {r['layer']:>5} {r['type']:>5} {r['score']:>12.4g} {r['best_rate']:>9}")
@@ -115,35 +185,46 @@ def cmd_scan(args) -> int:
 
 def _summary(report: dict, out: Path) -> None:
     b, a, c = report["base"], report["adapted"], report["calibrated_base"]
-    print(f"\n{report['method']} on {report['task']}: {report['evaluations']} configurations "
+    print(f"{report['method']} on {report['task']}: {report['evaluations']} configurations "
           f"in {report['timings']['total_s']:.1f}s")
-    print(f"  chosen: {report['chosen']}")
+    print(f"  chosen: {_describe(report['chosen'])}")
     print(f"  test accuracy {b['accuracy']:.3f} -> {a['accuracy']:.3f}, loss {b['loss']:.4f} "
-          f"-> {a['loss']:.4f}" + (f" (calibrated base {c['accuracy']:.3f}, {c['control']})" if c else ""))
+          f"-> {a['loss']:.4f}" + (f" (calibrated base {c['accuracy']:.3f}, {c['control']})"
+                                   if c else ""))
     print(f"  params {report['params']['before']:,} -> {report['params']['after']:,}")
     print(f"  {report['verdict']}")
     print(f"  written: {out} (report.json inside)")
 
 
 def cmd_adapt(args, method: str = "c2i") -> int:
-    from .api import adapt, check_out_dir, save
+    from .adapted import output
+
+    dest = output(args.out, args.force)  # refused now, not after the search
+    budget = _budget(getattr(args, "max_memory", None))
+    task = _task(args)
+    from .api import adapt, save
     from .models import load_model
     from .search import check_grid
 
-    _threads(args.threads)
-    check_grid(args.rates or (), getattr(args, "clusters", None) or ())  # before any heavy work
-    budget = _budget(getattr(args, "max_memory", None))
-    out = check_out_dir(args.out, args.force)
-    model, tok = load_model(args.model, max_memory=budget)
-    kwargs = {"n_eval": args.eval_samples, "n_test": args.test_samples, "seed": args.seed,
-              "layers": args.layers, "types": args.types, "rates": args.rates,
-              "model_name": args.model}
-    if method == "c2i":
-        kwargs.update(n_calib=args.samples, top_k=args.top_k, clusters=args.clusters,
-                      score=args.score, clustering=args.clustering, max_memory=budget)
-    report = adapt(model, tok, args.task, method=method, **kwargs)
-    save(model, tok, out, report, force=args.force)
-    _summary(report, out)
+    check_grid(args.rates or (), getattr(args, "clusters", None) or ())
+    dest.claim()  # a second run on the same --out is refused from here on
+    try:
+        _threads(args.threads)
+        model, tok = load_model(args.model, max_memory=budget)
+        kwargs = {"n_eval": args.eval_samples, "n_test": args.test_samples, "seed": args.seed,
+                  "layers": args.layers, "types": args.types, "rates": args.rates,
+                  "model_name": args.model, "progress": not args.quiet}
+        if method == "c2i":
+            kwargs.update(n_calib=args.samples, top_k=args.top_k, clusters=args.clusters,
+                          score=args.score, clustering=args.clustering, max_memory=budget)
+        report = adapt(model, tok, task, method=method, **kwargs)
+        out = save(model, tok, dest, report)
+    finally:
+        dest.abort()  # nothing left behind if the run failed; no-op after the save
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _summary(report, out)
     return 0
 
 
@@ -157,86 +238,137 @@ def cmd_demo(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edge-c2i")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .models import DEFAULT_MODEL
-    from .scan import DEFAULT_SCORE, SCORES
-    from .search import DEFAULT_CLUSTERS, DEFAULT_TOP_K
+    p = Parser(prog="edge-c2i", description=__doc__.split("\n")[0], formatter_class=Formatter)
+    p.add_argument("--version", action="version", version=f"edge-c2i {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=Parser)
 
-    p = argparse.ArgumentParser(prog="edge-c2i", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    def command(name: str, help: str) -> Parser:
+        sp = sub.add_parser(name, help=help, description=help, formatter_class=Formatter)
+        sp.add_argument("--quiet", action="store_true",
+                        help="no progress bars or notes on stderr (errors still show)")
+        return sp
 
-    def common(sp, model=True):
+    def common(sp, model=True, threads=True):
         if model:
             sp.add_argument("--model", default=DEFAULT_MODEL,
-                            help="packaged name, HF folder, .gguf file, hub id or adapted folder")
-        sp.add_argument("--task", default=DEFAULT_TASK, help="bigbench:NAME or jsonl:PATH")
-        sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--threads", type=int, default=None, help="torch threads")
+                            help="packaged name (smollm2-135m, gemma3-270m), Hugging Face "
+                                 "folder, .gguf file, hub id or adapted folder")
+        sp.add_argument("--task", default=DEFAULT_TASK,
+                        help="bigbench:NAME (nested: bigbench:fact_checker/fever) or "
+                             "jsonl:PATH")
+        sp.add_argument("--target-delimiter", default=None, metavar="TEXT",
+                        help="JSONL tasks: put between a prompt and its answer when neither "
+                             "has whitespace there (default: one space, as lm-eval; a line's "
+                             "\"target_delimiter\" key overrides it)")
+        sp.add_argument("--seed", type=int, default=0, help="seed of the sample splits")
+        if threads:
+            sp.add_argument("--threads", type=_at_least(1), default=None,
+                            help="torch threads (default: torch's; 1 is fastest on a busy "
+                                 "machine)")
 
-    e = sub.add_parser("eval", help="accuracy and loss of a model on a task")
+    e = command("eval", "accuracy and loss of a model on a task")
     common(e)
-    e.add_argument("--onnx", default=None, help="evaluate an exported ONNX folder instead")
-    e.add_argument("--split", choices=["test", "eval", "calib", "all"], default="test")
-    e.add_argument("--limit", type=int, default=None)
-    e.add_argument("--generation", action="store_true", help="open tasks: also gold-in-generation")
+    e.add_argument("--onnx", default=None, metavar="DIR",
+                   help="evaluate a folder written by `edge-c2i export` instead (no torch)")
+    e.add_argument("--split", choices=["test", "eval", "calib", "all"], default="test",
+                   help="which examples (a task too small to split is evaluated whole)")
+    e.add_argument("--limit", type=_at_least(1), default=None,
+                   help="only the first N examples of the split")
+    e.add_argument("--generation", action="store_true",
+                   help="open tasks: also the gold answer in an 8-token greedy continuation")
     e.add_argument("--int8", action="store_true", help="with --onnx: the int8 model")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("scan", help="rank the matrices by their singular-value gradients")
+    s = command("scan", "rank the matrices by their singular-value gradients")
     common(s)
-    s.add_argument("--samples", type=int, default=100)
-    s.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE)
-    s.add_argument("--out", default="scan.json")
+    s.add_argument("--samples", type=_at_least(1), default=100,
+                   help="examples in the gradient (calibration) sample")
+    s.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE,
+                   help="how a matrix is scored from its gradients")
+    s.add_argument("--out", default="scan.json", help="the JSON file to write")
+    s.add_argument("--force", action="store_true",
+                   help="replace --out if it is a scan result edge-c2i wrote (never "
+                        "another file)")
     s.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="peak memory budget, e.g. 2GB: batches and passes are planned to fit")
     s.set_defaults(func=cmd_scan)
 
     for name, method in (("adapt", "c2i"), ("laser", "laser")):
-        a = sub.add_parser(name, help="C2I: scan + quick search" if method == "c2i"
-                           else "LASER's exhaustive search (the baseline)")
+        a = command(name, "C2I: one gradient scan, then a quick search" if method == "c2i"
+                    else "LASER's exhaustive search (the baseline)")
         common(a)
-        a.add_argument("--out", required=True)
-        a.add_argument("--eval-samples", type=int, default=100)
-        a.add_argument("--test-samples", type=int, default=1000)
-        a.add_argument("--rates", type=_floats, default=None)
-        a.add_argument("--layers", type=_ints, default=None)
-        a.add_argument("--types", type=_words, default=None)
-        a.add_argument("--force", action="store_true")
+        a.add_argument("--out", required=True, help="the adapted model folder to write")
+        a.add_argument("--force", action="store_true",
+                       help="replace --out if it is an adapted folder edge-c2i wrote (never "
+                            "another folder)")
+        a.add_argument("--eval-samples", type=_at_least(1), default=100,
+                       help="examples the candidates are compared on")
+        a.add_argument("--test-samples", type=_at_least(1), default=1000,
+                       help="at most this many held-out examples score the result")
+        a.add_argument("--rates", type=_floats, default=None,
+                       help="fractions of rank kept to try, e.g. 0.5,0.05 (default: "
+                            + ("0.5,0.2,0.05,0.01" if method == "c2i" else "LASER's 9 rates")
+                            + ")")
+        a.add_argument("--layers", type=_ints, default=None,
+                       help="only these layers, e.g. 20,25,29 (default: all)")
+        a.add_argument("--types", type=_words, default=None,
+                       help="only these matrix types, e.g. gate,in,out (default: all)")
+        a.add_argument("--json", action="store_true",
+                       help="print the report as one JSON object on stdout")
         if method == "c2i":
-            a.add_argument("--samples", type=int, default=100, help="gradient (calibration) sample")
-            a.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
-            a.add_argument("--clusters", type=_ints, default=list(DEFAULT_CLUSTERS))
-            a.add_argument("--clustering", choices=["kmeans", "blocks"], default="kmeans")
-            a.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE)
+            a.add_argument("--samples", type=_at_least(1), default=100,
+                           help="examples in the gradient (calibration) sample")
+            a.add_argument("--top-k", type=_at_least(1), default=DEFAULT_TOP_K,
+                           help="matrices tried, best-scored first")
+            a.add_argument("--clusters", type=_ints, default=list(DEFAULT_CLUSTERS),
+                           help="subspace counts to try, e.g. 1,2 (row-clustered factors)")
+            a.add_argument("--clustering", choices=CLUSTERINGS, default=CLUSTERINGS[0],
+                           help="how rows are grouped into subspaces")
+            a.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE,
+                           help="how a matrix is scored from its gradients")
             a.add_argument("--max-memory", default=None, metavar="SIZE",
                            help="peak memory budget of the scan, e.g. 2GB")
         a.set_defaults(func=lambda args, m=method: cmd_adapt(args, m))
 
-    d = sub.add_parser("demo", help="adapt the packaged model, export it, run it in ONNX Runtime")
+    d = command("demo", "adapt the packaged model, export it, run it in ONNX Runtime")
     common(d)
-    d.add_argument("--out", default="out/demo")
-    d.add_argument("--force", action="store_true")
+    d.add_argument("--out", default="out/demo", help="the folder to write")
+    d.add_argument("--force", action="store_true",
+                   help="replace --out if it is a demo folder edge-c2i wrote")
     d.set_defaults(func=cmd_demo)
 
-    try:
-        from export.cli import register
-    except ImportError:  # export/ not installed
-        pass
-    else:
-        register(sub)
+    from export.cli import register
+
+    register(sub, command)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        errors.QUIET = True
+        os.environ["TQDM_DISABLE"] = "1"
+    elif not sys.stderr.isatty():  # a log file: a few plain lines, not hundreds of frames
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
     try:
         return args.func(args)
     except UserError as e:
         print(f"edge-c2i: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("edge-c2i: interrupted; nothing was written", file=sys.stderr)
+        note("interrupted; nothing was written")
         return 130
 
 

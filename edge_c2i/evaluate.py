@@ -27,11 +27,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
+from .errors import UserError
 from .targets import decoder_layers
 from .tasks import Example
 
 LM_HEAD_CHUNK = 256  # positions per LM-head call: bounds the logits' memory
 MAX_PADDING = 0.15  # a batch is closed before padding passes this share of its tokens
+# No token of the packaged tokenizers spans more characters (SmolLM2's longest: 81), so a
+# text longer than this many characters per position is refused without tokenizing it.
+MAX_CHARS_PER_TOKEN = 256
 
 
 def split_answer(prompt: str, answer: str) -> tuple[str, str]:
@@ -49,6 +53,56 @@ def encode(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
         ctx = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
     ans = tokenizer(answer, add_special_tokens=False)["input_ids"]
     return ctx, ans
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The model's context: the positions it was trained with (None if its config has none)."""
+    n = getattr(model.config, "max_position_embeddings", None)  # GPT-2's n_positions maps here
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def _tokenizer_context(tokenizer) -> int | None:
+    """The tokenizer's own limit, when it has a real one (unset, transformers says 1e30)."""
+    n = getattr(tokenizer, "model_max_length", None)
+    return n if isinstance(n, int) and 0 < n < 10**7 else None
+
+
+def _name(ex: Example, i: int) -> str:
+    """Where the user finds it: its file and line, else its index in the list scored."""
+    return ex.source or f"example {i}"
+
+
+def _check_chars(ex: Example, i: int, max_positions: int) -> None:
+    """Refuse a text too long for any tokenization to fit, before tokenizing it."""
+    chars = len(ex.prompt) + max(len(a) for a in ex.choices or (ex.answer,))
+    if chars > max_positions * MAX_CHARS_PER_TOKEN:
+        raise UserError(f"{_name(ex, i)}: prompt and answer are {chars:,} characters, far more "
+                        f"than the model's context of {max_positions} tokens; shorten the prompt")
+
+
+def _refuse_longer(examples: list[Example], positions: list[int], max_positions: int) -> None:
+    """Refuse sequences past the context: the attention mask grows with their square."""
+    over = [i for i, n in enumerate(positions) if n > max_positions]
+    if over:
+        i = max(over, key=positions.__getitem__)
+        more = f" ({len(over) - 1} other example(s) too)" if len(over) > 1 else ""
+        raise UserError(f"{_name(examples[i], i)}: prompt and answer are {positions[i]:,} "
+                        f"tokens, more than the model's context of {max_positions}; "
+                        f"shorten the prompt{more}")
+
+
+def check_lengths(tokenizer, examples: list[Example], max_positions: int) -> None:
+    """Refuse (UserError) any example whose prompt + longest answer passes ``max_positions``.
+
+    Characters are checked first, so a 10 MB prompt is refused without being tokenized.
+    """
+    for i, ex in enumerate(examples):
+        _check_chars(ex, i, max_positions)
+    positions = []
+    for ex in examples:
+        encoded = [encode(tokenizer, ex.prompt, a) for a in ex.choices or (ex.answer,)]
+        positions.append(len(encoded[0][0]) + max(len(a) for _, a in encoded))
+    _refuse_longer(examples, positions, max_positions)
 
 
 @dataclass
@@ -97,15 +151,23 @@ class Scorer:
     """
 
     def __init__(self, tokenizer, examples: list[Example], max_batch_tokens: int = 4096,
-                 lm_head_chunk: int = LM_HEAD_CHUNK):
+                 lm_head_chunk: int = LM_HEAD_CHUNK, max_positions: int | None = None):
+        """``max_positions``: the model's context (``context_length(model)``); a longer
+        example is refused here.  Without it, the tokenizer's limit if it has one, and
+        every run checks against its model before a batch is built."""
+        if not examples:
+            raise UserError("no examples to score")
         self.examples = examples
         self.lm_head_chunk = lm_head_chunk
         self.is_choice = examples[0].choices is not None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.gold = []
         self.first_tokens = []  # open tasks: accepted first tokens
+        max_positions = max_positions or _tokenizer_context(tokenizer)
         packed = []  # (example index, ctx ids, [answer ids, ...])
         for i, ex in enumerate(examples):
+            if max_positions:
+                _check_chars(ex, i, max_positions)
             answers = ex.choices if self.is_choice else (ex.answer,)
             encoded = [encode(tokenizer, ex.prompt, a) for a in answers]
             packed.append((i, encoded[0][0], [a for _, a in encoded]))
@@ -118,26 +180,45 @@ class Scorer:
                 self.first_tokens.append(firsts)
         self.n_answers = [len(p[2]) for p in packed]
         self.answer_len = [[len(a) for a in p[2]] for p in packed]
+        # the highest position of each example: its prompt and its longest answer
+        self.positions = [len(p[1]) + max(map(len, p[2])) for p in packed]
+        if max_positions:
+            _refuse_longer(examples, self.positions, max_positions)
         packed.sort(key=lambda p: len(p[1]) + sum(map(len, p[2])))
         self.longest = len(packed[-1][1]) + sum(map(len, packed[-1][2]))  # tokens, one example
-        # batches of similar lengths (sorted), closed at max_batch_tokens or when padding
-        # would pass MAX_PADDING of the batch (short tasks: half the compute was padding)
-        self.batches = []
-        batch: list = []
-        used = 0
-        for p in packed:
-            length = len(p[1]) + sum(map(len, p[2]))
-            area = length * (len(batch) + 1)
-            if batch and (area > max_batch_tokens or area - used - length > MAX_PADDING * area):
-                self.batches.append(self._collate(batch))
-                batch, used = [], 0
-            batch.append(p)
-            used += length
-        if batch:
-            self.batches.append(self._collate(batch))
+        self._packed, self._max_batch_tokens = packed, max_batch_tokens
+        self._batches: list[dict] | None = None  # built on first use, after the length check
         self._cached: dict[int, list[torch.Tensor]] = {}
         self._tuple_output: bool | None = None
         self._batch_index = 0
+
+    @property
+    def batches(self) -> list[dict]:
+        """Batches of similar lengths (sorted), closed at max_batch_tokens or when padding
+        would pass MAX_PADDING of the batch (short tasks: half the compute was padding)."""
+        if self._batches is None:
+            self._batches = []
+            batch: list = []
+            used = 0
+            for p in self._packed:
+                length = len(p[1]) + sum(map(len, p[2]))
+                area = length * (len(batch) + 1)
+                if batch and (area > self._max_batch_tokens
+                              or area - used - length > MAX_PADDING * area):
+                    self._batches.append(self._collate(batch))
+                    batch, used = [], 0
+                batch.append(p)
+                used += length
+            if batch:
+                self._batches.append(self._collate(batch))
+        return self._batches
+
+    def check_context(self, model: nn.Module) -> None:
+        """Refuse examples longer than ``model``'s context before any batch is built:
+        a 10 MB prompt would ask for a 4 TB attention mask."""
+        limit = context_length(model)
+        if limit:
+            _refuse_longer(self.examples, self.positions, limit)
 
     def _collate(self, packed: list) -> dict:
         length = max(len(c) + sum(map(len, answers)) for _, c, answers in packed)
@@ -225,6 +306,7 @@ class Scorer:
 
         ``desc`` shows a progress bar over the batches under that name.
         """
+        self.check_context(model)
         n = len(self.examples)
         logprobs = [[0.0] * k for k in self.n_answers]
         first_hit = [False] * n
@@ -250,6 +332,7 @@ class Scorer:
 
     def loss_and_backward(self, model: nn.Module, desc: str | None = None) -> float:
         """Mean task loss over the examples (the gold answer only); backward() per batch."""
+        self.check_context(model)
         n = len(self.examples)
         total = 0.0
         for batch in tqdm(self.batches, desc=desc, disable=desc is None, leave=False):
@@ -328,7 +411,7 @@ class Scorer:
 def evaluate(model: nn.Module, tokenizer, examples: list[Example], generation: bool = False,
              max_new_tokens: int = 8) -> dict:
     """Accuracy and loss of ``model`` on ``examples`` (plus generation accuracy for open tasks)."""
-    res = Scorer(tokenizer, examples).run(model)
+    res = Scorer(tokenizer, examples, max_positions=context_length(model)).run(model)
     out = res.as_dict()
     if not res.choice_logprobs:
         out["first_token_acc"] = res.accuracy

@@ -8,18 +8,15 @@ their own subspace, W[rows_g] ~ A_g B_g with rank max(1, floor(rate * min(m_g, n
 The forward pass is one matmul with the stacked B's, one per group with A_g,
 and one gather that puts the rows back in their original order.
 
-Both swap in place for the original module (``reduce``), and an adapted folder
-(``save_adapted`` / ``load_adapted``) stores the factors, never a dense matrix.
+Both swap in place for the original module (``reduce``); ``dense_module`` turns one
+back into a plain Linear (or Conv1D) holding A B, for the folder transformers loads
+(adapted.py).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -49,8 +46,10 @@ def _svd(W: torch.Tensor):
 class LowRankLinear(nn.Module):
     """y = (x B^T) A^T + bias."""
 
-    def __init__(self, A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None,
+                 conv1d: bool = False):
         super().__init__()
+        self.conv1d = conv1d  # replaces a GPT-2 Conv1D: its dense form is stored transposed
         self.A = nn.Parameter(A, requires_grad=False)
         self.B = nn.Parameter(B, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
@@ -72,8 +71,9 @@ class MultiSubspaceLinear(nn.Module):
     """Rows in c groups, each with its own low-rank factors; outputs in the original row order."""
 
     def __init__(self, As: list[torch.Tensor], Bs: list[torch.Tensor], rows: list[torch.Tensor],
-                 bias: torch.Tensor | None):
+                 bias: torch.Tensor | None, conv1d: bool = False):
         super().__init__()
+        self.conv1d = conv1d
         self.B = nn.Parameter(torch.cat(Bs), requires_grad=False)  # (sum k_g) x n
         self.As = nn.ParameterList([nn.Parameter(a, requires_grad=False) for a in As])
         order = torch.cat(rows)  # position p of the grouped output holds row order[p]
@@ -181,7 +181,7 @@ def build_module(module: nn.Module, rate: float, clusters: int = 1, clustering: 
     bias = getattr(module, "bias", None)
     if clusters == 1:
         k = rank_for(rate, m, n)
-        return LowRankLinear(*truncated_factors(W, k, svd), bias)
+        return LowRankLinear(*truncated_factors(W, k, svd), bias, is_conv1d(module))
     rows = groups if groups is not None else cluster_rows(W, clusters, clustering)
     As, Bs = [], []
     for g, idx in enumerate(rows):
@@ -190,7 +190,7 @@ def build_module(module: nn.Module, rate: float, clusters: int = 1, clustering: 
         A, B = truncated_factors(Wg, k, group_svds[g] if group_svds else None)
         As.append(A)
         Bs.append(B)
-    return MultiSubspaceLinear(As, Bs, rows, bias)
+    return MultiSubspaceLinear(As, Bs, rows, bias, is_conv1d(module))
 
 
 def swap(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
@@ -225,71 +225,32 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-# --------------------------------------------------------------------------- adapted folders
-
-
-MANIFEST = "edge_c2i.json"
-
-
-def save_adapted(model: nn.Module, tokenizer, out_dir: Path, reductions: list[Reduction],
-                 info: dict | None = None, force: bool = False, extra_files: dict | None = None) -> Path:
-    """Write the adapted model (factors, not dense) atomically: a temp folder renamed at the end."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise UserError(f"{out_dir} exists; pass --force to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        manifest = {"format": 1, "reductions": [asdict(r) for r in reductions], **(info or {})}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        for fname, content in (extra_files or {}).items():
-            (tmp / fname).write_text(content)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except OSError as e:
-        raise UserError(f"cannot write {out_dir}: {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
-def _empty_like(module: nn.Module, red: dict) -> nn.Module:
-    """A factor module of the right shapes, to be filled by load_state_dict."""
-    W = weight_matrix(module)
+def dense_module(module: LowRankLinear | MultiSubspaceLinear) -> nn.Module:
+    """A plain nn.Linear (or GPT-2 Conv1D) computing the same map as the factors, densely."""
+    W = module.dense().detach()
     m, n = W.shape
+    has_bias = module.bias is not None
+    if module.conv1d:
+        from transformers.pytorch_utils import Conv1D
+
+        new = Conv1D(m, n)
+        new.weight.data = W.t().contiguous()
+    else:
+        new = nn.Linear(n, m, bias=has_bias)
+        new.weight.data = W.contiguous()
+    if has_bias:
+        new.bias.data = module.bias.detach().clone()
+    return new.requires_grad_(False)
+
+
+def empty_factors(module: nn.Module, ranks: list[int], group_sizes: list[int]) -> nn.Module:
+    """A factor module of the given ranks for ``module``, to be filled by load_state_dict."""
+    m, n = weight_matrix(module).shape
     bias = getattr(module, "bias", None)
-    if red["clusters"] == 1:
-        k = red["ranks"][0]
-        return LowRankLinear(torch.zeros(m, k), torch.zeros(k, n), bias)
-    As = [torch.zeros(s, k) for s, k in zip(red["group_sizes"], red["ranks"])]
-    Bs = [torch.zeros(k, n) for k in red["ranks"]]
-    rows, start = [], 0
-    for s in red["group_sizes"]:
-        rows.append(torch.arange(start, start + s))
-        start += s
-    return MultiSubspaceLinear(As, Bs, rows, bias)
-
-
-def load_adapted(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Rebuild an adapted model with its factor modules and load its weights."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    manifest = json.loads((folder / MANIFEST).read_text())
-    config = AutoConfig.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    for red in manifest["reductions"]:
-        swap(model, red["name"], _empty_like(model.get_submodule(red["name"]), red))
-    state = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(f))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if unexpected or set(missing) - tied:
-        raise UserError(f"{folder}: weights do not match its manifest "
-                        f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
-    model.tie_weights()
-    return model.to(dtype)
+    conv1d = is_conv1d(module)
+    if len(ranks) == 1:
+        return LowRankLinear(torch.zeros(m, ranks[0]), torch.zeros(ranks[0], n), bias, conv1d)
+    As = [torch.zeros(s, k) for s, k in zip(group_sizes, ranks)]
+    Bs = [torch.zeros(k, n) for k in ranks]
+    rows = list(torch.arange(m).split(group_sizes))
+    return MultiSubspaceLinear(As, Bs, rows, bias, conv1d)

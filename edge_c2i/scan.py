@@ -27,12 +27,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .config import DEFAULT_SCORE, SCORES
 from .evaluate import Scorer
 from .factorize import rank_for
 from .targets import LASER_RATES, Target, decoder_layers, weight_matrix
-
-SCORES = ("first_order", "tail_grad")
-DEFAULT_SCORE = "first_order"
 
 
 @dataclass

@@ -8,6 +8,10 @@ Two sources:
 - ``jsonl:PATH``: one JSON object a line,
   ``{"prompt": str, "answer": str, "choices": [str, ...]}``; with ``choices`` it
   is a choice task whose gold is ``answer``, without it an open-answer task.
+  A target delimiter (default one space) goes between the prompt and each
+  answer or choice when neither side has whitespace there, as
+  lm-evaluation-harness's ``target_delimiter`` does: ``"The capital of France
+  is"`` + ``"Paris"`` is scored as `` Paris`` after the prompt, not ``isParis``.
 
 The prompt is built from the task's own prefixes as BIG-bench builds it:
 ``task_prefix + example_input_prefix + input + example_output_prefix`` (defaults
@@ -26,11 +30,20 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, note
 from .paths import home
 
 BIGBENCH_SDIST = "bigbench==1.0.0"
 TASKS_IN_ARCHIVE = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+TARGET_DELIMITER = " "  # JSONL default, lm-evaluation-harness's
+DELIMITER_KEY = "target_delimiter"  # per line, or alone on a line for the lines after it
+MIN_SPLIT = 10  # fewer examples cannot give calibration, evaluation and test samples
+SPLIT_NAMES = ("test", "eval", "calib", "all")
+
+
+def warn(message: str) -> None:
+    """A warning for the user on stderr (stdout carries only results)."""
+    note(f"warning: {message}")
 
 
 @dataclass(frozen=True)
@@ -39,16 +52,29 @@ class Example:
     answer: str
     choices: tuple[str, ...] | None = None  # None: open answer
     aliases: tuple[str, ...] = ()  # other accepted answers of an open question
+    # where it comes from ("data.jsonl:12"), for messages; not part of its identity
+    source: str = field(default="", compare=False)
 
 
 @dataclass
 class Task:
     name: str
     examples: list[Example]
+    target_delimiter: str | None = None  # JSONL: the default delimiter; BIG-bench: None
+    delimited: int = 0  # examples whose answer or choices got the delimiter
+    duplicates_dropped: int = 0  # JSONL: exact repeats of an earlier line, dropped
+    duplicates_kept: int = 0  # BIG-bench: exact repeats, kept as published
 
     @property
     def is_choice(self) -> bool:
         return self.examples[0].choices is not None
+
+    @property
+    def notes(self) -> dict:
+        """What loading did to the file, for eval and report JSON."""
+        return {"task_examples": len(self.examples), "target_delimiter": self.target_delimiter,
+                "delimited": self.delimited, "duplicates_dropped": self.duplicates_dropped,
+                "duplicates_kept": self.duplicates_kept}
 
 
 @dataclass
@@ -140,13 +166,13 @@ def parse_bigbench(data: dict, source: str) -> list[Example]:
             scores = ex["target_scores"]
             choices = tuple(scores)
             gold = max(choices, key=lambda c: scores[c])
-            examples.append(Example(prompt, gold, choices))
+            examples.append(Example(prompt, gold, choices, source=where))
         elif "target" in ex:
             targets = ex["target"] if isinstance(ex["target"], list) else [ex["target"]]
             targets = [t for t in targets if isinstance(t, str) and t.strip()]
             if not targets:
                 raise UserError(f"{where}: empty 'target'")
-            examples.append(Example(prompt, targets[0], None, tuple(targets[1:])))
+            examples.append(Example(prompt, targets[0], None, tuple(targets[1:]), where))
         else:
             raise UserError(f"{where}: neither 'target_scores' nor 'target'")
     return examples
@@ -155,41 +181,125 @@ def parse_bigbench(data: dict, source: str) -> list[Example]:
 # --------------------------------------------------------------------------- JSONL
 
 
-def parse_jsonl(path: Path) -> list[Example]:
+def delimit(prompt: str, text: str, delimiter: str) -> str:
+    """``text`` as it follows ``prompt``: ``delimiter`` first when neither side has whitespace
+    at the seam.  Written naturally, ``"... France is"`` + ``"Paris"`` would be scored as
+    ``isParis``, a word no model predicts (SmolLM2 on 30 capitals: 0.00, and 0.73 with the space).
+    An empty prompt has no seam."""
+    if prompt and delimiter and not prompt[-1].isspace() and not text[:1].isspace():
+        return delimiter + text
+    return text
+
+
+def _decode(raw: bytes, lineno: int, where: str) -> str:
+    try:  # a byte-order mark may open the file
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where}: not UTF-8 text (byte {e.start + 1} of the line); "
+                        "save the file as UTF-8") from None
+
+
+def _jsonl_example(obj: dict, delimiter: str, where: str) -> tuple[Example, bool]:
+    """One line's example, the delimiter applied; True when it added the delimiter."""
+    prompt, answer, choices = obj.get("prompt"), obj.get("answer"), obj.get("choices")
+    if not isinstance(prompt, str) or not isinstance(answer, str) or not answer.strip():
+        keys = "" if {"prompt", "answer"} <= set(obj) else f" (found keys: {', '.join(obj)})"
+        raise UserError(f"{where}: 'prompt' and a non-empty 'answer' must be strings{keys}")
+    if choices is None:
+        joined = delimit(prompt, answer, delimiter)
+        return Example(prompt, joined, source=where), joined != answer
+    if (not isinstance(choices, list) or len(choices) < 2
+            or not all(isinstance(c, str) and c.strip() for c in choices)):
+        raise UserError(f"{where}: 'choices' must be a list of at least 2 non-empty strings")
+    if answer not in choices:
+        raise UserError(f"{where}: the answer {answer!r} is not among its choices")
+    joined = tuple(delimit(prompt, c, delimiter) for c in choices)
+    for j, c in enumerate(joined):
+        if c in joined[:j]:  # ties with itself: accuracy 1.0 whenever it is the gold
+            same = choices[joined.index(c)]
+            how = "twice" if same == choices[j] else f"twice ({same!r} with the delimiter)"
+            raise UserError(f"{where}: the choice {choices[j]!r} is listed {how}; "
+                            "list each choice once")
+    gold = joined[choices.index(answer)]
+    return Example(prompt, gold, joined, source=where), joined != tuple(choices)
+
+
+def parse_jsonl(path: Path, target_delimiter: str = TARGET_DELIMITER) -> tuple[list[Example], int]:
+    """The examples of a JSONL file, and how many of them got the target delimiter.
+
+    A line ``{"target_delimiter": "..."}`` (that key alone) sets the delimiter of the
+    lines after it, the file's own setting; the key on an example line sets that line's.
+    Lines are cut at ``\n`` only: a JSON string may hold U+2028, which str.splitlines cuts.
+    """
     if not path.is_file():
         raise UserError(f"no such task file: {path}")
-    examples = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    examples, delimited = [], 0
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        where = f"{path}:{lineno}"
+        line = _decode(raw, lineno, where)
         if not line.strip():
             continue
-        where = f"{path}:{lineno}"
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{where}: not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict):
             raise UserError(f"{where}: expected an object with 'prompt' and 'answer'")
-        prompt, answer, choices = obj.get("prompt"), obj.get("answer"), obj.get("choices")
-        if not isinstance(prompt, str) or not isinstance(answer, str) or not answer.strip():
-            raise UserError(f"{where}: 'prompt' and a non-empty 'answer' must be strings")
-        if choices is not None:
-            if (not isinstance(choices, list) or len(choices) < 2
-                    or not all(isinstance(c, str) and c.strip() for c in choices)):
-                raise UserError(f"{where}: 'choices' must be a list of at least 2 non-empty strings")
-            if answer not in choices:
-                raise UserError(f"{where}: the answer {answer!r} is not among its choices")
-            choices = tuple(choices)
-        examples.append(Example(prompt, answer, choices))
-    return examples
+        delimiter = obj.get(DELIMITER_KEY, target_delimiter)
+        if not isinstance(delimiter, str):
+            raise UserError(f"{where}: '{DELIMITER_KEY}' must be a string, like \" \" or \"\"")
+        if set(obj) == {DELIMITER_KEY}:
+            target_delimiter = delimiter
+            continue
+        example, added = _jsonl_example(obj, delimiter, where)
+        examples.append(example)
+        delimited += added
+    return examples, delimited
+
+
+def drop_duplicates(examples: list[Example], name: str) -> tuple[list[Example], int]:
+    """The examples without exact repeats (same prompt, answer and choices), and their count.
+
+    A repeated line would land in the calibration, evaluation and test samples at once,
+    so a test score would partly measure what the search was tuned on.  It carries
+    nothing a single copy does not, so it is dropped (with a warning) rather than
+    refused: the file stays usable as it is.
+    """
+    first: dict[Example, Example] = {}
+    for ex in examples:
+        first.setdefault(ex, ex)
+    dropped = len(examples) - len(first)
+    if dropped:
+        repeat = next(ex for ex in examples if first[ex] is not ex)
+        warn(f"task {name}: dropped {dropped} line(s) that repeat an earlier one (e.g. "
+             f"{repeat.source} repeats line {first[repeat].source.rpartition(':')[2]}), so that "
+             "no example is in two of the calibration, evaluation and test samples")
+    return list(first.values()), dropped
 
 
 # --------------------------------------------------------------------------- loading and splits
 
 
-def load_task(spec: str) -> Task:
-    """``bigbench:NAME`` or ``jsonl:PATH`` (a bare path ending in .jsonl works too)."""
+def load_task(spec: str, target_delimiter: str | None = None) -> Task:
+    """``bigbench:NAME`` or ``jsonl:PATH`` (a bare path ending in .jsonl works too).
+
+    ``target_delimiter`` (JSONL; default one space) goes between a prompt and its
+    answer or choices when neither has whitespace there (``delimit``); a file's own
+    ``{"target_delimiter": ...}`` line, and the key on an example's line, win over it.
+    BIG-bench tasks carry their own prefixes and are left as BIG-bench builds them.
+    """
+    if target_delimiter is not None and not isinstance(target_delimiter, str):
+        raise UserError("the target delimiter must be a string, like ' ' or ''")
     kind, _, rest = spec.partition(":")
+    delimiter, delimited = None, 0
     if kind == "bigbench" and rest:
+        if target_delimiter is not None:
+            warn("the target delimiter applies to jsonl tasks; BIG-bench tasks keep their "
+                 "own prefixes")
         path = bigbench_task_file(rest)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -198,10 +308,10 @@ def load_task(spec: str) -> Task:
         if isinstance(data, dict) and "examples" not in data:
             _refuse_parent_task(rest.strip("/"))
         examples = parse_bigbench(data, str(path))
-    elif kind == "jsonl" and rest:
-        examples = parse_jsonl(Path(rest).expanduser())
-    elif spec.endswith(".jsonl"):
-        examples = parse_jsonl(Path(spec).expanduser())
+    elif (kind == "jsonl" and rest) or spec.endswith(".jsonl"):
+        delimiter = TARGET_DELIMITER if target_delimiter is None else target_delimiter
+        path = Path(rest if kind == "jsonl" else spec).expanduser()
+        examples, delimited = parse_jsonl(path, delimiter)
     else:
         raise UserError(f"unknown task {spec!r}: use bigbench:NAME or jsonl:PATH")
     if not examples:
@@ -209,7 +319,23 @@ def load_task(spec: str) -> Task:
     kinds = {e.choices is None for e in examples}
     if len(kinds) > 1:
         raise UserError(f"task {spec!r} mixes choice and open-answer examples; split it in two")
-    return Task(spec, examples)
+    if kind == "bigbench":  # kept as published: LASER's and the recorded numbers use them
+        return Task(spec, examples, duplicates_kept=len(examples) - len(set(examples)))
+    examples, dropped = drop_duplicates(examples, spec)
+    return Task(spec, examples, delimiter, delimited, dropped)
+
+
+def _scaled(n: int, n_calib: int, n_eval: int) -> tuple[int, int]:
+    """Calibration and evaluation sizes that leave the test split a third of ``n``.
+
+    On a task of 219 examples, 100 + 100 left 19 to test on: a score on 19 examples
+    says little, so the two samples shrink in proportion instead.
+    """
+    room = n - n // 3
+    if n_calib + n_eval <= room:
+        return n_calib, n_eval
+    calib = max(1, room * n_calib // (n_calib + n_eval))
+    return calib, room - calib
 
 
 def split(
@@ -224,31 +350,63 @@ def split(
 
     ``c2i``: shuffle with ``seed``; the first ``n_calib`` examples are the
     calibration sample (gradients), the next ``n_eval`` the evaluation sample
-    (the search), the rest the test split.
+    (the search), the rest the test split.  When that would leave the test split
+    less than a third of the task, both samples are scaled down (a warning says
+    to what; ``sizes["requested"]`` keeps what was asked).  A task of fewer than
+    ``MIN_SPLIT`` examples is refused: it can be evaluated whole (``examples_for``).
     ``laser``: LASER's protocol; the first 20% (file order) is validation, the
     rest test; the calibration sample is the first ``n_calib`` of validation.
     ``n_test`` caps the test split (a seeded sample of it); None keeps it whole.
     """
     ex = list(task.examples)
+    if n_calib < 1 or n_eval < 1:
+        raise UserError("--samples and --eval-samples must be at least 1")
+    if n_test is not None and n_test < 1:
+        raise UserError("--test-samples must be at least 1")
+    if len(ex) < MIN_SPLIT:
+        raise UserError(
+            f"task {task.name} has {len(ex)} examples: too few to split into calibration, "
+            f"evaluation and test samples (at least {MIN_SPLIT}); add examples, or evaluate "
+            "all of them (eval --split all)"
+        )
+    requested = {}
     if protocol == "c2i":
-        if n_calib < 1 or n_eval < 1:
-            raise UserError("--samples and --eval-samples must be at least 1")
-        if n_calib + n_eval >= len(ex):
-            raise UserError(
-                f"task {task.name} has {len(ex)} examples: too few for {n_calib} calibration "
-                f"+ {n_eval} evaluation examples and a test split; lower --samples/--eval-samples"
-            )
+        calib_n, eval_n = _scaled(len(ex), n_calib, n_eval)
+        if (calib_n, eval_n) != (n_calib, n_eval):
+            requested = {"requested": {"calib": n_calib, "eval": n_eval}}
+            warn(f"task {task.name} has {len(ex)} examples: too few for {n_calib} calibration "
+                 f"+ {n_eval} evaluation examples and a test split of at least a third; "
+                 f"using {calib_n} + {eval_n}, and {len(ex) - calib_n - eval_n} to test")
         random.Random(seed).shuffle(ex)
-        calib, evl, test = ex[:n_calib], ex[n_calib : n_calib + n_eval], ex[n_calib + n_eval :]
+        calib, evl, test = ex[:calib_n], ex[calib_n : calib_n + eval_n], ex[calib_n + eval_n :]
     elif protocol == "laser":
         n_val = max(1, len(ex) // 5)
         evl, test = ex[:n_val], ex[n_val:]
         calib = evl[:n_calib]
-        if not test:
-            raise UserError(f"task {task.name} has too few examples for LASER's 20/80 split")
     else:
         raise UserError(f"unknown split protocol {protocol!r}: use c2i or laser")
     if n_test is not None and len(test) > n_test:
         test = random.Random(seed + 1).sample(test, n_test)
     return Splits(calib, evl, test, protocol,
-                  {"calib": len(calib), "eval": len(evl), "test": len(test), "all": len(ex)})
+                  {"calib": len(calib), "eval": len(evl), "test": len(test), "all": len(ex),
+                   **requested})
+
+
+def examples_for(task: Task, which: str = "test", seed: int = 0, n_calib: int = 100,
+                 n_eval: int = 100, n_test: int | None = 1000) -> list[Example]:
+    """The examples of one split (``test``, ``eval``, ``calib``) or ``all`` of the task.
+
+    What ``eval`` scores.  ``all`` is every example, in file order.  A task too small to
+    split (fewer than ``MIN_SPLIT``) is evaluated whole, with a warning: nothing can have
+    been adapted on a part of it, since ``adapt`` refuses it.
+    """
+    if which not in SPLIT_NAMES:
+        raise UserError(f"unknown split {which!r}: use one of {', '.join(SPLIT_NAMES)}")
+    if which == "all":
+        return list(task.examples)
+    if len(task.examples) < MIN_SPLIT:
+        warn(f"task {task.name} has {len(task.examples)} examples, too few to split; "
+             f"evaluating all of them instead of the {which} split")
+        return list(task.examples)
+    splits = split(task, n_calib, n_eval, n_test, seed)
+    return {"test": splits.test, "eval": splits.eval, "calib": splits.calib}[which]

@@ -15,11 +15,12 @@ from edge_c2i.errors import UserError
 SPLITS = ("test", "eval", "calib", "all")
 
 
-def register(subparsers) -> None:
-    """Add the ``export`` and ``generate`` subcommands."""
-    from .postprocess import INT8_SCHEMES
+def register(subparsers, command=None) -> None:
+    """Add the ``export`` and ``generate`` subcommands (``command(name, help)`` makes one)."""
+    from edge_c2i.config import INT8_SCHEMES
+    command = command or (lambda name, help: subparsers.add_parser(name, help=help))
 
-    e = subparsers.add_parser("export", help="export a model or adapted folder to ONNX Runtime")
+    e = command("export", "export a model or adapted folder to ONNX Runtime")
     e.add_argument("source", help="packaged name, HF folder, .gguf file or adapted folder")
     e.add_argument("--out", required=True, help="the folder to write (model.onnx, manifest, ...)")
     e.add_argument("--int8", action="store_true", help="also write model_int8.onnx")
@@ -29,15 +30,24 @@ def register(subparsers) -> None:
                    help="also write .ort files and required_operators.config (ORT Mobile)")
     e.add_argument("--opset", type=int, default=None, help="ONNX opset (default: optimum's)")
     e.add_argument("--no-check", action="store_true", help="skip the PyTorch parity check")
-    e.add_argument("--force", action="store_true", help="replace --out if it exists")
+    e.add_argument("--force", action="store_true",
+                   help="replace --out if it is an export folder edge-c2i wrote (never "
+                        "another folder)")
     e.set_defaults(func=export_command)
 
-    g = subparsers.add_parser("generate", help="greedy generation with an exported model")
+    g = command("generate", "greedy generation with an exported model, streamed to stdout")
+    g.description = ("Greedy continuation of --prompt, printed as the tokens come. It stops at "
+                     "EOS, after --max-new-tokens or at the model's context length; Ctrl-C "
+                     "keeps what was printed. Only the generated text goes to stdout.")
     g.add_argument("--onnx", required=True, help="a folder written by edge-c2i export")
-    g.add_argument("--prompt", required=True)
-    g.add_argument("--max-new-tokens", type=int, default=32)
-    g.add_argument("--int8", action="store_true", help="run model_int8 instead of model")
-    g.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
+    g.add_argument("--prompt", required=True,
+                   help="the text to continue (empty: start from the model's BOS token)")
+    g.add_argument("--max-new-tokens", type=int, default=32,
+                   help="stop after this many new tokens")
+    g.add_argument("--int8", action="store_true",
+                   help="run model_int8 instead of model (export with --int8)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime threads (default: all cores)")
     g.set_defaults(func=generate_command)
 
 
@@ -66,42 +76,85 @@ def export_command(args) -> int:
 
 
 def _threads(n: int | None) -> int:
+    """ONNX Runtime's intra-op threads: all cores unless --threads says otherwise."""
     import os
 
     if n is not None and n < 1:
-        raise UserError("--threads must be at least 1")
+        raise UserError(f"--threads must be at least 1 (got {n})")
     return n or os.cpu_count() or 1
 
 
 def generate_command(args) -> int:
-    from .runtime import OnnxLM, model_file
+    """``edge-c2i generate``: print a greedy continuation as its tokens come.
+
+    Everything that can be refused is refused before the graph loads (seconds for a
+    500 MB model).  stdout carries only the generated text; why generation stopped early
+    goes to stderr.  Ctrl-C keeps what was printed, ends the line and exits 130.
+    """
+    import os
+    import sys
+
+    from edge_c2i.errors import note
+
+    from .runtime import OnnxLM, check_prompt, model_file
 
     if args.max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
-    lm = OnnxLM(args.onnx, _threads(args.threads), model_file(args.onnx, args.int8))
-    print(lm.generate(args.prompt, args.max_new_tokens))
+        raise UserError(f"--max-new-tokens must be at least 1 (got {args.max_new_tokens})")
+    threads = _threads(args.threads)
+    check_prompt(args.prompt)
+    lm = OnnxLM(args.onnx, threads, model_file(args.onnx, args.int8), load=False)
+    ids = lm.prompt_ids(args.prompt)
+    if not args.prompt:
+        note("the prompt is empty: generating from the BOS token")
+    lm.load()
+    text, out, n, token = lm.text_stream(), sys.stdout, 0, None
+    try:
+        for n, token in enumerate(lm.tokens(ids, args.max_new_tokens), 1):
+            out.write(text.push(token))
+            out.flush()
+        out.write(text.flush() + "\n")
+        out.flush()
+    except KeyboardInterrupt:  # what is printed stays; a half-decoded character is dropped
+        out.write("\n")
+        out.flush()
+        note(f"interrupted after {n} new tokens")
+        return 130
+    except BrokenPipeError:  # the reader has gone (`| head`): stop quietly, as `yes | head` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # no second error at exit
+        return 141
+    room = lm.room(ids)
+    if room is not None and n == room < args.max_new_tokens and token not in lm.eos_ids:
+        note(f"stopped at the model's context length ({lm.context} tokens)")
     return 0
 
 
 def eval_onnx_command(args) -> int:
-    """``edge-c2i eval --onnx DIR``: task accuracy and loss of an exported model."""
-    from edge_c2i.tasks import load_task, split
+    """``edge-c2i eval --onnx DIR``: task accuracy and loss of an exported model.
 
-    from .runtime import evaluate_onnx, model_file
+    Arguments and the export's files are checked before the task is read and the graph
+    loaded; stdout carries only the result (one JSON object with --json).
+    """
+    from edge_c2i.tasks import examples_for, load_task
 
-    splits = split(load_task(args.task), seed=args.seed)
+    from .runtime import OnnxLM, model_file, score_examples
+
     if args.split not in SPLITS:
         raise UserError(f"unknown split {args.split!r}: use one of {', '.join(SPLITS)}")
-    examples = {"test": splits.test, "eval": splits.eval, "calib": splits.calib,
-                "all": splits.calib + splits.eval + splits.test}[args.split]
-    if args.limit is not None:
-        if args.limit < 1:
-            raise UserError("--limit must be at least 1")
-        examples = examples[: args.limit]
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1 (got {args.limit})")
+    if getattr(args, "generation", False):
+        raise UserError("--generation needs the PyTorch model: use it without --onnx")
+    threads = _threads(getattr(args, "threads", None))
     name = model_file(args.onnx, getattr(args, "int8", False))
-    res = evaluate_onnx(args.onnx, examples, name, _threads(getattr(args, "threads", None)))
+    lm = OnnxLM(args.onnx, threads, name, load=False)
+    task = load_task(args.task, getattr(args, "target_delimiter", None))
+    examples = examples_for(task, args.split, seed=args.seed)
+    if args.limit is not None:
+        examples = examples[: args.limit]
+    lm.load()
+    res = score_examples(lm, examples)
     res.update({"onnx": str(args.onnx), "model_file": name, "task": args.task,
-                "split": args.split})
+                "split": args.split, **task.notes})
     if args.json:
         print(json.dumps(res))
     else:
@@ -110,49 +163,62 @@ def eval_onnx_command(args) -> int:
     return 0
 
 
+DEMO_SUMMARY = "summary.json"  # marks a demo folder edge-c2i wrote
+
+
 def main_demo(args) -> int:
-    """``edge-c2i demo``: adapt the model to the task, export it (int8, .ort), run it in ORT."""
-    from edge_c2i.api import adapt, check_out_dir, save
+    """``edge-c2i demo``: adapt the model to the task, export it (int8, .ort), run it in ORT.
+
+    The whole folder (adapted/, onnx/, summary.json) is written aside and swapped in at
+    the end, so --out is always either the previous demo or the new one.
+    """
+    from edge_c2i.api import adapt, save
+    from edge_c2i.io import OutputDir, has_manifest
     from edge_c2i.models import load_model
-    from edge_c2i.tasks import load_task, split
+    from edge_c2i.tasks import examples_for, load_task
 
     from .onnx_export import export_model
     from .runtime import OnnxLM, evaluate_onnx, model_file
 
-    out = check_out_dir(args.out, args.force)
-    model, tok = load_model(args.model)
-    report = adapt(model, tok, args.task, seed=args.seed, model_name=args.model)
-    adapted = save(model, tok, out / "adapted", report, force=args.force)
-    del model
-    onnx_dir = out / "onnx"
-    export_model(str(adapted), onnx_dir, int8=True, ort=True, force=args.force)
-    test = split(load_task(args.task), seed=args.seed).test[:100]
+    dest = OutputDir(args.out, args.force, has_manifest(DEMO_SUMMARY), "a demo folder")
     threads = _threads(args.threads)
-    print(f"\n{report['method']} chose {report['chosen']} -> {adapted}; exported to {onnx_dir}")
+    task = load_task(args.task, args.target_delimiter)
+    out = dest.out
+    with dest as tmp:
+        model, tok = load_model(args.model)
+        report = adapt(model, tok, task, seed=args.seed, model_name=args.model,
+                       progress=not args.quiet)
+        adapted = save(model, tok, tmp / "adapted", report)
+        del model
+        export_model(str(adapted), tmp / "onnx", int8=True, ort=True)
+        test = examples_for(task, "test", args.seed)[:100]
+        summary = {"adapted": str(out / "adapted"), "onnx": str(out / "onnx"),
+                   "report": report["verdict"], "chosen": report["chosen"],
+                   "torch": {"base": report["base"], "adapted": report["adapted"]},
+                   "onnx_runtime": {}, "generations": []}
+        for int8 in (False, True):
+            name = model_file(tmp / "onnx", int8)
+            summary["onnx_runtime"][name] = evaluate_onnx(tmp / "onnx", test, name, threads)
+        lm = OnnxLM(tmp / "onnx", threads, model_file(tmp / "onnx", True))
+        for ex in test[:3]:
+            # a trailing space token derails greedy decoding
+            answer = lm.generate(ex.prompt.rstrip(" "), 8)
+            summary["generations"].append({"prompt": ex.prompt, "gold": ex.answer,
+                                           "int8": answer})
+        (tmp / DEMO_SUMMARY).write_text(json.dumps(summary, indent=2))
+
+    print(f"\n{report['method']} chose {report['chosen']} -> {out / 'adapted'}; exported to "
+          f"{out / 'onnx'}")
     print(f"  verdict: {report['verdict']}")
     control = report["calibrated_base"]
     control = f"{control['accuracy']:.3f}" if control else "n/a (open answers)"
     print(f"  PyTorch test accuracy {report['base']['accuracy']:.3f} -> "
           f"{report['adapted']['accuracy']:.3f} (n={report['adapted']['n']}; calibration "
           f"control {control})")
-    summary = {"adapted": str(adapted), "onnx": str(onnx_dir), "report": report["verdict"],
-               "chosen": report["chosen"], "torch": {"base": report["base"],
-                                                     "adapted": report["adapted"]},
-               "onnx_runtime": {}, "generations": []}
-    for int8 in (False, True):
-        name = model_file(onnx_dir, int8)
-        res = evaluate_onnx(onnx_dir, test, name, threads)
-        summary["onnx_runtime"][name] = res
+    for name, res in summary["onnx_runtime"].items():
         print(f"  ONNX Runtime {name:<16} accuracy {res['accuracy']:.3f}  loss {res['loss']:.4f} "
               f"(first {res['n']} test examples)")
-    lm = OnnxLM(onnx_dir, threads, model_file(onnx_dir, True))
-    for ex in test[:3]:
-        answer = lm.generate(ex.prompt.rstrip(" "), 8)  # a trailing space token derails greedy decoding
-        summary["generations"].append({"prompt": ex.prompt, "gold": ex.answer, "int8": answer})
-        print(f"  {ex.prompt.strip()!r} -> {answer!r} (gold {ex.answer!r})")
-    path = out / "summary.json"
-    tmp = path.with_name(".summary.json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(path)
-    print(f"  summary: {path}")
+    for g in summary["generations"]:
+        print(f"  {g['prompt'].strip()!r} -> {g['int8']!r} (gold {g['gold']!r})")
+    print(f"  summary: {out / DEMO_SUMMARY}")
     return 0

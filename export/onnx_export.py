@@ -7,7 +7,8 @@ reduced matrix is exported as the MatMuls of its factors (multi-subspace: one Ma
 the stacked B's, one per group with A_g, a Gather back to the original row order), never as
 a dense product.
 
-The output folder is written to a temp folder next to it and renamed at the end:
+The output folder is written to a temp folder next to it and swapped in at the end
+(edge_c2i.io.OutputDir):
 
     model.onnx               fp32 decoder: input_ids, attention_mask, position_ids,
                              past_key_values.{i}.key/value -> logits, present.{i}.key/value
@@ -21,13 +22,13 @@ The output folder is written to a temp folder next to it and renamed at the end:
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
+from edge_c2i.adapted import is_adapted, read_manifest
 from edge_c2i.errors import UserError
+from edge_c2i.io import OutputDir
 
 from . import parity
 from .postprocess import (
@@ -40,33 +41,33 @@ from .postprocess import (
 from .runtime import MANIFEST, OnnxLM
 
 EXPORT_TASK = "text-generation-with-past"
-ADAPTED_FILES = ("edge_c2i.json", "report.json")  # written by edge-c2i adapt
+REPORT = "report.json"  # written by edge-c2i adapt beside the manifest
 
 
-def export_model(source: str, out: str | Path, int8: bool = False, ort: bool = False,
+def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, ort: bool = False,
                  force: bool = False, opset: int | None = None, check: bool = True,
                  int8_scheme: str = "blockwise") -> dict:
     """Export ``source`` (packaged name, HF folder, .gguf or adapted folder) to ``out``.
 
-    Returns the manifest.  Raises UserError if ``out`` exists without ``force``, if
-    ``source`` is not a model, or if a parity check fails; then nothing is left behind.
+    Returns the manifest.  Raises UserError if ``out`` exists without ``force`` (or is
+    not an export folder edge-c2i wrote), if ``source`` is not a model, or if a parity
+    check fails; then nothing is left behind and ``out`` is untouched.
     """
+    from edge_c2i.io import has_manifest
     from edge_c2i.models import load_model, resolve
 
-    out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"{out} exists; pass --force to replace it")
     if int8_scheme not in INT8_SCHEMES:
         raise UserError(f"unknown int8 scheme {int8_scheme!r}: use {' or '.join(INT8_SCHEMES)}")
+    dest = out if isinstance(out, OutputDir) else OutputDir(
+        out, force, has_manifest(MANIFEST), "an ONNX export folder")
+    out = dest.out
     clock = _Clock()
     where = resolve(source)
     if isinstance(where, Path) and where.resolve() in (out.resolve(), *out.resolve().parents):
         raise UserError(f"--out {out} would replace the model it exports; choose another folder")
-    model, tokenizer = load_model(source)
-    clock.lap("load")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with dest as tmp:  # claimed now: a second run on the same --out is refused
+        model, tokenizer = load_model(source)
+        clock.lap("load")
         opset = export_graph(model, tokenizer, tmp, opset)
         manifest = describe(source, where, model, tokenizer, tmp, opset)
         clock.lap("export")
@@ -83,11 +84,6 @@ def export_model(source: str, out: str | Path, int8: bool = False, ort: bool = F
         clock.lap("parity")
         manifest["files"] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
         _write_manifest(tmp, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
@@ -173,13 +169,16 @@ def _adapted_info(where) -> dict:
     """Task, method and reductions of an adapted folder (edge_c2i.json, report.json)."""
     info = {"adapted": False, "base_model": None, "task": None, "method": None,
             "chosen": None, "reductions": []}
-    if not isinstance(where, Path) or not (where / ADAPTED_FILES[0]).is_file():
+    if not isinstance(where, Path) or not is_adapted(where):
         return info
-    manifest = json.loads((where / ADAPTED_FILES[0]).read_text())
+    manifest = read_manifest(where)
     info.update(adapted=True, base_model=manifest.get("base_model"), task=manifest.get("task"),
                 method=manifest.get("method"), reductions=manifest.get("reductions", []))
-    if (where / ADAPTED_FILES[1]).is_file():
-        report = json.loads((where / ADAPTED_FILES[1]).read_text())
+    if (where / REPORT).is_file():
+        try:
+            report = json.loads((where / REPORT).read_text())
+        except ValueError:
+            raise UserError(f"{where}/{REPORT} is damaged; re-run adapt") from None
         info["chosen"] = report.get("chosen")
         info["test_accuracy"] = {k: (report.get(k) or {}).get("accuracy")
                                  for k in ("base", "adapted")}

@@ -9,10 +9,10 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from edge_c2i.config import INT8_SCHEMES
 from edge_c2i.errors import UserError
 
 BLOCK_SIZE = 32  # blockwise int8: one scale per 32 weights along the input dimension
-INT8_SCHEMES = ("blockwise", "dynamic")
 LARGE = 1_800_000_000  # bytes: above this a model keeps its weights in an external file
 
 

@@ -1,9 +1,34 @@
+import json
+import time
+
 import pytest
 import torch
 from conftest import TINY, tiny_model
 
-from edge_c2i.evaluate import Result, Scorer, calibrated_accuracy, calibration_control, encode
+from edge_c2i.errors import UserError
+from edge_c2i.evaluate import (
+    Result,
+    Scorer,
+    calibrated_accuracy,
+    calibration_control,
+    check_lengths,
+    context_length,
+    encode,
+    evaluate,
+)
 from edge_c2i.tasks import Example, load_task, split
+
+CAPITALS = {
+    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid",
+    "Portugal": "Lisbon", "Japan": "Tokyo", "China": "Beijing", "Russia": "Moscow",
+    "Egypt": "Cairo", "Greece": "Athens", "Austria": "Vienna", "Poland": "Warsaw",
+    "Hungary": "Budapest", "Ireland": "Dublin", "Norway": "Oslo", "Sweden": "Stockholm",
+    "Finland": "Helsinki", "Denmark": "Copenhagen", "Belgium": "Brussels",
+    "the Netherlands": "Amsterdam", "Thailand": "Bangkok", "Argentina": "Buenos Aires",
+    "Peru": "Lima", "Kenya": "Nairobi", "South Korea": "Seoul", "Cuba": "Havana",
+    "Iran": "Tehran", "Iraq": "Baghdad", "the Czech Republic": "Prague",
+    "the United Kingdom": "London",
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +87,16 @@ def test_cached_prefix_gives_the_same_scores_as_a_full_run(smol, epistemic):
     assert flat(part.choice_logprobs) == pytest.approx(flat(full.choice_logprobs), abs=1e-4)
 
 
+class Tok:  # a byte-level stand-in tokenizer for the random models: one token a character
+    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [3 + (ord(c) % 90) for c in text]}
+
+
 @pytest.mark.parametrize("arch", sorted(TINY))
 def test_cached_prefix_on_every_architecture(arch):
     model = tiny_model(arch)
-
-    class Tok:  # a byte-level stand-in tokenizer for the random model
-        pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
-
-        def __call__(self, text, add_special_tokens=True):
-            return {"input_ids": [3 + (ord(c) % 90) for c in text]}
-
     examples = [Example(f"question {i}: ", "yes", ("yes", "no way")) for i in range(4)]
     scorer = Scorer(Tok(), examples)
     full = scorer.run(model)
@@ -111,3 +136,60 @@ def test_calibration_control_fits_a_length_bias_when_choices_differ_per_question
     old = Result(0, 0, ev.choice_logprobs, ev.gold, None, 4)
     assert calibrated_accuracy(old, te, examples[:4], examples[4:]) is None
     assert calibration_control([Example("p", "a")]) is None  # open answers
+
+
+def test_natural_jsonl_answers_get_a_space_and_score_sensibly(smol, tmp_path):
+    model, tok = smol
+    f = tmp_path / "capitals.jsonl"
+    f.write_text("".join(json.dumps({"prompt": f"The capital of {c} is", "answer": a}) + "\n"
+                         for c, a in CAPITALS.items()))
+    with_space = evaluate(model, tok, load_task(f"jsonl:{f}").examples)["accuracy"]
+    glued = evaluate(model, tok, load_task(f"jsonl:{f}", target_delimiter="").examples)["accuracy"]
+    assert with_space >= 0.5 and glued <= 0.1  # measured: 0.733 and 0.0
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_scoring(smol):
+    model, tok = smol
+    limit = context_length(model)
+    assert limit == 8192
+    ok = Example("The capital of France is ", "Paris", source="t.jsonl:1")
+    long = Example("word " * 9000, "Paris", source="t.jsonl:2")
+    with pytest.raises(UserError, match=r"t.jsonl:2: prompt and answer are 9,0\d\d tokens, more "
+                                        r"than the model's context of 8192; shorten the prompt"):
+        check_lengths(tok, [ok, long], limit)
+    with pytest.raises(UserError, match="t.jsonl:2: prompt and answer are 9,0"):
+        evaluate(model, tok, [ok, long])
+
+
+def test_a_huge_prompt_is_refused_without_tokenizing_it():
+    class NoTok(Tok):
+        def __call__(self, text, add_special_tokens=True):
+            raise AssertionError("tokenized")
+
+    huge = Example("x" * 10_000_000, "y")
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="example 1: prompt and answer are 10,000,001 characters"):
+        check_lengths(NoTok(), [Example("a", "b"), huge], 8192)
+    with pytest.raises(UserError, match="10,000,001 characters, far more than the model's context"):
+        Scorer(NoTok(), [huge], max_positions=8192)
+    assert time.perf_counter() - t0 < 1
+
+
+def test_a_run_checks_the_models_context_before_building_a_batch():
+    model = tiny_model("gpt2")  # 128 positions
+    scorer = Scorer(Tok(), [Example("q" * 100, "yes", ("yes", "no")),
+                            Example("q" * 200, "yes", ("yes", "no"))])
+    with pytest.raises(UserError, match=r"example 1: prompt and answer are 203 tokens, more than "
+                                        r"the model's context of 128"):
+        scorer.run(model)
+    with pytest.raises(UserError, match="example 1"):
+        scorer.loss_and_backward(model)
+    assert scorer._batches is None  # no attention mask was ever allocated
+    limited = Tok()
+    limited.model_max_length = 128  # a tokenizer that knows its model's context: refused at once
+    with pytest.raises(UserError, match="example 0: prompt and answer are 203 tokens"):
+        Scorer(limited, [Example("q" * 200, "yes", ("yes", "no"))])
+    limited.model_max_length = int(1e30)  # transformers' "unset": no limit from it
+    assert Scorer(limited, [Example("q" * 200, "yes", ("yes", "no"))]).positions == [203]
+    with pytest.raises(UserError, match="no examples to score"):
+        Scorer(Tok(), [])

@@ -33,7 +33,8 @@ RATE = 0.2
 @pytest.fixture(scope="session")
 def adapted(tmp_path_factory):
     """An adapted folder and its PyTorch model: down_proj of layer 20 (c=1) and 10 (c=4)."""
-    from edge_c2i.factorize import reduce, save_adapted
+    from edge_c2i.adapted import save_adapted
+    from edge_c2i.factorize import reduce
     from edge_c2i.models import load_model
     from edge_c2i.targets import get_target
 
@@ -216,7 +217,7 @@ def test_an_out_folder_that_holds_the_source_is_refused(tmp_path):
     src = tmp_path / "model"
     src.mkdir()
     (src / "config.json").write_text("{}")
-    with pytest.raises(UserError, match="would replace"):
+    with pytest.raises(UserError, match="not an ONNX export folder"):
         export_model(str(src), src, force=True)
     assert _leftovers(src) == ["config.json"]
 

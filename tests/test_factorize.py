@@ -8,12 +8,8 @@ from edge_c2i.factorize import (
     MultiSubspaceLinear,
     build_module,
     cluster_rows,
-    count_params,
     rank_for,
-    reduce,
-    save_adapted,
 )
-from edge_c2i.models import load_model
 from edge_c2i.targets import get_target, weight_matrix
 
 
@@ -88,25 +84,3 @@ def test_gpt2_conv1d_is_reduced_with_its_transposed_weight():
 def test_more_clusters_than_rows_is_refused():
     with pytest.raises(UserError, match="cannot split 4 rows into 5"):
         cluster_rows(torch.randn(4, 3), 5)
-
-
-def test_adapted_folder_reloads_with_factors_not_dense(tmp_path):
-    model, tok = load_model("smollm2-135m")
-    before = count_params(model)
-    reds = [reduce(model, get_target(model, 20, "out"), 0.1),
-            reduce(model, get_target(model, 21, "gate"), 0.2, clusters=4)]
-    after = count_params(model)
-    assert after < before
-    assert reds[1].group_sizes and sum(reds[1].group_sizes) == 1536
-    ids = torch.tensor([tok("The capital of France is")["input_ids"]])
-    with torch.no_grad():
-        ref = model(ids).logits
-    out = save_adapted(model, tok, tmp_path / "adapted", reds, {"base_model": "smollm2-135m"})
-    again, _ = load_model(str(out))
-    assert isinstance(again.get_submodule(reds[0].name), LowRankLinear)
-    assert isinstance(again.get_submodule(reds[1].name), MultiSubspaceLinear)
-    assert count_params(again) == after
-    with torch.no_grad():
-        assert torch.allclose(again(ids).logits, ref, atol=1e-4)
-    with pytest.raises(UserError, match="exists; pass --force"):
-        save_adapted(model, tok, out, reds)
