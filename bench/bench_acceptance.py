@@ -1,36 +1,51 @@
-"""Acceptance rules for a search's pick, judged on the test split (offline, from search.json).
+"""Acceptance rules for a search's pick, judged on the test split.
 
-    python bench/bench_acceptance.py
+    python bench/bench_acceptance.py                  # the tables (search.json + the measurements)
+    OMP_NUM_THREADS=1 python bench/bench_acceptance.py --measure --threads 1   # measure, then the tables
 
 A search keeps its best trial (accuracy, then loss, on the 100-example evaluation
 sample) only if an acceptance rule says its gain is real; otherwise the model is
-left alone.  So a rule's test outcome follows from the saved rows without running
-anything: a pick it accepts scores the pick's test accuracy, a pick it rejects
-scores the base's.  This script applies candidate rules to every pick of
-bench/results/search.json (LASER's and C2I's, each grid of the wide run) and
-counts the accepted picks that are worse than the base on the test split, the
-real (test) gains each rule throws away and the losses it avoids.
+left alone.  So a rule's test outcome follows from the rows of
+bench/results/search.json: a pick it accepts scores the pick's test accuracy, a
+pick it rejects scores the base's.  This script applies candidate rules to every
+pick of search.json (LASER's and C2I's, each grid of the wide run) and counts the
+accepted picks that are worse than the base on the test split, the real (test)
+gains each rule throws away and the losses it avoids.
 
-What the rows hold: eval accuracy and loss of every pick, test accuracy of every
-pick and of the base.  The base's eval accuracy and loss are saved only in the
-rows measured last (``c2i_base_eval``); for SmolLM2 epistemic_reasoning they are
-read from export.json (same split: 100 + 100 examples, seed 0; the dense model's
-torch score), checked against the row.  For the other rows only a bound is known
-(the base lost to every pick), so a rule may be undecided on them: the tables say
-how many, and the mean gain is given as a range.  Per-example flips (wins and
-losses of a pick against the base) are not in any saved row; the sign test,
-edge_c2i.search's rule, needs them, so here it is judged by its floor: with no
-losses it accepts a net gain of at least 5 of 100 examples at alpha 0.05, and
-every loss raises the bar ("losses allowed" column).  Its acceptances below are
-therefore an upper bound.  Searches run from now on save wins and losses per
-trial, so the next bench run measures it exactly.
+What the rules need and the rows lack: the per-example flips of a pick against the
+unmodified model on the evaluation sample (wins: examples it gets right that the
+base gets wrong; losses: the reverse), which the sign test (edge_c2i.search's rule)
+is computed from, and in the older rows the base's own evaluation score.
+``--measure`` measures them: for each model x task pair of search.json it rebuilds
+the evaluation sample the search used (edge_c2i.tasks.split, protocol "c2i", 100
+calibration + 100 evaluation examples, seed 0, search.json's test size: the split
+bench_search.py gives both LASER and C2I; LASER's subset was scored on that same
+evaluation sample, not on LASER's own validation split), scores the base and every
+distinct pick on it (the reduced matrix swapped in, the blocks from it upward run
+from cached inputs, as the search did; the original restored) and counts wins and
+losses (edge_c2i.verdict.paired_counts).  The rebuild is checked before it is used:
+the base's evaluation accuracy must equal the row's where the row saved it
+(``c2i_base_eval``; for SmolLM2 epistemic_reasoning export.json's dense score), every
+pick's must equal the accuracy the search recorded for it, and wins - losses must be
+the recorded accuracy difference.  A pair that fails the check is reported and not
+used.  Each pair's measurement is saved to bench/results/acceptance.json as soon as it
+ends (``measured``), so a cut-off run keeps what it measured and the next --measure
+goes on with the pairs left (--redo measures again).
+
+Without a measurement a pick is judged from the saved rows only: the net gain is
+known where the base's evaluation score is (otherwise only a lower bound: the base
+lost to every pick) and the sign test only by its floor (with no losses, a net gain
+of at least 5 of 100 examples at alpha 0.05), so a rule may be undecided on it; the
+tables then say how many, and the mean gain is given as a range.
 
 Writes bench/results/acceptance.json and prints the tables.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import time
 
 from common import RESULTS, table, write_result
 
@@ -38,16 +53,27 @@ from edge_c2i.verdict import min_net_wins, sign_test_p
 
 ALPHA = 0.05
 N_EVAL = 100  # the evaluation sample of every row of search.json
+# bench_search.py's split (its run_pair); the test size is search.json's test_samples
+SPLIT = {"protocol": "c2i", "n_calib": 100, "n_eval": 100, "seed": 0}
+LAST_TASKS = ("bigbench:truthful_qa",)  # the costliest evaluations: measured last
 
 
-def losses_allowed(net: int, alpha: float = ALPHA) -> int | None:
-    """Most losses with which a net gain of ``net`` still passes the sign test (None: none)."""
-    if net < 1 or sign_test_p(net, 0) > alpha:
-        return None
-    c = 0
-    while sign_test_p(net + c + 1, c + 1) <= alpha:
-        c += 1
-    return c
+def pick_key(c: dict) -> str:
+    return f"{c['layer']}.{c['type']} rate {c['rate']} clusters {c['clusters']}"
+
+
+def pair_key(row: dict) -> str:
+    return f"{row['model']} {row['task']}"
+
+
+def grids_of(row: dict) -> list[tuple[str, dict, float, int]]:
+    """(grid, pick, pick's test accuracy, trials of the grid) of LASER and each C2I grid."""
+    grids = [("LASER (subset)", row["laser_chosen"], row["laser_acc"], row["laser_subset_evals"])]
+    return grids + [(label, v["chosen"], v["acc"], v["evals"])
+                    for label, v in row["variants"].items() if v and v["chosen"]]
+
+
+# --------------------------------------------------------------------------- rules
 
 
 def net_at_least(k):
@@ -55,6 +81,21 @@ def net_at_least(k):
         if p["net_lo"] >= k:
             return True
         return False if p["net_hi"] is not None and p["net_hi"] < k else None
+    return rule
+
+
+def sign_test(alpha_of):
+    """One-sided exact sign test at ``alpha_of(pick)`` on the pick's wins and losses.
+
+    Without measured flips only its floor is known: a net below it is rejected, any
+    other net is undecided (the losses decide)."""
+    def rule(p):
+        alpha = alpha_of(p)
+        if p["wins"] is not None:
+            return p["wins"] > p["losses"] and sign_test_p(p["wins"], p["losses"]) <= alpha
+        if p["net_hi"] is not None and p["net_hi"] < min_net_wins(alpha):
+            return False
+        return None
     return rule
 
 
@@ -71,28 +112,101 @@ def both(a, b):
     return rule
 
 
-def bonferroni(p):
-    return net_at_least(min_net_wins(ALPHA / p["trials"]))(p)
-
-
-# name -> (rule, description); True accept, False reject, None undecided from the saved data
+# name -> (rule, description); True accept, False reject, None undecided from the data
 RULES = {
     "any margin (old rule)": (lambda p: True, "beats the base by any margin (every saved pick)"),
-    "net >= 3": (net_at_least(3), "wins by 3+ examples of 100 (the sign test's floor at 0.125)"),
-    "sign test 0.05 (chosen)": (net_at_least(min_net_wins(ALPHA)),
-                                ("one-sided exact sign test at 0.05; its floor, net >= 5, shown: "
-                                 "an upper bound on what it accepts")),
-    "sign test 0.01": (net_at_least(min_net_wins(0.01)), "the same at 0.01: floor net >= 7"),
-    "sign test 0.05 / trials": (bonferroni, ("Bonferroni over the grid's trials: floor net >= "
-                                             "log2(trials / 0.05), 9 for 16 trials, 10 for 45")),
+    "net >= 3": (net_at_least(3), "wins by 3+ examples of 100, net"),
+    "net >= 5 (chosen)": (net_at_least(5), ("wins by 5+ examples of 100, net: the sign test's "
+                                            "floor at 0.05, whatever the losses")),
+    "sign test 0.05": (sign_test(lambda p: ALPHA),
+                                ("one-sided exact sign test on the pick's wins and losses, at 0.05: "
+                                 "net >= 5 with no losses, more when answers flip both ways")),
+    "sign test 0.01": (sign_test(lambda p: 0.01), "the same at 0.01 (floor: net >= 7)"),
+    "sign test 0.05 / trials": (sign_test(lambda p: ALPHA / p["trials"]),
+                                ("Bonferroni over the grid's trials (floor: net >= 9 for 16 "
+                                 "trials, 10 for 45)")),
     "eval loss not worse": (loss_not_worse, "any accuracy gain, and eval loss <= the base's"),
-    "net >= 5 and loss not worse": (both(net_at_least(5), loss_not_worse),
-                                    "the sign test's floor and eval loss <= the base's"),
+    "sign test 0.05 and loss not worse": (both(sign_test(lambda p: ALPHA), loss_not_worse),
+                                          "the sign test at 0.05 and eval loss <= the base's"),
 }
+CHOSEN = "net >= 5 (chosen)"
 
 
-def base_eval(row: dict, export: dict | None) -> tuple[dict | None, str]:
-    """The base's accuracy and loss on the row's evaluation sample, and where they come from."""
+# --------------------------------------------------------------------------- measuring
+
+
+def measure_pair(model, tok, row: dict, test_samples: int) -> dict:
+    """The base and every distinct pick of ``row`` on the evaluation sample its search used."""
+    from edge_c2i.evaluate import Scorer
+    from edge_c2i.factorize import reduce, swap
+    from edge_c2i.targets import get_target
+    from edge_c2i.tasks import load_task, split
+    from edge_c2i.verdict import paired_counts
+
+    t0 = time.perf_counter()
+    splits = split(load_task(row["task"]), SPLIT["n_calib"], SPLIT["n_eval"], test_samples,
+                   SPLIT["seed"], SPLIT["protocol"])
+    scorer = Scorer(tok, splits.eval)
+    base = scorer.run(model)
+    picks: dict[str, dict] = {}
+    for _, c, _, _ in grids_of(row):
+        picks.setdefault(pick_key(c), c)
+    out = {}
+    for layer in sorted({c["layer"] for c in picks.values()}):
+        scorer.cache_inputs(model, [layer])
+        for key, c in picks.items():
+            if c["layer"] != layer:
+                continue
+            target = get_target(model, c["layer"], c["type"])
+            original = model.get_submodule(target.name)
+            t1 = time.perf_counter()
+            reduce(model, target, c["rate"], c["clusters"])
+            try:
+                res = scorer.run(model, start_layer=layer)
+            finally:
+                swap(model, target.name, original)
+            wins, losses = paired_counts(base, res)
+            out[key] = {"accuracy": res.accuracy, "loss": res.loss, "wins": wins,
+                        "losses": losses, "p": sign_test_p(wins, losses),
+                        "recorded_accuracy": c["accuracy"], "recorded_loss": c["loss"],
+                        "seconds": time.perf_counter() - t1}
+        scorer.drop_cache()
+    return {"model": row["model"], "task": row["task"],
+            "split": {**SPLIT, "n_test": test_samples, "sizes": splits.sizes},
+            "base": {"accuracy": base.accuracy, "loss": base.loss, "n": base.n},
+            "picks": out, "seconds": time.perf_counter() - t0}
+
+
+def check(m: dict, row: dict, export: dict | None) -> dict:
+    """Whether a measurement rebuilt the row's evaluation sample (see the module doc)."""
+    problems = []
+    recorded, source = saved_base_eval(row, export)
+    if m["split"]["sizes"]["eval"] != N_EVAL or m["split"]["sizes"]["test"] != row["n_test"]:
+        problems.append(f"split sizes {m['split']['sizes']} are not 100 eval + "
+                        f"{row['n_test']} test")
+    if recorded is not None and abs(m["base"]["accuracy"] - recorded["accuracy"]) > 1e-9:
+        problems.append(f"base eval accuracy {m['base']['accuracy']} != {recorded['accuracy']} "
+                        f"({source})")
+    for key, p in m["picks"].items():
+        if abs(p["accuracy"] - p["recorded_accuracy"]) > 1e-9:
+            problems.append(f"{key}: eval accuracy {p['accuracy']} != recorded "
+                            f"{p['recorded_accuracy']}")
+        if p["wins"] - p["losses"] != round((p["accuracy"] - m["base"]["accuracy"]) * N_EVAL):
+            problems.append(f"{key}: wins - losses != the accuracy difference")
+    loss_diffs = [abs(p["loss"] - p["recorded_loss"]) for p in m["picks"].values()]
+    if recorded is not None:
+        loss_diffs.append(abs(m["base"]["loss"] - recorded["loss"]))
+    return {"ok": not problems, "problems": problems, "base_recorded_in": source,
+            "base_recorded": recorded, "picks_matched": sum(
+                abs(p["accuracy"] - p["recorded_accuracy"]) <= 1e-9 for p in m["picks"].values()),
+            "picks": len(m["picks"]), "max_loss_diff": max(loss_diffs)}
+
+
+# --------------------------------------------------------------------------- the tables
+
+
+def saved_base_eval(row: dict, export: dict | None) -> tuple[dict | None, str]:
+    """The base's accuracy and loss on the row's evaluation sample as saved, and where."""
     if row.get("c2i_base_eval"):
         return row["c2i_base_eval"], "search.json"
     if export and (export["model"], export["task"], export["split"], export["n_examples"]) == (
@@ -102,34 +216,45 @@ def base_eval(row: dict, export: dict | None) -> tuple[dict | None, str]:
     return None, "bound"
 
 
-def picks_of(row: dict, export: dict | None) -> list[dict]:
-    """Every distinct pick of a row (LASER's, each C2I grid's), with what the rules need."""
-    grids = [("LASER (subset)", row["laser_chosen"], row["laser_acc"], row["laser_subset_evals"])]
-    grids += [(label, v["chosen"], v["acc"], v["evals"])
-              for label, v in row["variants"].items() if v and v["chosen"]]
-    base, source = base_eval(row, export)
+def picks_of(row: dict, export: dict | None, measured: dict | None) -> list[dict]:
+    """Every distinct pick of a row (LASER's, each C2I grid's), with what the rules need.
+
+    ``measured``: the pair's measurement, if it passed ``check``."""
+    grids = grids_of(row)
+    if measured:
+        base, source = measured["base"], "measured"
+    else:
+        base, source = saved_base_eval(row, export)
     lowest = min((c["accuracy"], -c["loss"]) for _, c, _, _ in grids)  # the base lost to all
-    if base is not None and (base["accuracy"], -base["loss"]) >= lowest:
-        raise SystemExit(f"{row['model']} {row['task']}: base eval {base} from {source} does not "
-                         "lose to every pick: not the row's evaluation sample")
+    if not measured and base is not None and (base["accuracy"], -base["loss"]) >= lowest:
+        raise SystemExit(f"{pair_key(row)}: base eval {base} from {source} does not lose to "
+                         "every pick: not the row's evaluation sample")
     out: dict = {}
     for label, c, acc, trials in grids:
-        key = f"{c['layer']}.{c['type']} rate {c['rate']} clusters {c['clusters']}"
+        key = pick_key(c)
         if key in out:  # the same pick from another grid: the most lenient trial count
             out[key]["grids"].append(label)
             out[key]["trials"] = min(out[key]["trials"], trials)
             continue
-        if base is not None:
+        m = measured["picks"][key] if measured else None
+        wins, losses, p = (m["wins"], m["losses"], m["p"]) if m else (None, None, None)
+        if m:
+            net_lo = net_hi = wins - losses
+            dloss = m["loss"] - base["loss"]
+        elif base is not None:
             net_lo = net_hi = round((c["accuracy"] - base["accuracy"]) * N_EVAL)
             dloss = c["loss"] - base["loss"]
         else:
             net_lo, net_hi, dloss = round((c["accuracy"] - lowest[0]) * N_EVAL), None, None
         gain = acc - row["base_acc"]
+        calibrated = row.get("calibrated_acc")  # choice tasks: the bias-only control
         out[key] = {"model": row["model"], "task": row["task"], "pick": key, "grids": [label],
                     "trials": trials, "base_eval_from": source, "eval_acc": c["accuracy"],
+                    "wins": wins, "losses": losses, "p": p,
                     "net_lo": net_lo, "net_hi": net_hi, "dloss": dloss,
-                    "losses_allowed": losses_allowed(net_lo) if net_hi is not None else None,
                     "test_gain": gain, "test_gain_examples": round(gain * row["n_test"]),
+                    "over_calibrated_examples": None if calibrated is None else
+                    round((acc - calibrated) * row["n_test"]),
                     "n_test": row["n_test"]}
     return list(out.values())
 
@@ -175,34 +300,131 @@ SUMMARY_COLUMNS = [("rule", "rule"), ("picks", "picks"), ("acc", "accepted"),
                    ("mean", "mean test gain per pick, pts")]
 
 
-def main() -> None:
-    search = json.loads((RESULTS / "search.json").read_text())
-    export_path = RESULTS / "export.json"
-    export = json.loads(export_path.read_text()) if export_path.exists() else None
-    picks = [p for row in search["rows"] for p in picks_of(row, export)]
+def load_json(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def build(search: dict, export: dict | None, measured: dict) -> dict:
+    """acceptance.json: the measurements, their checks, every pick's decisions, the summary."""
+    checks = {}
+    picks = []
+    for row in search["rows"]:
+        m = measured.get(pair_key(row))
+        if m:
+            checks[pair_key(row)] = check(m, row, export)
+        ok = m if m and checks[pair_key(row)]["ok"] else None
+        picks += picks_of(row, export, ok)
     shipped = [p for p in picks if {"LASER (subset)", "default"} & set(p["grids"])]
     for p in picks:
         p["decisions"] = {name: rule(p) for name, (rule, _) in RULES.items()}
-    summary = {"shipped": summarize(shipped), "all grids": summarize(picks)}
-    write_result("acceptance", {"source": "search.json", "alpha": ALPHA, "n_eval": N_EVAL,
-                                "rules": {k: d for k, (_, d) in RULES.items()},
-                                "summary": summary, "picks": picks})
-    print(f"Picks of LASER (subset) and C2I's default grid, {len(shipped)} on "
-          f"{len(search['rows'])} model x task pairs:\n")
-    print(table(fmt_summary(summary["shipped"]), SUMMARY_COLUMNS))
+    return {"source": "search.json", "alpha": ALPHA, "n_eval": N_EVAL, "split": SPLIT,
+            "rules": {k: d for k, (_, d) in RULES.items()},
+            "summary": {"shipped": summarize(shipped), "all grids": summarize(picks)},
+            "checks": checks, "picks": picks, "measured": measured}
+
+
+def report(search: dict, data: dict) -> None:
+    checks, picks = data["checks"], data["picks"]
+    rows = search["rows"]
+    used = [k for k, c in checks.items() if c["ok"]]
+    print(f"Measured: {len(used)} of {len(rows)} model x task pairs (wins and losses of every "
+          "pick on the evaluation sample)" + (f"; not measured: "
+          f"{', '.join(pair_key(r) for r in rows if pair_key(r) not in checks)}"
+          if len(checks) < len(rows) else "") + ".\n")
+    if checks:
+        print("Check of each measurement (the rebuilt evaluation sample against what the "
+              "search recorded):\n")
+        print(table([{"pair": k, **c, "base": f"{data['measured'][k]['base']['accuracy']:.2f}",
+                      "recorded": ("" if c["base_recorded"] is None else
+                                   f"{c['base_recorded']['accuracy']:.2f} ({c['base_recorded_in']})"),
+                      "matched": f"{c['picks_matched']} / {c['picks']}",
+                      "ok": "yes" if c["ok"] else "NO: " + "; ".join(c["problems"]),
+                      "s": data["measured"][k]["seconds"]} for k, c in checks.items()],
+                    [("pair", "pair"), ("base", "base eval acc, rebuilt"),
+                     ("recorded", "base eval acc, recorded"),
+                     ("matched", "picks whose eval acc matches"),
+                     ("max_loss_diff", "largest eval loss difference"),
+                     ("ok", "used"), ("s", "seconds")]))
+        print()
+    print("The rules:\n")
+    print(table([{"rule": k, "what": d} for k, d in data["rules"].items()],
+                [("rule", "rule"), ("what", "accepts a pick that")]))
+    print()
+    n_shipped = data["summary"]["shipped"][0]["picks"]
+    print(f"Picks of LASER (subset) and C2I's default grid, {n_shipped} on "
+          f"{len(rows)} model x task pairs:\n")
+    print(table(fmt_summary(data["summary"]["shipped"]), SUMMARY_COLUMNS))
     print(f"\nEvery distinct pick of any grid of the wide run and of LASER, {len(picks)}:\n")
-    print(table(fmt_summary(summary["all grids"]), SUMMARY_COLUMNS))
-    detail = [{**p, "grid": ", ".join(p["grids"]),
-               "net": str(p["net_lo"]) if p["net_hi"] is not None else f">= {p['net_lo']}",
-               "test": f"{p['test_gain_examples']:+d} / {p['n_test']}",
-               "chosen": {True: "accept", False: "reject", None: "?"}[
-                   p["decisions"]["sign test 0.05 (chosen)"]]} for p in shipped]
-    print("\nThe shipped picks (net: eval examples won minus lost against the base; losses "
-          "allowed: the most the sign test tolerates at that net):\n")
-    print(table(detail, [("model", "model"), ("task", "task"), ("grid", "grid"), ("pick", "pick"),
-                         ("base_eval_from", "base eval from"), ("net", "net of 100"),
-                         ("dloss", "eval loss change"), ("losses_allowed", "losses allowed"),
-                         ("test", "test gain, examples"), ("chosen", "sign test 0.05")]))
+    print(table(fmt_summary(data["summary"]["all grids"]), SUMMARY_COLUMNS))
+
+    def detail(p):
+        return {**p, "grid": ", ".join(p["grids"]),
+                "net": str(p["net_lo"]) if p["net_hi"] is not None else f">= {p['net_lo']}",
+                "wl": "" if p["wins"] is None else f"{p['wins']} / {p['losses']}",
+                "test": f"{p['test_gain_examples']:+d} / {p['n_test']}",
+                "cal": "" if p["over_calibrated_examples"] is None
+                else f"{p['over_calibrated_examples']:+d}",
+                "chosen": {True: "accept", False: "reject", None: "?"}[p["decisions"][CHOSEN]]}
+    print("\nEvery pick (net: evaluation examples won minus lost against the base; p: the "
+          "one-sided exact sign test; over the calibrated base: test examples above the "
+          "unmodified model with a bias fitted on the evaluation sample, choice tasks):\n")
+    print(table([detail(p) for p in picks],
+                [("model", "model"), ("task", "task"), ("grid", "grid"), ("pick", "pick"),
+                 ("base_eval_from", "base eval from"), ("wl", "wins / losses"),
+                 ("net", "net of 100"), ("p", "p"), ("dloss", "eval loss change"),
+                 ("test", "test gain, examples"), ("cal", "over the calibrated base"),
+                 ("chosen", "net >= 5")]))
+
+
+def measure(args, search: dict, export: dict | None, measured: dict) -> None:
+    import torch
+
+    from edge_c2i.models import load_model
+
+    torch.set_num_threads(args.threads)
+    todo = [r for r in search["rows"] if r["model"] in args.models and r["task"] in args.tasks
+            and (args.redo or pair_key(r) not in measured)]
+    todo.sort(key=lambda r: (r["task"] in LAST_TASKS, args.models.index(r["model"])))
+    loaded, model, tok = None, None, None
+    for row in todo:
+        if loaded != row["model"]:
+            model = tok = None
+            model, tok = load_model(row["model"])
+            loaded = row["model"]
+        m = measure_pair(model, tok, row, search["test_samples"])
+        m["threads"] = args.threads
+        measured[pair_key(row)] = m
+        data = build(search, export, measured)
+        write_result("acceptance", data)  # after every pair: a cut-off run keeps what it measured
+        c = data["checks"][pair_key(row)]
+        print(f"{pair_key(row)}: base eval {m['base']['accuracy']:.2f} "
+              f"(recorded: {c['base_recorded'] and c['base_recorded']['accuracy']}), "
+              f"{c['picks_matched']}/{c['picks']} picks match, "
+              + ", ".join(f"{k}: {p['wins']}/{p['losses']} p {p['p']:.3g}"
+                          for k, p in m["picks"].items())
+              + f"; {'ok' if c['ok'] else 'CHECK FAILED: ' + '; '.join(c['problems'])}"
+              f" ({m['seconds']:.0f} s)", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--measure", action="store_true",
+                    help="measure wins and losses of the pairs not measured yet (needs the models)")
+    ap.add_argument("--redo", action="store_true", help="with --measure: measure again")
+    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
+    ap.add_argument("--tasks", nargs="+", default=None, help="default: every task of search.json")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    search = load_json("search")
+    export = load_json("export")
+    measured = (load_json("acceptance") or {}).get("measured", {})
+    if args.measure:
+        args.tasks = args.tasks or sorted({r["task"] for r in search["rows"]})
+        measure(args, search, export, measured)
+    data = build(search, export, measured)
+    write_result("acceptance", data)
+    report(search, data)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ time per generated token over 32 greedy steps with the KV cache, at 1 and 2 thre
 the peak resident memory of that ONNX Runtime process (latencies: best of 3 repeats); accuracy and loss on 100 examples
 of bigbench:epistemic_reasoning (the eval split), in ONNX Runtime and in PyTorch.
 
-Every measurement runs in a fresh subprocess that imports no torch (export.runtime only).
+Every measurement runs in a fresh subprocess that imports no torch (edge_c2i.export.runtime only).
 Peak memory is VmHWM from /proc/self/status inside the child: a fresh address space
 after exec, so unlike ru_maxrss it does not carry the parent's peak into the child.
 
@@ -61,7 +61,7 @@ def child_latency(job: dict) -> dict:
     """Load, prefill PREFILL tokens, then NEW_TOKENS greedy steps; timings and peak memory."""
     import numpy as np
 
-    from export.runtime import OnnxLM
+    from edge_c2i.export.runtime import OnnxLM
 
     t0 = time.perf_counter()
     lm = OnnxLM(job["dir"], job["threads"], job["file"])
@@ -84,8 +84,8 @@ def child_latency(job: dict) -> dict:
 
 
 def child_accuracy(job: dict) -> dict:
+    from edge_c2i.export.runtime import evaluate_onnx
     from edge_c2i.tasks import load_task, split
-    from export.runtime import evaluate_onnx
 
     examples = split(load_task(TASK)).eval[:N_EXAMPLES]
     t0 = time.perf_counter()
@@ -144,7 +144,7 @@ def torch_accuracy(source: str) -> dict:
 
 def export_all(sources: dict[str, str], work: Path) -> dict[str, tuple[Path, str, dict]]:
     """variant -> (export folder, model file, parity figures); exports are reused if present."""
-    from export.onnx_export import export_model
+    from edge_c2i.export.onnx_export import export_model
 
     out = {}
     for source in ("dense", "adapted", "compressed"):
@@ -165,10 +165,10 @@ def export_all(sources: dict[str, str], work: Path) -> dict[str, tuple[Path, str
 
 def dynamic_int8(folder: Path) -> tuple[Path, str, dict]:
     """The dense export quantized with the other scheme, and its parity figures."""
+    from edge_c2i.export import parity
+    from edge_c2i.export.postprocess import out_matmul_prefixes, quantize_int8
+    from edge_c2i.export.runtime import OnnxLM
     from edge_c2i.models import load_model
-    from export import parity
-    from export.postprocess import out_matmul_prefixes, quantize_int8
-    from export.runtime import OnnxLM
 
     file = "model_int8_dynamic.onnx"
     model, _ = load_model(MODEL)

@@ -46,21 +46,13 @@ import time
 import torch
 from common import RESULTS, TASKS, table, write_result
 
+from edge_c2i.config import DEFAULT_CLUSTERS, DEFAULT_RATES, DEFAULT_TOP_K, SearchConfig
 from edge_c2i.evaluate import Result, Scorer, calibrated_accuracy, calibration_control
-from edge_c2i.factorize import build_module, swap
+from edge_c2i.factorize import reduced
 from edge_c2i.models import load_model
 from edge_c2i.scan import SCORES
-from edge_c2i.search import (
-    DEFAULT_CLUSTERS,
-    DEFAULT_RATES,
-    DEFAULT_TOP_K,
-    SearchResult,
-    Trial,
-    c2i_search,
-    laser_search,
-    pick,
-)
-from edge_c2i.targets import LASER_RATES, decoder_layers, find_targets, get_target
+from edge_c2i.search import SearchResult, c2i_search, laser_search, pick
+from edge_c2i.targets import LASER_RATES, decoder_layers, find_targets
 from edge_c2i.tasks import load_task, split
 
 WIDE_K, WIDE_RATES, WIDE_CLUSTERS = 4, (0.5, 0.2, 0.05, 0.01), (1, 2, 4, 8)
@@ -93,9 +85,9 @@ def variant_grids() -> dict:
 
 def sub_grid(found, top_k, rates, clusters):
     """The trials and the cost of the C2I grid (top_k, rates, clusters) within the wide run."""
-    keys = [f"{c['layer']}.{c['type']}" for c in found.candidates[:top_k]]
-    trials = [t for t in found.trials if f"{t.layer}.{t.type}" in keys and t.rate in rates
-              and t.clusters in clusters]
+    keys = [c.key for c in found.candidates[:top_k]]
+    trials = [t for t in found.trials if t.reduction.key in keys and t.reduction.rate in rates
+              and t.reduction.clusters in clusters]
     prep = found.timings["prep_s"]
     layers = {int(k.split(".")[0]) for k in keys}
     cost = (found.timings["scan_s"] + found.timings["base_eval_s"]
@@ -138,23 +130,16 @@ class Stages:
         self.path.unlink(missing_ok=True)
 
 
-def search_from_json(d: dict) -> SearchResult:
-    """A SearchResult saved with dataclasses.asdict, rebuilt."""
-    return SearchResult(d["method"], Result(**d["base"]), d["best"] and Trial(**d["best"]),
-                        [Trial(**t) for t in d["trials"]], d["candidates"], d["timings"],
-                        d["rankings"])
-
-
 def staged_search(stages: Stages, key: str, run) -> SearchResult:
     if stages.get(key) is None:
-        stages.put(key, dataclasses.asdict(run()))
-    return search_from_json(stages.get(key))
+        stages.put(key, run().to_dict())
+    return SearchResult.from_dict(stages.get(key))
 
 
 def laser_full_grid_estimate(laser, n_layers: int, n_types: int) -> float:
     """Seconds LASER's full grid would take, from the subset (see the module doc)."""
     base_s = laser.timings["base_eval_s"]
-    model = [base_s * (n_layers - t.layer) / n_layers for t in laser.trials]
+    model = [base_s * (n_layers - t.reduction.layer) / n_layers for t in laser.trials]
     scale = sum(t.seconds for t in laser.trials) / max(sum(model), 1e-9)
     per_layer_rates = n_types * len(LASER_RATES)
     full = sum(base_s * (n_layers - layer) / n_layers for layer in range(n_layers))
@@ -163,19 +148,14 @@ def laser_full_grid_estimate(laser, n_layers: int, n_types: int) -> float:
 
 def test_result(model, scorer, trial, stages: Stages) -> Result:
     """Test-split result of one reduction (None: the unmodified model), saved by config."""
-    key = "test base" if trial is None else (
-        f"test {trial.layer}.{trial.type} rate {trial.rate} clusters {trial.clusters}")
+    r = trial and trial.reduction
+    key = "test base" if r is None else f"test {r.key} rate {r.rate} clusters {r.clusters}"
     if stages.get(key) is None:
-        if trial is None:
+        if r is None:
             res = scorer.run(model)
         else:
-            t = get_target(model, trial.layer, trial.type)
-            original = model.get_submodule(t.name)
-            swap(model, t.name, build_module(original, trial.rate, trial.clusters, "kmeans"))
-            try:
+            with reduced(model, r):
                 res = scorer.run(model)
-            finally:
-                swap(model, t.name, original)
         stages.put(key, dataclasses.asdict(res))
     return Result(**stages.get(key))
 
@@ -244,9 +224,10 @@ def run_pair(model, tok, name, task, args, laser_grid) -> tuple[dict, Stages]:
                 "test_samples": args.test_samples, "threads": args.threads}
     stages = Stages(args.out, name, task, settings, args.resume)
     laser = staged_search(stages, "laser", lambda: laser_search(
-        model, tok, splits.eval, rates, layers, types, progress=True))
+        model, tok, splits.eval, SearchConfig("laser", rates=rates, layers=layers, types=types)))
     wide = staged_search(stages, "c2i", lambda: c2i_search(
-        model, tok, splits.calib, splits.eval, WIDE_K, WIDE_RATES, wide_clusters, progress=True))
+        model, tok, splits.calib, splits.eval,
+        SearchConfig(top_k=WIDE_K, rates=WIDE_RATES, clusters=wide_clusters)))
     scorer = Scorer(tok, splits.test)
     base_result = test_result(model, scorer, None, stages)
     base_test = base_result.as_dict()
@@ -259,7 +240,7 @@ def run_pair(model, tok, name, task, args, laser_grid) -> tuple[dict, Stages]:
            "calibrated_acc": calibrated,
            "calibrated_control": calibration_control(splits.eval + splits.test),
            "laser_acc": laser_test["accuracy"], "laser_loss": laser_test["loss"],
-           "laser_chosen": laser.best and vars(laser.best),
+           "laser_chosen": laser.best and laser.best.to_dict(),
            "laser_subset_evals": len(laser.trials),
            "laser_subset_s": laser.timings["search_s"],
            "laser_s_per_eval": sum(t.seconds for t in laser.trials) / max(1, len(laser.trials)),
@@ -274,13 +255,14 @@ def run_pair(model, tok, name, task, args, laser_grid) -> tuple[dict, Stages]:
         trials, cost = sub_grid(wide, k, rates_v, clusters_v)
         chosen = pick(wide.base, trials)
         res = test_accuracy(model, scorer, chosen, stages)
-        row["variants"][label] = {"evals": len(trials), "s": cost, "chosen": chosen and vars(chosen),
+        row["variants"][label] = {"evals": len(trials), "s": cost,
+                                  "chosen": chosen and chosen.to_dict(),
                                   "acc": res["accuracy"], "loss": res["loss"],
                                   "gain": res["accuracy"] - base_test["accuracy"]}
     summarize(row)
     # score ablation
-    laser_key = laser.best and f"{laser.best.layer}.{laser.best.type}"
-    helpful = {f"{t.layer}.{t.type}" for t in laser.trials
+    laser_key = laser.best and laser.best.reduction.key
+    helpful = {t.reduction.key for t in laser.trials
                if t.key() > (laser.base.accuracy, -laser.base.loss)}
     row["ablation"] = {score: {"rank_of_laser_choice": rank_of(wide.rankings[score], laser_key),
                                "helpful_in_top4": len(helpful & set(wide.rankings[score][:4])),
@@ -288,11 +270,11 @@ def run_pair(model, tok, name, task, args, laser_grid) -> tuple[dict, Stages]:
                        for score in SCORES}
     row["laser_helpful_matrices"] = sorted(helpful)
     # every trial of both searches (evaluation sample), to study other grids offline
-    row["c2i_trials"] = [vars(t) for t in wide.trials]
-    row["c2i_candidates"] = [f"{c['layer']}.{c['type']}" for c in wide.candidates]
+    row["c2i_trials"] = [t.to_dict() for t in wide.trials]
+    row["c2i_candidates"] = [c.key for c in wide.candidates]
     row["c2i_prep_s"] = wide.timings["prep_s"]
     row["c2i_base_eval"] = {"accuracy": wide.base.accuracy, "loss": wide.base.loss}
-    row["laser_trials"] = [vars(t) for t in laser.trials]
+    row["laser_trials"] = [t.to_dict() for t in laser.trials]
     row["seconds"] = time.perf_counter() - t_start  # this process only (see resumed_stages)
     row["resumed_stages"] = stages.resumed
     return row, stages

@@ -1,8 +1,8 @@
-"""Benchmark of edge_c2i.svd: time, peak memory and accuracy of each SVD method.
+"""Benchmark of edge_c2i.svd: time, peak memory and accuracy of the exact and gram methods.
 
 Workloads
   random      one random 4096 x 11008 float32 matrix (Llama-7B MLP shape), saved to a
-              temporary .safetensors file for the streamed path;
+              temporary .safetensors file that the child processes load;
   gemma3      all 126 target matrices of Gemma-3-270M (q k v o gate up down x 18 layers);
   precision   singular values of exact (float32 LAPACK) and gram (float64 Gram) against
               a float64 SVD, on real SmolLM2 / Gemma-3 matrices and on a synthetic
@@ -11,7 +11,7 @@ Workloads
 Each (workload, method) runs in a fresh subprocess with 2 threads.  Memory is read
 from /proc/self/status inside the child: VmHWM is reset ("5" > clear_refs) right
 before each SVD, so growth = VmHWM - VmRSS(before) is what the SVD itself added
-(the weight is already resident for the in-memory methods, never for streamed).
+(the weight is already resident, as a loaded model's weights are).
 ru_maxrss is not used: Linux carries the parent's peak across fork + exec into it.
 
     python bench/bench_svd.py            # writes bench/results/svd.json, prints tables
@@ -61,25 +61,28 @@ def _reset_peak() -> None:
         f.write("5")  # VmHWM := VmRSS
 
 
+def load_tensor(path: str | Path, name: str) -> torch.Tensor:
+    """One weight of a .safetensors file as float32, resident (a copy, not a mapped file)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.get_tensor(name).float().clone()
+
+
 def _run_one(job: dict, path: str, name: str) -> tuple[dict, torch.Tensor]:
     """One SVD as the job says; returns its measurements and S."""
     method, budget = job["method"], job.get("budget")
-    W = None if method == "streamed" else msvd.load_tensor(path, name)  # plain reads, no mmap
-    m, n = W.shape if W is not None else msvd.tensor_info(path, name).shape
-    k = job.get("k") or (max(1, int(job["k_frac"] * min(m, n))) if "k_frac" in job else None)
+    W = load_tensor(path, name)
+    m, n = W.shape
     _reset_peak()
     before = _status("VmRSS")
     start, cpu = time.perf_counter(), time.process_time()
-    if method == "streamed":
-        _, S, _ = msvd.svd_from_safetensors(path, name, budget=budget, k=k)
-    else:
-        _, S, _ = msvd.svd(W, method, k=k, budget=budget)
+    _, S, _ = msvd.svd(W, method, budget=budget)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    estimate = _planned_bytes(m, n, method, k, budget)
+    estimate = _planned_bytes(m, n, method, budget)
     row = {
         "name": name,
         "shape": [m, n],
-        "k": k,
         "seconds": seconds,
         "cpu_seconds": cpu,
         "growth_bytes": _status("VmHWM") - before,
@@ -89,12 +92,12 @@ def _run_one(job: dict, path: str, name: str) -> tuple[dict, torch.Tensor]:
     return row, S
 
 
-def _planned_bytes(m: int, n: int, method: str, k: int | None, budget: int | None) -> int:
-    """workspace_bytes at the chunk size the budget gives (gram and streamed)."""
-    if method not in ("gram", "streamed"):
-        return msvd.workspace_bytes(m, n, method, k)
-    rows = msvd.gram_chunk_rows(m, n, k, budget)
-    return msvd.workspace_bytes(m, n, "gram", k, chunk_rows=rows)
+def _planned_bytes(m: int, n: int, method: str, budget: int | None) -> int:
+    """workspace_bytes at the chunk size the budget gives (gram)."""
+    if method != "gram":
+        return msvd.workspace_bytes(m, n, method)
+    rows = msvd.gram_chunk_rows(m, n, None, budget)
+    return msvd.workspace_bytes(m, n, "gram", chunk_rows=rows)
 
 
 def child(job: dict) -> None:
@@ -135,17 +138,6 @@ def rel_err(S: torch.Tensor, ref: torch.Tensor) -> float:
     return ((S.double() - ref).abs() / ref).max().item()
 
 
-def truncation_excess(S_k: torch.Tensor, S_full: torch.Tensor) -> float:
-    """||W - U_k S_k V_k^T||_F / ||W - W_k||_F - 1 for a Rayleigh-Ritz top-k (U^T W = S V^T).
-
-    Then ||W - U S V^T||^2 = ||W||^2 - ||S||^2; the optimum is the exact tail sum_{i>k} s_i^2.
-    """
-    total = S_full.double().square().sum()
-    got = (total - S_k.double().square().sum()).clamp_min(0).sqrt()
-    best = S_full[S_k.shape[0] :].double().square().sum().sqrt()
-    return (got / best - 1).item()
-
-
 def summarize(method: str, report: dict, exact: dict | None) -> dict:
     """Totals and worst cases of one method over a workload."""
     rows = report["rows"]
@@ -161,31 +153,24 @@ def summarize(method: str, report: dict, exact: dict | None) -> dict:
         "max_growth_over_estimate": max(r["growth_bytes"] / r["estimate_bytes"] for r in rows),
     }
     if exact is not None:
-        errs, excess = [], []
+        errs = []
         for r in rows:
             S, ref = report["spectra"][r["name"]], exact["spectra"][r["name"]]
-            top = r["k"] or min(r["shape"]) // 2  # top-k, else the top 50%
-            errs.append(rel_err(S[:top], ref))
+            errs.append(rel_err(S[: min(r["shape"]) // 2], ref))  # the top 50%
             r["rel_err_top"] = errs[-1]
-            if r["k"]:
-                excess.append(truncation_excess(S, ref))
-                r["truncation_excess"] = excess[-1]
         summary["max_rel_err_top"] = max(errs)
-        if excess:
-            summary["max_truncation_excess"] = max(excess)
     summary["rows"] = [_short(r) for r in rows]
     return summary
 
 
 def _short(row: dict) -> dict:
     """A per-matrix row for the JSON file: MB and rounded numbers."""
-    out = {"name": row["name"], "shape": row["shape"], "k": row["k"]}
+    out = {"name": row["name"], "shape": row["shape"]}
     out["seconds"], out["cpu_seconds"] = round(row["seconds"], 4), round(row["cpu_seconds"], 4)
     out["growth_mb"] = round(row["growth_bytes"] / MB, 2)
     out["estimate_mb"] = round(row["estimate_bytes"] / MB, 2)
-    for key in ("rel_err_top", "truncation_excess"):
-        if key in row:
-            out[key] = float(f"{row[key]:.3g}")
+    if "rel_err_top" in row:
+        out["rel_err_top"] = float(f"{row['rel_err_top']:.3g}")
     return out
 
 
@@ -199,26 +184,21 @@ def bench_workload(path: Path, names: list[str], methods: dict, tmp: Path) -> li
     summaries = []
     for label, job in methods.items():
         exact = reports["exact"] if label != "exact" else None
-        settings = {key: job[key] for key in ("budget", "k", "k_frac") if key in job}
+        settings = {key: job[key] for key in ("budget",) if key in job}
         summaries.append(summarize(label, reports[label], exact) | settings)
     return summaries
 
 
 def random_workload(tmp: Path) -> list[dict]:
-    """The random 4096 x 11008 matrix: exact, gram and streamed at 640 MB, randomized k=40."""
+    """The random 4096 x 11008 matrix: exact, and gram at 640 MB."""
     from safetensors.torch import save_file
 
     W = torch.randn(4096, 11008, generator=torch.Generator().manual_seed(0))
     file = tmp / "random.safetensors"
     save_file({"w": W}, str(file))
     del W
-    budget = 640 * 10**6  # gram's floor here is ~545 MB: a 4096^2 float64 eigh
-    methods = {
-        "exact": {"method": "exact"},
-        "gram": {"method": "gram", "budget": budget},
-        "streamed": {"method": "streamed", "budget": budget},
-        "randomized": {"method": "randomized", "k": 40},
-    }
+    budget = 640 * 10**6  # above gram's floor here: a 4096^2 float64 eigh
+    methods = {"exact": {"method": "exact"}, "gram": {"method": "gram", "budget": budget}}
     return bench_workload(file, ["w"], methods, tmp)
 
 
@@ -227,13 +207,8 @@ def gemma_names() -> list[str]:
 
 
 def gemma_workload(tmp: Path, budget: int) -> list[dict]:
-    """All Gemma-3-270M targets: exact, gram and streamed at ``budget``, randomized k=p/10."""
-    methods = {
-        "exact": {"method": "exact"},
-        "gram": {"method": "gram", "budget": budget},
-        "streamed": {"method": "streamed", "budget": budget},
-        "randomized": {"method": "randomized", "k_frac": 0.1},
-    }
+    """All Gemma-3-270M targets: exact, and gram at ``budget``."""
+    methods = {"exact": {"method": "exact"}, "gram": {"method": "gram", "budget": budget}}
     return bench_workload(GEMMA, gemma_names(), methods, tmp)
 
 
@@ -247,7 +222,7 @@ def precision_real() -> list[dict]:
         for layer in layers:
             for kind in TYPES:
                 name = f"model.layers.{layer}.{kind}.weight"
-                W = msvd.load_tensor(path, name)
+                W = load_tensor(path, name)
                 truth = torch.linalg.svdvals(W.double())
                 rows.append(
                     {
@@ -286,12 +261,12 @@ def precision_synthetic(m: int = 1024, n: int = 512) -> list[dict]:
 def chooser_table() -> list[dict]:
     """What "auto" picks for the 4096 x 11008 matrix at a few budgets and ranks."""
     rows = []
-    for k in (None, 40, 409):
+    for k in (None, 409):
         for budget in ("256MB", "640MB", "1GB"):
             try:
                 choice = msvd.choose_method(4096, 11008, k, msvd.parse_size(budget))
-            except msvd.UserError as exc:
-                choice = f"UserError: {exc}"
+            except msvd.EdgeC2IError as exc:
+                choice = f"EdgeC2IError: {exc}"
             rows.append({"k": k, "budget": budget, "method": choice})
     return rows
 
@@ -302,17 +277,15 @@ def chooser_table() -> list[dict]:
 def print_table(title: str, summaries: list[dict]) -> None:
     print(f"\n{title}")
     head = f"{'method':<11}{'time s':>9}{'CPU s':>9}{'peak RSS MB':>13}{'SVD growth MB':>15}"
-    head += f"{'estimate MB':>13}{'growth/est':>11}{'max rel err':>13}{'trunc excess':>14}"
+    head += f"{'estimate MB':>13}{'growth/est':>11}{'max rel err':>13}"
     print(head)
     for s in summaries:
         err = s.get("max_rel_err_top")
-        excess = s.get("max_truncation_excess")
         print(
             f"{s['method']:<11}{s['seconds']:>9.2f}{s['cpu_seconds']:>9.2f}"
             f"{s['peak_rss_mb']:>13.0f}{s['max_growth_mb']:>15.1f}{s['max_estimate_mb']:>13.1f}"
             f"{s['max_growth_over_estimate']:>11.2f}"
             f"{'reference' if err is None else f'{err:.1e}':>13}"
-            f"{'' if excess is None else f'{excess:.1e}':>14}"
         )
 
 

@@ -6,6 +6,10 @@
 ONNX Runtime only (this process never imports torch), a hard address-space cap
 (RLIMIT_AS) set before anything loads, one thread by default. Prints one JSON
 object: the outputs for the reference prompts, latency, peak RSS, task accuracy.
+
+It imports edge_c2i.export.runtime and edge_c2i.tasks: edge-c2i installed (on a board,
+``pip install --no-deps`` plus onnxruntime, tokenizers and numpy: see the README), or the
+package layout on PYTHONPATH (arm64/run_arm64.sh stages one).
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ def main() -> None:
 
     import numpy as np
 
+    from edge_c2i.export.runtime import OnnxLM, score_examples
     from edge_c2i.tasks import load_task, split
-    from export.runtime import OnnxLM, score_examples
 
     ref = json.load(open(f"{args.onnx_dir}/device_reference.json"))
     t = time.perf_counter()

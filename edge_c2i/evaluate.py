@@ -27,7 +27,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from .errors import UserError
+from . import arch
+from .errors import EdgeC2IError
 from .targets import decoder_layers
 from .tasks import Example
 
@@ -50,15 +51,15 @@ def encode(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
     prompt, answer = split_answer(prompt, answer)
     ctx = tokenizer(prompt)["input_ids"]
     if not ctx:  # an empty prompt still needs one token to predict from
-        ctx = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        bos = tokenizer.bos_token_id
+        ctx = [bos if bos is not None else tokenizer.eos_token_id]
     ans = tokenizer(answer, add_special_tokens=False)["input_ids"]
     return ctx, ans
 
 
 def context_length(model: nn.Module) -> int | None:
     """The model's context: the positions it was trained with (None if its config has none)."""
-    n = getattr(model.config, "max_position_embeddings", None)  # GPT-2's n_positions maps here
-    return n if isinstance(n, int) and n > 0 else None
+    return arch.context_length(model.config)
 
 
 def _tokenizer_context(tokenizer) -> int | None:
@@ -76,8 +77,8 @@ def _check_chars(ex: Example, i: int, max_positions: int) -> None:
     """Refuse a text too long for any tokenization to fit, before tokenizing it."""
     chars = len(ex.prompt) + max(len(a) for a in ex.choices or (ex.answer,))
     if chars > max_positions * MAX_CHARS_PER_TOKEN:
-        raise UserError(f"{_name(ex, i)}: prompt and answer are {chars:,} characters, far more "
-                        f"than the model's context of {max_positions} tokens; shorten the prompt")
+        raise EdgeC2IError(f"{_name(ex, i)}: prompt and answer are {chars:,} characters, far more "
+                           f"than the model's context of {max_positions} tokens; shorten the prompt")
 
 
 def _refuse_longer(examples: list[Example], positions: list[int], max_positions: int) -> None:
@@ -86,13 +87,13 @@ def _refuse_longer(examples: list[Example], positions: list[int], max_positions:
     if over:
         i = max(over, key=positions.__getitem__)
         more = f" ({len(over) - 1} other example(s) too)" if len(over) > 1 else ""
-        raise UserError(f"{_name(examples[i], i)}: prompt and answer are {positions[i]:,} "
-                        f"tokens, more than the model's context of {max_positions}; "
-                        f"shorten the prompt{more}")
+        raise EdgeC2IError(f"{_name(examples[i], i)}: prompt and answer are {positions[i]:,} "
+                           f"tokens, more than the model's context of {max_positions}; "
+                           f"shorten the prompt{more}")
 
 
 def check_lengths(tokenizer, examples: list[Example], max_positions: int) -> None:
-    """Refuse (UserError) any example whose prompt + longest answer passes ``max_positions``.
+    """Refuse (EdgeC2IError) any example whose prompt + longest answer passes ``max_positions``.
 
     Characters are checked first, so a 10 MB prompt is refused without being tokenized.
     """
@@ -156,7 +157,7 @@ class Scorer:
         example is refused here.  Without it, the tokenizer's limit if it has one, and
         every run checks against its model before a batch is built."""
         if not examples:
-            raise UserError("no examples to score")
+            raise EdgeC2IError("no examples to score")
         self.examples = examples
         self.lm_head_chunk = lm_head_chunk
         self.is_choice = examples[0].choices is not None
@@ -310,7 +311,8 @@ class Scorer:
         n = len(self.examples)
         logprobs = [[0.0] * k for k in self.n_answers]
         first_hit = [False] * n
-        ctx = self._start_at(model, start_layer) if start_layer is not None else contextlib.nullcontext()
+        ctx = (self._start_at(model, start_layer) if start_layer is not None
+               else contextlib.nullcontext())
         with torch.no_grad(), ctx:
             for bi, batch in enumerate(tqdm(self.batches, desc=desc, disable=desc is None,
                                             leave=False)):
@@ -324,7 +326,8 @@ class Scorer:
                     first_entry += self.answer_len[i][j]
         if self.is_choice:
             gold_lp = [logprobs[i][g] / self.answer_len[i][g] for i, g in enumerate(self.gold)]
-            correct = [max(range(len(lp)), key=lp.__getitem__) == g for lp, g in zip(logprobs, self.gold)]
+            correct = [max(range(len(lp)), key=lp.__getitem__) == g
+                       for lp, g in zip(logprobs, self.gold)]
             return Result(sum(correct) / n, -sum(gold_lp) / n, logprobs, list(self.gold), None, n,
                           [list(lens) for lens in self.answer_len])
         loss = -sum(lp[0] / ln[0] for lp, ln in zip(logprobs, self.answer_len)) / n
@@ -367,21 +370,15 @@ class Scorer:
         for i in layers:
             hooks.append(blocks[i].register_forward_pre_hook(grab(i), with_kwargs=True))
         hooks.append(blocks[0].register_forward_hook(output_kind))
-        start = min(self._cached) if self._cached and min(self._cached) <= min(layers) else None
         try:
-            if start is not None and start > 0:
-                self.run(model, start_layer=start)  # reuse what is cached below
-            else:
-                self.run(model)
+            self.run(model)
         finally:
             for h in hooks:
                 h.remove()
         self._cached.update(store)
 
-    def drop_cache(self, keep: list[int] | None = None) -> None:
-        for i in list(self._cached):
-            if keep is None or i not in keep:
-                del self._cached[i]
+    def drop_cache(self) -> None:
+        self._cached.clear()
 
     @contextlib.contextmanager
     def _start_at(self, model: nn.Module, layer: int):
@@ -438,7 +435,8 @@ def generation_accuracy(model, tokenizer, examples: list[Example], max_new_token
             enc = tokenizer(prompts, return_tensors="pt", padding=True)
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
-            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
+                                           skip_special_tokens=True)
             for e, text in zip(chunk, texts):
                 hits += any(_normalize(a) in _normalize(text) for a in (e.answer, *e.aliases))
     finally:
@@ -518,7 +516,8 @@ def _fit_length_bias(res: Result) -> float:
     return betas[best].item()
 
 
-def calibrated_accuracy(eval_res: Result, test_res: Result, examples_eval, examples_test) -> float | None:
+def calibrated_accuracy(eval_res: Result, test_res: Result, examples_eval,
+                        examples_test) -> float | None:
     """Test accuracy of the unmodified model with a bias fitted on the evaluation sample.
 
     The control the report shows next to any gain: a reduction that only shifts

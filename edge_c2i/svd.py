@@ -1,14 +1,13 @@
-"""Memory-aware SVD of one weight matrix: exact, randomized, or a chunked Gram path.
+"""Memory-aware SVD of one weight matrix: exact, or a chunked Gram path under a budget.
 
 ``svd(W)`` returns ``U (m, r)``, ``S (r,)`` descending and ``V (n, r)`` (V, not
 V^T), all float32, with ``W ~ U diag(S) V^T``; ``r = min(m, n)``, or ``k`` when
-only the top ``k`` triplets are asked for.
+only the top ``k`` triplets are asked for.  The budgeted scan (budget.py, scan.py)
+runs it with the workspace its plan leaves for one decomposition.
 
 Methods
 -------
 exact       ``torch.linalg.svd(W, full_matrices=False)`` (LAPACK gesdd, float32).
-randomized  ``torch.svd_lowrank`` (Halko et al. 2009) with ``l = k + max(10, k)``
-            columns and ``niter = 6`` power iterations; top-k only.
 gram        Let T be W or W^T, whichever is tall (T is M x N with N <= M).  Then
                 G = T^T T = sum_c T_c^T T_c          (float64, N x N, over row chunks T_c)
                 G = E diag(lam) E^T                  (torch.linalg.eigh)
@@ -16,35 +15,22 @@ gram        Let T be W or W^T, whichever is tall (T is M x N with N <= M).  Then
             so T = A diag(S) E^T.  Only G, one row chunk and the outputs are ever
             allocated, and the chunk size follows from the budget.
 auto        ``choose_method``: exact if it fits the budget (or there is none); else
-            randomized when only a small top-k is needed; else gram; else
-            UserError with the estimated need.
-
-``svd_from_safetensors`` runs the gram path straight from a ``.safetensors`` file
-with plain ``seek`` + ``readinto`` calls (no mmap: mapped pages would count as
-resident memory), so the weight itself is never resident.  Row chunks of the
-stored matrix are single reads; when the stored matrix is wide its column blocks
-are read row by row (one read per stored row and block).  The chunk buffers are
-allocated once per pass, and freed heap memory is handed back with glibc's
-``malloc_trim`` so that RSS follows the estimate below.
+            gram; else EdgeC2IError with the estimated need.
 
 Workspace estimates (bytes; p = min(m, n), q = max(m, n), r = output rank)
 --------------------------------------------------------------------------
 exact       4 (1.5 m n + p (m + n) + 4.5 p^2) + 16 MiB
             (working copy of W, U, V^T and gesdd's workspace)
-randomized  4 (3 (m + n) l) + exact(l, p)     (basis, power-iteration blocks, small SVD)
 gram        max(G + eigh, held + chunk) with
             G + eigh = 8 p^2 + 8 (3 p^2) + 16 MiB        (G, eigenvectors, syevd workspace)
             held     = max(8 p^2, 4 (q r + p r) + 8 p r) + 16 MiB   (G; or outputs + E64)
-            chunk    = rows (4 p + 8 p + 8 r)   (raw read buffer, float64 copy, product)
+            chunk    = rows (4 p + 8 p + 8 r)   (input chunk, float64 copy, product)
             ``workspace_bytes`` quotes it at MIN_CHUNK_ROWS rows; ``gram_chunk_rows``
             gives the largest chunk a budget allows.
-A budget counts what the call allocates, outputs included; for ``svd`` the input W
-is not counted (it is already resident), for ``svd_from_safetensors`` nothing of W
-is.  Measured peak-RSS growth over these estimates (bench/results/svd.json, MKL,
-2 threads): exact 0.52-0.76, gram 0.72-0.92; streaming SmolLM2's 113 MB embedding
-(k = 8) with a 32 / 48 / 96 MB budget grows RSS by 22.0 / 38.0 / 86.0 MB.  A small
-budget makes the gram path slower, never larger, down to its floor: for p = 4096
-that is ~554 MB, the float64 eigh of the 4096 x 4096 Gram matrix.
+A budget counts what the call allocates, outputs included, not the input W (it is
+already resident).  A small budget makes the gram path slower, never larger, down to
+its floor: the float64 eigh of the p x p Gram matrix.  How the estimates compare with
+the measured peak RSS is in bench/results/svd.json and the README.
 
 Precision
 ---------
@@ -54,54 +40,30 @@ float64, the eigenvalues carry an absolute error of order eps64 lam_max, so
     |d sigma_i| / sigma_i  ~  eps64 (sigma_max / sigma_i)^2       (eps64 = 2.2e-16)
 
 which for float32 weights beats float32 ``exact`` (~ eps32 sigma_max / sigma_i,
-eps32 = 1.2e-7) unless sigma_max / sigma_i exceeds ~1e5.  Measured against a float64
-SVD of the same float32 matrix (bench/results/svd.json):
-
-* 42 real SmolLM2 / Gemma-3 matrices (all 7 types at 3 layers each; condition
-  numbers 3.7 to 5.1e4): worst relative error over the WHOLE spectrum 5.9e-8 for
-  gram (the float32 rounding of the output) and 1.5e-4 for exact.
-* a synthetic 1024 x 512 matrix with singular values geometric from 1 to 1e-12,
-  worst relative error per decade of sigma / sigma_max:
-      1 .. 1e-4: gram <= 5.7e-8, exact <= 1.0e-5;   1e-4 .. 1e-5: gram 1.4e-7, exact 3.4e-2;
-      1e-5 .. 1e-6: gram 7.5e-6, exact 5.2e-2;      below ~3e-7: gram returns 0.
-  So the top of the spectrum is exact-quality, and tiny singular values lose
-  relative precision quadratically: below sqrt(N eps64) sigma_max (3.4e-7 here)
-  the eigenvalues are rounding noise and are reported as sigma = 0 with a zero
-  U column (U diag(S) V^T still equals W to that noise floor).
-
-The randomized method is an approximation: with l = 2k columns (k >= 10) and 6
-power iterations its top-k singular values are within 1.45e-2 relative over all
-126 Gemma-3-270M matrices at k = min(m, n) // 10 (3.2e-2 for k = 40 on a random
-4096 x 11008 matrix, whose flat spectrum is its worst case), while the rank-k
-truncation error ||W - U S V^T||_F stays within 0.13% of the optimum.
+eps32 = 1.2e-7) unless sigma_max / sigma_i exceeds ~1e5: the top of the spectrum is
+exact-quality, and tiny singular values lose relative precision quadratically.
+Below sqrt(N eps64) sigma_max the eigenvalues are rounding noise and are reported as
+sigma = 0 with a zero U column (U diag(S) V^T still equals W to that noise floor).
+The errors measured on real and synthetic matrices are in bench/results/svd.json.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
 import math
 import re
-import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
-from .errors import UserError
+from .errors import EdgeC2IError
 
-METHODS = ("auto", "exact", "randomized", "gram")
+METHODS = ("auto", "exact", "gram")
 MIB = 2**20
 SLACK_BYTES = 16 * MIB  # allocator, MKL and LAPACK fixed costs (first calls, 2 threads)
 MIN_CHUNK_ROWS = 16  # the gram path refuses budgets that leave fewer rows per chunk
 DEFAULT_CHUNK_BYTES = 64 * MIB  # chunk size of the gram path when there is no budget
-RANDOMIZED_MIN_OVERSAMPLE = 10  # l = k + max(10, k) columns
-RANDOMIZED_NITER = 6  # power iterations (flat LLM spectra need several)
-RANDOMIZED_MAX_FRACTION = 0.1  # auto uses randomized only for k <= 10% of min(m, n)
-RANDOMIZED_SEED = 0  # the sketch is reproducible and leaves the global RNG alone
 
 _UNITS = {
     "": 1, "B": 1,
@@ -113,7 +75,6 @@ _SIZE_HELP = "a number of bytes with an optional unit KB/MB/GB or KiB/MiB/GiB, e
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
 if _LIBC is not None and not hasattr(_LIBC, "malloc_trim"):  # musl, macOS
     _LIBC = None
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------- sizes and estimates
@@ -124,10 +85,10 @@ def parse_size(text: str) -> int:
     match = _SIZE_RE.match(text) if isinstance(text, str) else None
     unit = match.group(2).upper() if match else ""
     if match is None or unit not in _UNITS:
-        raise UserError(f"bad memory size {text!r}: expected {_SIZE_HELP}")
+        raise EdgeC2IError(f"bad memory size {text!r}: expected {_SIZE_HELP}")
     size = round(float(match.group(1)) * _UNITS[unit])
     if size <= 0:
-        raise UserError(f"bad memory size {text!r}: it must be positive ({_SIZE_HELP})")
+        raise EdgeC2IError(f"bad memory size {text!r}: it must be positive ({_SIZE_HELP})")
     return size
 
 
@@ -136,11 +97,6 @@ def format_size(nbytes: float) -> str:
     if nbytes >= 10**9:
         return f"{nbytes / 1e9:.1f} GB"
     return f"{max(nbytes / 1e6, 0.1):.3g} MB"
-
-
-def randomized_columns(m: int, n: int, k: int) -> int:
-    """Columns l of the randomized sketch: k plus max(10, k) oversampling, at most min(m, n)."""
-    return min(min(m, n), k + max(RANDOMIZED_MIN_OVERSAMPLE, k))
 
 
 def _exact_bytes(m: int, n: int) -> int:
@@ -157,7 +113,7 @@ def _gram_fixed_bytes(m: int, n: int, r: int) -> tuple[int, int]:
 
 
 def _gram_row_bytes(m: int, n: int, r: int) -> int:
-    """Bytes per row of a chunk: raw read buffer (<= 4 B/entry), float64 copy, float64 product."""
+    """Bytes per row of a chunk: the input chunk (<= 4 B/entry), float64 copy, float64 product."""
     p = min(m, n)
     return 4 * p + 8 * p + 8 * r
 
@@ -173,13 +129,10 @@ def workspace_bytes(
     r = min(m, n) if k is None else k
     if method == "exact":
         return _exact_bytes(m, n)
-    if method == "randomized":
-        ell = randomized_columns(m, n, r)
-        return 4 * 3 * (m + n) * ell + _exact_bytes(ell, min(m, n))
     if method == "gram":
         eigh, held = _gram_fixed_bytes(m, n, r)
         return max(eigh, held + chunk_rows * _gram_row_bytes(m, n, r))
-    raise UserError(f"unknown SVD method {method!r}: use one of exact, randomized, gram")
+    raise EdgeC2IError(f"unknown SVD method {method!r}: use one of exact, gram")
 
 
 def gram_chunk_rows(m: int, n: int, k: int | None, budget: int | None) -> int:
@@ -197,34 +150,28 @@ def gram_chunk_rows(m: int, n: int, k: int | None, budget: int | None) -> int:
 
 def budget_error(
     m: int, n: int, k: int | None, budget: int, method: str | None = None
-) -> UserError:
+) -> EdgeC2IError:
     """The error for "does not fit": it quotes the estimated need of ``method``, or the
     smallest need over all methods when ``method`` is None."""
-    options = [method] if method else ["exact", "gram"] + (["randomized"] if k else [])
+    options = [method] if method else ["exact", "gram"]
     need = min(workspace_bytes(m, n, name, k) for name in options)
     how = f" with method {method}" if method else ""
-    return UserError(
+    return EdgeC2IError(
         f"the SVD of a {m}x{n} matrix{how} needs ~{format_size(need)}, "
         f"budget {format_size(budget)}: raise --max-memory"
     )
 
 
 def choose_method(m: int, n: int, k: int | None = None, budget: int | None = None) -> str:
-    """The method "auto" runs: exact if it fits; a small top-k by randomized; else gram."""
+    """The method "auto" runs: exact if it fits the budget, else gram."""
     if budget is None or workspace_bytes(m, n, "exact", k) <= budget:
         return "exact"
-    fits = {name: workspace_bytes(m, n, name, k) <= budget for name in ("gram", "randomized")}
-    small_k = k is not None and k <= RANDOMIZED_MAX_FRACTION * min(m, n)
-    if small_k and fits["randomized"]:
-        return "randomized"
-    if fits["gram"]:
+    if workspace_bytes(m, n, "gram", k) <= budget:
         return "gram"
-    if k is not None and fits["randomized"]:
-        return "randomized"
     raise budget_error(m, n, k, budget)
 
 
-# ---------------------------------------------------------------- in-memory SVD
+# ---------------------------------------------------------------- the SVD
 
 
 def svd(
@@ -232,42 +179,30 @@ def svd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SVD W = U diag(S) V^T of a 2-D tensor; top-k only when k is given (see module doc)."""
     if W.ndim != 2:
-        raise UserError(f"svd needs a 2-D matrix, got shape {tuple(W.shape)}")
+        raise EdgeC2IError(f"svd needs a 2-D matrix, got shape {tuple(W.shape)}")
     m, n = W.shape
     _check_rank(m, n, k)
     if method == "auto":
         method = choose_method(m, n, k, budget)
     elif method not in METHODS:
-        raise UserError(f"unknown SVD method {method!r}: use one of {', '.join(METHODS)}")
+        raise EdgeC2IError(f"unknown SVD method {method!r}: use one of {', '.join(METHODS)}")
     elif budget is not None and workspace_bytes(m, n, method, k) > budget:
         raise budget_error(m, n, k, budget, method)
     W = W.detach().to(torch.float32)
     if method == "exact":
         return _svd_exact(W, k)
-    if method == "randomized":
-        if k is None:
-            raise UserError("the randomized SVD computes the top-k triplets only: give k")
-        return _svd_randomized(W, k)
     return _svd_gram(W, k, budget)
 
 
 def _check_rank(m: int, n: int, k: int | None) -> None:
     if k is not None and not 1 <= k <= min(m, n):
-        raise UserError(f"k={k} is out of range for a {m}x{n} matrix: use 1..{min(m, n)}")
+        raise EdgeC2IError(f"k={k} is out of range for a {m}x{n} matrix: use 1..{min(m, n)}")
 
 
 def _svd_exact(W: torch.Tensor, k: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     U, S, Vh = torch.linalg.svd(W, full_matrices=False)
     r = S.shape[0] if k is None else k
     return U[:, :r].contiguous(), S[:r].contiguous(), Vh[:r].mT.contiguous()
-
-
-def _svd_randomized(W: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    ell = randomized_columns(*W.shape, k)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOMIZED_SEED)
-        U, S, V = torch.svd_lowrank(W, q=ell, niter=RANDOMIZED_NITER)
-    return U[:, :k].contiguous(), S[:k].contiguous(), V[:, :k].contiguous()
 
 
 def _svd_gram(
@@ -322,7 +257,7 @@ def gram_svd(
         A[start : start + rows] = XE[:rows].mul_(inv_S)  # A = T E / S, chunk by chunk
         start += rows
     if start != M:
-        raise UserError(f"the matrix chunks gave {start} rows, expected {M}")
+        raise EdgeC2IError(f"the matrix chunks gave {start} rows, expected {M}")
     del X, XE
     _release_freed_memory()
     return A, S.to(torch.float32), E.to(torch.float32)
@@ -346,116 +281,3 @@ def _float64_chunks(blocks: Callable[[], Iterator[torch.Tensor]]) -> Iterator[to
         if buf is None:
             buf = torch.empty(X.shape, dtype=torch.float64)
         yield buf[: X.shape[0]].copy_(X)
-
-
-# ---------------------------------------------------------------- streaming from safetensors
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where one 2-D tensor lives inside a .safetensors file."""
-
-    path: Path
-    name: str
-    dtype: torch.dtype
-    itemsize: int
-    shape: tuple[int, int]  # as stored: (rows, cols), row-major
-    offset: int  # absolute byte offset of element [0, 0]
-
-
-def tensor_info(path: str | Path, tensor_name: str) -> TensorInfo:
-    """Parse the header (8-byte little-endian length + JSON) and locate one tensor."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-    except (OSError, struct.error, ValueError) as exc:
-        raise UserError(f"cannot read the safetensors header of {path}: {exc}") from None
-    entry = header.get(tensor_name)
-    if entry is None:
-        raise UserError(f"{path} has no tensor {tensor_name!r}")
-    dtype = _DTYPES.get(entry["dtype"])
-    if dtype is None:
-        raise UserError(f"{tensor_name} is {entry['dtype']}: supported dtypes are F32, F16, BF16")
-    if len(entry["shape"]) != 2:
-        raise UserError(f"{tensor_name} has shape {entry['shape']}: a 2-D matrix is needed")
-    rows, cols = entry["shape"]
-    begin, end = entry["data_offsets"]
-    itemsize = torch.finfo(dtype).bits // 8
-    if end - begin != rows * cols * itemsize:
-        raise UserError(f"{path}: the byte range of {tensor_name} does not match its shape")
-    return TensorInfo(path, tensor_name, dtype, itemsize, (rows, cols), 8 + length + begin)
-
-
-def _read_exact(f: BinaryIO, view: memoryview) -> None:
-    """Fill ``view`` from the current file position (raw reads may return short)."""
-    done = 0
-    while done < len(view):
-        got = f.readinto(view[done:])
-        if not got:
-            raise UserError(f"{f.name} ended early: the file is truncated")
-        done += got
-
-
-def _stored_blocks(
-    info: TensorInfo, rows: int, by_columns: bool
-) -> Callable[[], Iterator[torch.Tensor]]:
-    """Chunks of the stored matrix S: row blocks S[i:i+rows] (one read each), or
-    column blocks S[:, j:j+rows]^T (one strided read per stored row)."""
-    a, b = info.shape
-    item = info.itemsize
-    total = b if by_columns else a  # chunks run over the columns or the rows of S
-    other = a if by_columns else b  # entries per chunk row
-
-    def blocks() -> Iterator[torch.Tensor]:
-        raw = torch.empty(min(rows, total) * other * item, dtype=torch.uint8)  # one per pass
-        view = memoryview(raw.numpy())
-        with open(info.path, "rb", buffering=0) as f:
-            for start in range(0, total, rows):
-                count = min(rows, total - start)
-                nbytes = count * other * item
-                if by_columns:  # S[i, start:start+count] for each stored row i
-                    width = count * item
-                    for i in range(a):
-                        f.seek(info.offset + (i * b + start) * item)
-                        _read_exact(f, view[i * width : (i + 1) * width])
-                    yield raw[:nbytes].view(info.dtype).view(a, count).mT
-                else:
-                    f.seek(info.offset + start * b * item)
-                    _read_exact(f, view[:nbytes])
-                    yield raw[:nbytes].view(info.dtype).view(count, b)
-
-    return blocks
-
-
-def svd_from_safetensors(
-    path: str | Path,
-    tensor_name: str,
-    budget: int | None,
-    k: int | None = None,
-    transpose: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gram-path SVD of one weight read chunk by chunk from a .safetensors file.
-
-    W is the stored (rows, cols) tensor, or its transpose when ``transpose`` is
-    True (GPT-2 Conv1D stores (in, out)).  Returns (U, S, V) like ``svd``; the
-    file is read twice with plain reads, never memory-mapped.
-    """
-    info = tensor_info(path, tensor_name)
-    a, b = info.shape
-    m, n = (b, a) if transpose else (a, b)
-    _check_rank(m, n, k)
-    rows = gram_chunk_rows(m, n, k, budget)
-    by_columns = b > a  # T = S^T is the tall side: its rows are columns of S
-    M, N = (b, a) if by_columns else (a, b)
-    A, S, E = gram_svd(_stored_blocks(info, rows, by_columns), M, N, k)
-    w_is_t = transpose == by_columns  # W = T, or W = T^T
-    return (A, S, E) if w_is_t else (E, S, A)
-
-
-def load_tensor(path: str | Path, tensor_name: str) -> torch.Tensor:
-    """One tensor of a .safetensors file as float32, read with plain reads (no mmap)."""
-    info = tensor_info(path, tensor_name)
-    (block,) = _stored_blocks(info, info.shape[0], by_columns=False)()
-    return block.to(torch.float32)

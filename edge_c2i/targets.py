@@ -5,7 +5,8 @@ few names: ``q k v o`` for attention and ``in out`` (plus ``gate`` where the
 MLP is gated) for the MLP.  Fused projections keep their fused weight as one
 matrix and are addressed as one type: GPT-2's ``c_attn`` and GPT-NeoX's
 ``query_key_value`` are type ``qkv`` (rank-reducing the fused matrix is what
-LASER does for these models, and it keeps the module structure intact).
+LASER does for these models, and it keeps the module structure intact).  The names
+of each architecture's modules are in ``arch.ARCHITECTURES``; this module walks them.
 """
 
 from __future__ import annotations
@@ -15,72 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import UserError
+from .arch import ARCHITECTURES
+from .errors import EdgeC2IError
 
-# Rate grid and type names live here and nowhere else.
+# The rate grid lives here and nowhere else; type names live in arch.ARCHITECTURES.
 LASER_RATES = (0.9, 0.8, 0.6, 0.4, 0.2, 0.1, 0.05, 0.01, 0.005)
-ATTN_TYPES = ("q", "k", "v", "qkv", "o")
-MLP_TYPES = ("gate", "in", "out")
-ALL_TYPES = ATTN_TYPES + MLP_TYPES
-
-_LLAMA_LIKE = (
-    "model.layers",
-    {
-        "q": "self_attn.q_proj",
-        "k": "self_attn.k_proj",
-        "v": "self_attn.v_proj",
-        "o": "self_attn.o_proj",
-        "gate": "mlp.gate_proj",
-        "in": "mlp.up_proj",
-        "out": "mlp.down_proj",
-    },
-)
-
-# model_type -> (dotted path of the block list, {type: dotted path inside a block})
-ARCHITECTURES: dict[str, tuple[str, dict[str, str]]] = {
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
-    "gpt2": (
-        "transformer.h",
-        {"qkv": "attn.c_attn", "o": "attn.c_proj", "in": "mlp.c_fc", "out": "mlp.c_proj"},
-    ),
-    "gptj": (
-        "transformer.h",
-        {
-            "q": "attn.q_proj",
-            "k": "attn.k_proj",
-            "v": "attn.v_proj",
-            "o": "attn.out_proj",
-            "in": "mlp.fc_in",
-            "out": "mlp.fc_out",
-        },
-    ),
-    "gpt_neox": (
-        "gpt_neox.layers",
-        {
-            "qkv": "attention.query_key_value",
-            "o": "attention.dense",
-            "in": "mlp.dense_h_to_4h",
-            "out": "mlp.dense_4h_to_h",
-        },
-    ),
-    "phi": (
-        "model.layers",
-        {
-            "q": "self_attn.q_proj",
-            "k": "self_attn.k_proj",
-            "v": "self_attn.v_proj",
-            "o": "self_attn.dense",
-            "in": "mlp.fc1",
-            "out": "mlp.fc2",
-        },
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -99,8 +39,9 @@ class Target:
 def architecture(model: nn.Module) -> tuple[str, dict[str, str]]:
     model_type = getattr(model.config, "model_type", None)
     if model_type not in ARCHITECTURES:
-        raise UserError(
-            f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(ARCHITECTURES))}"
+        raise EdgeC2IError(
+            f"unsupported architecture {model_type!r}; "
+            f"supported: {', '.join(sorted(ARCHITECTURES))}"
         )
     return ARCHITECTURES[model_type]
 
@@ -119,14 +60,14 @@ def find_targets(
     if types is not None:
         unknown = [t for t in types if t not in type_map]
         if unknown:
-            raise UserError(
+            raise EdgeC2IError(
                 f"unknown matrix type(s) {unknown} for {model.config.model_type}; "
                 f"this architecture has: {' '.join(type_map)}"
             )
     if layers is not None:
         bad = [i for i in layers if not 0 <= i < n_layers]
         if bad:
-            raise UserError(f"layer(s) {bad} out of range: this model has layers 0..{n_layers - 1}")
+            raise EdgeC2IError(f"layer(s) {bad} out of range: this model has layers 0..{n_layers - 1}")
     out = []
     for i in range(n_layers) if layers is None else sorted(set(layers)):
         for t, sub in type_map.items():

@@ -30,7 +30,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError, note
+from .errors import EdgeC2IError, note
 from .paths import home
 
 BIGBENCH_SDIST = "bigbench==1.0.0"
@@ -100,10 +100,10 @@ def bigbench_archive() -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
            "--quiet", "-d", str(folder), BIGBENCH_SDIST]
     if subprocess.run(cmd, check=False).returncode != 0:
-        raise UserError(f"could not download {BIGBENCH_SDIST} with pip; check access to PyPI")
+        raise EdgeC2IError(f"could not download {BIGBENCH_SDIST} with pip; check access to PyPI")
     found = sorted(folder.glob("bigbench-1.0.0*.tar.gz"))
     if not found:
-        raise UserError(f"pip did not leave a bigbench sdist in {folder}")
+        raise EdgeC2IError(f"pip did not leave a bigbench sdist in {folder}")
     return found[0]
 
 
@@ -127,7 +127,7 @@ def bigbench_task_file(name: str) -> Path:
                 tmp.rename(target)
                 return target
     _refuse_parent_task(name, seen)
-    raise UserError(
+    raise EdgeC2IError(
         f"unknown BIG-bench task {name!r}: no task.json for it in {BIGBENCH_SDIST} "
         "(nested tasks are addressed by path, e.g. bigbench:fact_checker/fever)"
     )
@@ -146,13 +146,13 @@ def _refuse_parent_task(name: str, names: list[str] | None = None) -> None:
                       if n.startswith(below) and n.endswith("/task.json")
                       and n != f"{below}task.json")
     if subtasks:
-        raise UserError(f"BIG-bench task {name!r} is split in subtasks; pick one: "
-                        + ", ".join(subtasks))
+        raise EdgeC2IError(f"BIG-bench task {name!r} is split in subtasks; pick one: "
+                           + ", ".join(subtasks))
 
 
 def parse_bigbench(data: dict, source: str) -> list[Example]:
     if not isinstance(data, dict) or not isinstance(data.get("examples"), list):
-        raise UserError(f"{source}: not a BIG-bench task (no 'examples' list)")
+        raise EdgeC2IError(f"{source}: not a BIG-bench task (no 'examples' list)")
     task_prefix = data.get("task_prefix", "")
     in_prefix = data.get("example_input_prefix", "\nQ: ")
     out_prefix = data.get("example_output_prefix", "\nA: ")
@@ -160,7 +160,7 @@ def parse_bigbench(data: dict, source: str) -> list[Example]:
     for i, ex in enumerate(data["examples"]):
         where = f"{source}: example {i}"
         if not isinstance(ex, dict) or not isinstance(ex.get("input"), str):
-            raise UserError(f"{where}: no 'input' string")
+            raise EdgeC2IError(f"{where}: no 'input' string")
         prompt = task_prefix + in_prefix + ex["input"] + out_prefix
         if isinstance(ex.get("target_scores"), dict) and ex["target_scores"]:
             scores = ex["target_scores"]
@@ -171,10 +171,10 @@ def parse_bigbench(data: dict, source: str) -> list[Example]:
             targets = ex["target"] if isinstance(ex["target"], list) else [ex["target"]]
             targets = [t for t in targets if isinstance(t, str) and t.strip()]
             if not targets:
-                raise UserError(f"{where}: empty 'target'")
+                raise EdgeC2IError(f"{where}: empty 'target'")
             examples.append(Example(prompt, targets[0], None, tuple(targets[1:]), where))
         else:
-            raise UserError(f"{where}: neither 'target_scores' nor 'target'")
+            raise EdgeC2IError(f"{where}: neither 'target_scores' nor 'target'")
     return examples
 
 
@@ -195,8 +195,8 @@ def _decode(raw: bytes, lineno: int, where: str) -> str:
     try:  # a byte-order mark may open the file
         return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{where}: not UTF-8 text (byte {e.start + 1} of the line); "
-                        "save the file as UTF-8") from None
+        raise EdgeC2IError(f"{where}: not UTF-8 text (byte {e.start + 1} of the line); "
+                           "save the file as UTF-8") from None
 
 
 def _jsonl_example(obj: dict, delimiter: str, where: str) -> tuple[Example, bool]:
@@ -204,22 +204,22 @@ def _jsonl_example(obj: dict, delimiter: str, where: str) -> tuple[Example, bool
     prompt, answer, choices = obj.get("prompt"), obj.get("answer"), obj.get("choices")
     if not isinstance(prompt, str) or not isinstance(answer, str) or not answer.strip():
         keys = "" if {"prompt", "answer"} <= set(obj) else f" (found keys: {', '.join(obj)})"
-        raise UserError(f"{where}: 'prompt' and a non-empty 'answer' must be strings{keys}")
+        raise EdgeC2IError(f"{where}: 'prompt' and a non-empty 'answer' must be strings{keys}")
     if choices is None:
         joined = delimit(prompt, answer, delimiter)
         return Example(prompt, joined, source=where), joined != answer
     if (not isinstance(choices, list) or len(choices) < 2
             or not all(isinstance(c, str) and c.strip() for c in choices)):
-        raise UserError(f"{where}: 'choices' must be a list of at least 2 non-empty strings")
+        raise EdgeC2IError(f"{where}: 'choices' must be a list of at least 2 non-empty strings")
     if answer not in choices:
-        raise UserError(f"{where}: the answer {answer!r} is not among its choices")
+        raise EdgeC2IError(f"{where}: the answer {answer!r} is not among its choices")
     joined = tuple(delimit(prompt, c, delimiter) for c in choices)
     for j, c in enumerate(joined):
         if c in joined[:j]:  # ties with itself: accuracy 1.0 whenever it is the gold
             same = choices[joined.index(c)]
             how = "twice" if same == choices[j] else f"twice ({same!r} with the delimiter)"
-            raise UserError(f"{where}: the choice {choices[j]!r} is listed {how}; "
-                            "list each choice once")
+            raise EdgeC2IError(f"{where}: the choice {choices[j]!r} is listed {how}; "
+                               "list each choice once")
     gold = joined[choices.index(answer)]
     return Example(prompt, gold, joined, source=where), joined != tuple(choices)
 
@@ -232,11 +232,11 @@ def parse_jsonl(path: Path, target_delimiter: str = TARGET_DELIMITER) -> tuple[l
     Lines are cut at ``\n`` only: a JSON string may hold U+2028, which str.splitlines cuts.
     """
     if not path.is_file():
-        raise UserError(f"no such task file: {path}")
+        raise EdgeC2IError(f"no such task file: {path}")
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
+        raise EdgeC2IError(f"cannot read {path}: {e.strerror}") from None
     examples, delimited = [], 0
     for lineno, raw in enumerate(data.split(b"\n"), 1):
         where = f"{path}:{lineno}"
@@ -246,12 +246,12 @@ def parse_jsonl(path: Path, target_delimiter: str = TARGET_DELIMITER) -> tuple[l
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+            raise EdgeC2IError(f"{where}: not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict):
-            raise UserError(f"{where}: expected an object with 'prompt' and 'answer'")
+            raise EdgeC2IError(f"{where}: expected an object with 'prompt' and 'answer'")
         delimiter = obj.get(DELIMITER_KEY, target_delimiter)
         if not isinstance(delimiter, str):
-            raise UserError(f"{where}: '{DELIMITER_KEY}' must be a string, like \" \" or \"\"")
+            raise EdgeC2IError(f"{where}: '{DELIMITER_KEY}' must be a string, like \" \" or \"\"")
         if set(obj) == {DELIMITER_KEY}:
             target_delimiter = delimiter
             continue
@@ -293,7 +293,7 @@ def load_task(spec: str, target_delimiter: str | None = None) -> Task:
     BIG-bench tasks carry their own prefixes and are left as BIG-bench builds them.
     """
     if target_delimiter is not None and not isinstance(target_delimiter, str):
-        raise UserError("the target delimiter must be a string, like ' ' or ''")
+        raise EdgeC2IError("the target delimiter must be a string, like ' ' or ''")
     kind, _, rest = spec.partition(":")
     delimiter, delimited = None, 0
     if kind == "bigbench" and rest:
@@ -304,7 +304,7 @@ def load_task(spec: str, target_delimiter: str | None = None) -> Task:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not valid JSON ({e.msg})") from None
+            raise EdgeC2IError(f"{path}: not valid JSON ({e.msg})") from None
         if isinstance(data, dict) and "examples" not in data:
             _refuse_parent_task(rest.strip("/"))
         examples = parse_bigbench(data, str(path))
@@ -313,12 +313,12 @@ def load_task(spec: str, target_delimiter: str | None = None) -> Task:
         path = Path(rest if kind == "jsonl" else spec).expanduser()
         examples, delimited = parse_jsonl(path, delimiter)
     else:
-        raise UserError(f"unknown task {spec!r}: use bigbench:NAME or jsonl:PATH")
+        raise EdgeC2IError(f"unknown task {spec!r}: use bigbench:NAME or jsonl:PATH")
     if not examples:
-        raise UserError(f"task {spec!r} has no examples")
+        raise EdgeC2IError(f"task {spec!r} has no examples")
     kinds = {e.choices is None for e in examples}
     if len(kinds) > 1:
-        raise UserError(f"task {spec!r} mixes choice and open-answer examples; split it in two")
+        raise EdgeC2IError(f"task {spec!r} mixes choice and open-answer examples; split it in two")
     if kind == "bigbench":  # kept as published: LASER's and the recorded numbers use them
         return Task(spec, examples, duplicates_kept=len(examples) - len(set(examples)))
     examples, dropped = drop_duplicates(examples, spec)
@@ -360,11 +360,11 @@ def split(
     """
     ex = list(task.examples)
     if n_calib < 1 or n_eval < 1:
-        raise UserError("--samples and --eval-samples must be at least 1")
+        raise EdgeC2IError("n_calib and n_eval must be at least 1")
     if n_test is not None and n_test < 1:
-        raise UserError("--test-samples must be at least 1")
+        raise EdgeC2IError("n_test must be at least 1")
     if len(ex) < MIN_SPLIT:
-        raise UserError(
+        raise EdgeC2IError(
             f"task {task.name} has {len(ex)} examples: too few to split into calibration, "
             f"evaluation and test samples (at least {MIN_SPLIT}); add examples, or evaluate "
             "all of them (eval --split all)"
@@ -384,7 +384,7 @@ def split(
         evl, test = ex[:n_val], ex[n_val:]
         calib = evl[:n_calib]
     else:
-        raise UserError(f"unknown split protocol {protocol!r}: use c2i or laser")
+        raise EdgeC2IError(f"unknown split protocol {protocol!r}: use c2i or laser")
     if n_test is not None and len(test) > n_test:
         test = random.Random(seed + 1).sample(test, n_test)
     return Splits(calib, evl, test, protocol,
@@ -401,7 +401,7 @@ def examples_for(task: Task, which: str = "test", seed: int = 0, n_calib: int = 
     been adapted on a part of it, since ``adapt`` refuses it.
     """
     if which not in SPLIT_NAMES:
-        raise UserError(f"unknown split {which!r}: use one of {', '.join(SPLIT_NAMES)}")
+        raise EdgeC2IError(f"unknown split {which!r}: use one of {', '.join(SPLIT_NAMES)}")
     if which == "all":
         return list(task.examples)
     if len(task.examples) < MIN_SPLIT:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge_c2i.errors import UserError
+from edge_c2i.errors import EdgeC2IError
 
 SPLITS = ("test", "eval", "calib", "all")
 
@@ -80,7 +80,7 @@ def _threads(n: int | None) -> int:
     import os
 
     if n is not None and n < 1:
-        raise UserError(f"--threads must be at least 1 (got {n})")
+        raise EdgeC2IError(f"--threads must be at least 1 (got {n})")
     return n or os.cpu_count() or 1
 
 
@@ -99,7 +99,7 @@ def generate_command(args) -> int:
     from .runtime import OnnxLM, check_prompt, model_file
 
     if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be at least 1 (got {args.max_new_tokens})")
+        raise EdgeC2IError(f"--max-new-tokens must be at least 1 (got {args.max_new_tokens})")
     threads = _threads(args.threads)
     check_prompt(args.prompt)
     lm = OnnxLM(args.onnx, threads, model_file(args.onnx, args.int8), load=False)
@@ -139,11 +139,11 @@ def eval_onnx_command(args) -> int:
     from .runtime import OnnxLM, model_file, score_examples
 
     if args.split not in SPLITS:
-        raise UserError(f"unknown split {args.split!r}: use one of {', '.join(SPLITS)}")
+        raise EdgeC2IError(f"unknown split {args.split!r}: use one of {', '.join(SPLITS)}")
     if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be at least 1 (got {args.limit})")
+        raise EdgeC2IError(f"--limit must be at least 1 (got {args.limit})")
     if getattr(args, "generation", False):
-        raise UserError("--generation needs the PyTorch model: use it without --onnx")
+        raise EdgeC2IError("--generation needs the PyTorch model: use it without --onnx")
     threads = _threads(getattr(args, "threads", None))
     name = model_file(args.onnx, getattr(args, "int8", False))
     lm = OnnxLM(args.onnx, threads, name, load=False)
@@ -173,6 +173,7 @@ def main_demo(args) -> int:
     the end, so --out is always either the previous demo or the new one.
     """
     from edge_c2i.api import adapt, save
+    from edge_c2i.cli import describe_choice
     from edge_c2i.io import OutputDir, has_manifest
     from edge_c2i.models import load_model
     from edge_c2i.tasks import examples_for, load_task
@@ -207,8 +208,8 @@ def main_demo(args) -> int:
                                            "int8": answer})
         (tmp / DEMO_SUMMARY).write_text(json.dumps(summary, indent=2))
 
-    print(f"\n{report['method']} chose {report['chosen']} -> {out / 'adapted'}; exported to "
-          f"{out / 'onnx'}")
+    print(f"\n{report['method']} chose {describe_choice(report['chosen'])} -> {out / 'adapted'}; "
+          f"exported to {out / 'onnx'}")
     print(f"  verdict: {report['verdict']}")
     control = report["calibrated_base"]
     control = f"{control['accuracy']:.3f}" if control else "n/a (open answers)"

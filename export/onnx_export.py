@@ -27,7 +27,8 @@ import warnings
 from pathlib import Path
 
 from edge_c2i.adapted import is_adapted, read_manifest
-from edge_c2i.errors import UserError
+from edge_c2i.arch import arch
+from edge_c2i.errors import EdgeC2IError
 from edge_c2i.io import OutputDir
 
 from . import parity
@@ -49,7 +50,7 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
                  int8_scheme: str = "blockwise") -> dict:
     """Export ``source`` (packaged name, HF folder, .gguf or adapted folder) to ``out``.
 
-    Returns the manifest.  Raises UserError if ``out`` exists without ``force`` (or is
+    Returns the manifest.  Raises EdgeC2IError if ``out`` exists without ``force`` (or is
     not an export folder edge-c2i wrote), if ``source`` is not a model, or if a parity
     check fails; then nothing is left behind and ``out`` is untouched.
     """
@@ -57,14 +58,14 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
     from edge_c2i.models import load_model, resolve
 
     if int8_scheme not in INT8_SCHEMES:
-        raise UserError(f"unknown int8 scheme {int8_scheme!r}: use {' or '.join(INT8_SCHEMES)}")
+        raise EdgeC2IError(f"unknown int8 scheme {int8_scheme!r}: use {' or '.join(INT8_SCHEMES)}")
     dest = out if isinstance(out, OutputDir) else OutputDir(
         out, force, has_manifest(MANIFEST), "an ONNX export folder")
     out = dest.out
     clock = _Clock()
     where = resolve(source)
     if isinstance(where, Path) and where.resolve() in (out.resolve(), *out.resolve().parents):
-        raise UserError(f"--out {out} would replace the model it exports; choose another folder")
+        raise EdgeC2IError(f"--out {out} would replace the model it exports; choose another folder")
     with dest as tmp:  # claimed now: a second run on the same --out is refused
         model, tokenizer = load_model(source)
         clock.lap("load")
@@ -101,13 +102,13 @@ def export_graph(model, tokenizer, folder: Path, opset: int | None = None) -> in
             onnx_export_from_model(model, folder, task=EXPORT_TASK, opset=opset,
                                    do_validation=False)  # parity.py checks more strictly
     except ValueError as e:  # optimum's word for an unsupported architecture or task
-        raise UserError(f"optimum cannot export this model: {e}") from None
+        raise EdgeC2IError(f"optimum cannot export this model: {e}") from None
     finally:
         optimum_logging.set_verbosity(verbosity)
     share_tied_weights(folder / "model.onnx")
     tokenizer.save_pretrained(folder)  # an adapted model has no hub name to fetch it from
     if not (folder / "tokenizer.json").is_file():
-        raise UserError("the model's tokenizer has no tokenizer.json (a fast tokenizer is needed)")
+        raise EdgeC2IError("the model's tokenizer has no tokenizer.json (a fast tokenizer is needed)")
     graph = onnx.load(folder / "model.onnx", load_external_data=False)
     return next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
 
@@ -130,28 +131,24 @@ def describe(source: str, where, model, tokenizer, folder: Path, opset: int) -> 
 
     import onnx
 
-    config, gen = model.config, getattr(model, "generation_config", None)
-    eos = getattr(gen, "eos_token_id", None)
-    eos = eos if eos is not None else config.eos_token_id
+    facts = arch(model.config, getattr(model, "generation_config", None))
     with_special = tokenizer("Hello")["input_ids"]
     add_bos = len(with_special) > len(tokenizer("Hello", add_special_tokens=False)["input_ids"])
     add_bos = add_bos and with_special[0] == tokenizer.bos_token_id
-    bos = getattr(gen, "bos_token_id", None)
-    bos = with_special[0] if add_bos else bos if bos is not None else config.bos_token_id
+    bos = with_special[0] if add_bos else facts.bos_token_id
     graph = onnx.load(folder / "model.onnx", load_external_data=False).graph
-    heads = config.num_attention_heads
     return {
         "format": 1,
         "source": str(source),
         **_adapted_info(where),
         "export_task": EXPORT_TASK,
         "opset": opset,
-        "model_type": config.model_type,
-        "num_layers": config.num_hidden_layers,
-        "num_kv_heads": getattr(config, "num_key_value_heads", None) or heads,
-        "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads,
-        "vocab_size": config.vocab_size,
-        "eos_token_id": eos if isinstance(eos, list) else [eos] if eos is not None else [],
+        "model_type": facts.model_type,
+        "num_layers": facts.num_layers,
+        "num_kv_heads": facts.num_kv_heads,
+        "head_dim": facts.head_dim,
+        "vocab_size": facts.vocab_size,
+        "eos_token_id": facts.eos_token_ids,
         "bos_token_id": bos,
         "add_bos_token": bool(add_bos),
         "clean_up_tokenization_spaces": bool(getattr(tokenizer, "clean_up_tokenization_spaces",
@@ -178,7 +175,7 @@ def _adapted_info(where) -> dict:
         try:
             report = json.loads((where / REPORT).read_text())
         except ValueError:
-            raise UserError(f"{where}/{REPORT} is damaged; re-run adapt") from None
+            raise EdgeC2IError(f"{where}/{REPORT} is damaged; re-run adapt") from None
         info["chosen"] = report.get("chosen")
         info["test_accuracy"] = {k: (report.get(k) or {}).get("accuracy")
                                  for k in ("base", "adapted")}
@@ -188,7 +185,7 @@ def _adapted_info(where) -> dict:
 
 
 def check_parity(model, tokenizer, folder: Path) -> dict:
-    """Figures of every model file in ``folder`` against PyTorch; UserError out of tolerance."""
+    """Figures of every model file in ``folder`` against PyTorch; EdgeC2IError out of tolerance."""
     import torch
 
     threads = torch.get_num_threads()
@@ -203,8 +200,8 @@ def check_parity(model, tokenizer, folder: Path) -> dict:
         figures[name] = parity.compare(lm, refs)
         why = parity.failure(figures[name], int8="int8" in name)
         if why:
-            raise UserError(f"parity check failed for {name}: {why} (PyTorch vs ONNX Runtime "
-                            f"on {len(refs)} prompts); nothing was written")
+            raise EdgeC2IError(f"parity check failed for {name}: {why} (PyTorch vs ONNX Runtime "
+                               f"on {len(refs)} prompts); nothing was written")
         del lm
     return {"prompts": list(parity.PROMPTS), "new_tokens": parity.NEW_TOKENS,
             "fp32_atol": parity.FP32_ATOL, "int8_min_corr": parity.INT8_MIN_CORR,
@@ -215,8 +212,8 @@ def _check_tokenizer(lm: OnnxLM, tokenizer) -> None:
     """The runtime's tokenizer.json must give the ids the transformers tokenizer gives."""
     for prompt in parity.PROMPTS:
         if lm.encode(prompt) != tokenizer(prompt)["input_ids"]:
-            raise UserError(f"tokenizer.json encodes {prompt!r} differently from the model's "
-                            "tokenizer; nothing was written")
+            raise EdgeC2IError(f"tokenizer.json encodes {prompt!r} differently from the model's "
+                               "tokenizer; nothing was written")
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:

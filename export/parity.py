@@ -10,7 +10,8 @@ every prompt position and every generated step.  ONNX Runtime then
 
 fp32 (``model.onnx``, ``model.ort``): max |logit difference| <= ``FP32_ATOL`` and the same
 greedy tokens; a divergence is only forgiven at a near-tie (the PyTorch top-2 logits closer
-than ``FP32_ATOL``), where rounding legitimately decides.
+than ``FP32_ATOL``), where rounding legitimately decides.  ``FP32_ATOL`` is the one fp32
+tolerance: the manifest records it, and device_tests hold an export's device run to it.
 int8: the logits are no longer equal, so the check is statistical: mean Pearson correlation
 of the logit vectors >= ``INT8_MIN_CORR`` and top-1 token agreement >= ``INT8_MIN_TOP1``
 (measured figures are in the export manifest and the README).
@@ -33,10 +34,11 @@ PROMPTS = (
     "Translate to French: I like green apples.\n",
 )
 NEW_TOKENS = 12
-FP32_ATOL = 1e-3  # the target: recorded in the manifest, asserted by the tests on SmolLM2
-# An export fails only past this: ONNX Runtime fuses and reorders float32 sums, and over 5
-# prompts x 12 steps of a reduced SmolLM2 the largest logit difference was measured at 1.06e-3.
-FP32_FAIL = 1e-2
+# ONNX Runtime fuses and reorders float32 sums, so fp32 logits differ from PyTorch's by
+# rounding only; the fp32 figures in bench/results (export.json, device_*.json) sit an order
+# of magnitude below this, and an adapted 30-layer model once measured just over 1e-3.  The
+# exporter refuses past it and device_tests read the same value from the export's manifest.
+FP32_ATOL = 2e-3
 INT8_MIN_CORR = 0.98
 INT8_MIN_TOP1 = 0.85
 
@@ -135,8 +137,8 @@ def failure(figures: dict, int8: bool) -> str | None:
         if figures["top1_agreement"] < INT8_MIN_TOP1:
             return f"top-1 agreement {figures['top1_agreement']:.3f} < {INT8_MIN_TOP1}"
         return None
-    if figures["max_abs_logit_diff"] > FP32_FAIL:
-        return f"max |logit difference| {figures['max_abs_logit_diff']:.2e} > {FP32_FAIL}"
+    if figures["max_abs_logit_diff"] > FP32_ATOL:
+        return f"max |logit difference| {figures['max_abs_logit_diff']:.2e} > {FP32_ATOL}"
     if figures["greedy_same"] + figures["greedy_near_ties"] < figures["prompts"]:
         return "greedy tokens differ from PyTorch's"
     return None

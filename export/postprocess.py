@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from edge_c2i.config import INT8_SCHEMES
-from edge_c2i.errors import UserError
+from edge_c2i.errors import EdgeC2IError
 
 BLOCK_SIZE = 32  # blockwise int8: one scale per 32 weights along the input dimension
 LARGE = 1_800_000_000  # bytes: above this a model keeps its weights in an external file
@@ -97,7 +97,7 @@ def quantize_int8(src: Path, dst: Path, scheme: str = "blockwise",
     Only MatMuls with constant weights change: the factors stay separate MatMuls.
     """
     if scheme not in INT8_SCHEMES:
-        raise UserError(f"unknown int8 scheme {scheme!r}: use {' or '.join(INT8_SCHEMES)}")
+        raise EdgeC2IError(f"unknown int8 scheme {scheme!r}: use {' or '.join(INT8_SCHEMES)}")
     large = _is_large(src)
     with _quiet_logging():
         if scheme == "blockwise":
@@ -135,7 +135,7 @@ def convert_to_ort(folder: Path) -> dict:
         convert_onnx_models_to_ort(folder, optimization_styles=[OptimizationStyle.Fixed])
     config = folder / "required_operators.config"
     if not config.is_file():
-        raise UserError(f"the ORT conversion wrote no {config.name}:\n{log.getvalue()}")
+        raise EdgeC2IError(f"the ORT conversion wrote no {config.name}:\n{log.getvalue()}")
     # its comments name the models by path: keep the names only (the folder is renamed)
     config.write_text(config.read_text().replace(f"{folder.resolve()}/", ""))
     return {"optimization": "fixed, level all", "config": config.name,

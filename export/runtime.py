@@ -12,7 +12,7 @@ through the model once per example; every answer continues from its cached keys/
 
 ``OnnxLM.tokens`` yields greedy tokens as they are computed and stops at EOS or at the
 model's context length; ``TextStream`` turns them into printable pieces.  A damaged export
-(manifest, tokenizer, model file) or a prompt that cannot run is a UserError, found before
+(manifest, tokenizer, model file) or a prompt that cannot run is a EdgeC2IError, found before
 the graph loads where possible.
 """
 
@@ -28,7 +28,8 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from tokenizers import Tokenizer
 
-from edge_c2i.errors import UserError
+from edge_c2i.arch import context_length, token_ids
+from edge_c2i.errors import EdgeC2IError
 from edge_c2i.tasks import Example
 
 MANIFEST = "edge_c2i_export.json"
@@ -53,13 +54,13 @@ def model_file(onnx_dir: str | Path, int8: bool = False) -> str:
 
 
 def _read_json(path: Path, what: str) -> dict:
-    """A JSON object from ``path``; a corrupt or truncated file is a UserError, not a traceback."""
+    """A JSON object from ``path``; a corrupt or truncated file is a EdgeC2IError, not a traceback."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"cannot read {what} {path}: {e}; export the model again") from None
+        raise EdgeC2IError(f"cannot read {what} {path}: {e}; export the model again") from None
     if not isinstance(data, dict):
-        raise UserError(f"{what} {path} is not a JSON object; export the model again")
+        raise EdgeC2IError(f"{what} {path} is not a JSON object; export the model again")
     return data
 
 
@@ -71,19 +72,18 @@ def read_spec(onnx_dir: str | Path) -> dict:
     """
     folder = Path(onnx_dir)
     if not folder.is_dir():
-        raise UserError(f"no such folder: {folder}")
+        raise EdgeC2IError(f"no such folder: {folder}")
     if not (folder / MANIFEST).is_file():
-        raise UserError(f"{folder} is not an edge-c2i export (no {MANIFEST}); "
-                        "write one with `edge-c2i export MODEL --out FOLDER`")
+        raise EdgeC2IError(f"{folder} is not an edge-c2i export (no {MANIFEST}); "
+                           "write one with `edge-c2i export MODEL --out FOLDER`")
     spec = _read_json(folder / MANIFEST, "the export manifest")
     missing = [k for k in ("num_kv_heads", "head_dim") if not isinstance(spec.get(k), int)]
     if missing:
-        raise UserError(f"the export manifest {folder / MANIFEST} lacks {', '.join(missing)}; "
-                        "export the model again")
+        raise EdgeC2IError(f"the export manifest {folder / MANIFEST} lacks {', '.join(missing)}; "
+                           "export the model again")
     if spec.get("max_position_embeddings") is None and (folder / "config.json").is_file():
         config = _read_json(folder / "config.json", "the model config")
-        spec["max_position_embeddings"] = (config.get("max_position_embeddings")
-                                           or config.get("n_positions"))
+        spec["max_position_embeddings"] = context_length(config)
     return spec
 
 
@@ -95,8 +95,8 @@ def check_prompt(prompt: str) -> None:
     except UnicodeEncodeError as e:
         char = ord(prompt[e.start])
         byte = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"U+{char:04X}"
-        raise UserError(f"the prompt is not valid UTF-8 ({byte} at character {e.start}); "
-                        "pass it as UTF-8 text") from None
+        raise EdgeC2IError(f"the prompt is not valid UTF-8 ({byte} at character {e.start}); "
+                           "pass it as UTF-8 text") from None
 
 
 def split_answer(prompt: str, answer: str) -> tuple[str, str]:
@@ -206,25 +206,24 @@ class OnnxLM:
             hint = (" (it was exported without --int8): drop --int8 or export again with --int8"
                     if "int8" in model_file and not wrote else
                     ", though the export wrote it: export the model again")
-            raise UserError(f"no {model_file} in {self.folder}{hint}")
+            raise EdgeC2IError(f"no {model_file} in {self.folder}{hint}")
         if not (self.folder / "tokenizer.json").is_file():
-            raise UserError(f"no tokenizer.json in {self.folder}; export the model again")
+            raise EdgeC2IError(f"no tokenizer.json in {self.folder}; export the model again")
         try:
             self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         except Exception as e:  # noqa: BLE001 (tokenizers raises a bare Exception)
-            raise UserError(f"cannot read {self.folder / 'tokenizer.json'}: {e}; "
-                            "export the model again") from None
+            raise EdgeC2IError(f"cannot read {self.folder / 'tokenizer.json'}: {e}; "
+                               "export the model again") from None
         self.threads = threads
         self.context = self.spec.get("max_position_embeddings")  # None: no known limit
         self.kv_heads, self.head_dim = self.spec["num_kv_heads"], self.spec["head_dim"]
-        eos = self.spec.get("eos_token_id")
-        self.eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        self.eos_ids = set(token_ids(self.spec.get("eos_token_id")))
         self.session = None
         if load:
             self.load()
 
     def load(self) -> None:
-        """Load the graph; a corrupt, truncated or foreign model file is a UserError."""
+        """Load the graph; a corrupt, truncated or foreign model file is a EdgeC2IError."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -238,13 +237,13 @@ class OnnxLM:
             wrote = files.get(self.path.name) if isinstance(files, dict) else None
             if wrote is not None and wrote != size:
                 reason += f"; it is {size} bytes, the export wrote {wrote}"
-            raise UserError(f"cannot load {self.path}: {reason} (corrupt or truncated?); "
-                            "export the model again") from None
+            raise EdgeC2IError(f"cannot load {self.path}: {reason} (corrupt or truncated?); "
+                               "export the model again") from None
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
         if "input_ids" not in inputs or not self.past_names:
-            raise UserError(f"{self.path} is not a decoder with KV cache (inputs "
-                            f"{', '.join(inputs)}); export it with `edge-c2i export`")
+            raise EdgeC2IError(f"{self.path} is not a decoder with KV cache (inputs "
+                               f"{', '.join(inputs)}); export it with `edge-c2i export`")
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
         self.has_position_ids = "position_ids" in inputs
         self.kv_dtype = _NUMPY_TYPES.get(inputs[self.past_names[0]].type, np.float32)
@@ -272,7 +271,7 @@ class OnnxLM:
                           bool(self.spec.get("clean_up_tokenization_spaces")))
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        """The ids generation starts from; UserError for a prompt that cannot be run.
+        """The ids generation starts from; EdgeC2IError for a prompt that cannot be run.
 
         An empty prompt starts from the BOS token, as transformers' ``generate`` and llama.cpp
         do without input; a model without a BOS has nothing to start from.  A prompt must leave
@@ -283,12 +282,12 @@ class OnnxLM:
         if not ids:
             bos = self.spec.get("bos_token_id")
             if bos is None:
-                raise UserError("the prompt is empty and the model has no BOS token to start "
-                                "from; give a prompt")
+                raise EdgeC2IError("the prompt is empty and the model has no BOS token to start "
+                                   "from; give a prompt")
             ids = [bos]
         if self.context is not None and len(ids) >= self.context:
-            raise UserError(f"the prompt is {len(ids)} tokens; the model's context is "
-                            f"{self.context} tokens, so it must be shorter")
+            raise EdgeC2IError(f"the prompt is {len(ids)} tokens; the model's context is "
+                               f"{self.context} tokens, so it must be shorter")
         return ids
 
     # ------------------------------------------------------------------ forward
@@ -363,15 +362,15 @@ class OnnxLM:
         if not ctx:  # an empty prompt still needs one token to predict from
             bos = self.spec.get("bos_token_id")
             if bos is None and not self.eos_ids:
-                raise UserError("an example has an empty prompt and the model has no BOS or "
-                                "EOS token to start from")
+                raise EdgeC2IError("an example has an empty prompt and the model has no BOS or "
+                                   "EOS token to start from")
             ctx = [bos if bos is not None else min(self.eos_ids)]
         return ctx, self.encode(answer, special=False)
 
     def answer_logprob(self, last_logits: np.ndarray, cache: KVCache, answer: list[int]) -> float:
         """log p(answer | context) from the context's last logits and cache."""
         if not answer:
-            raise UserError("an answer encodes to no tokens; cannot score it")
+            raise EdgeC2IError("an answer encodes to no tokens; cannot score it")
         total = float(log_softmax(last_logits)[answer[0]])
         if len(answer) > 1:
             logits, _ = self.step(answer[:-1], cache)
@@ -382,7 +381,7 @@ class OnnxLM:
 def score_examples(lm: OnnxLM, examples: list[Example]) -> dict:
     """Accuracy, loss and n of ``lm`` on ``examples`` (edge_c2i.evaluate's metrics)."""
     if not examples:
-        raise UserError("no examples to evaluate")
+        raise EdgeC2IError("no examples to evaluate")
     correct, loss = 0, 0.0
     for ex in examples:
         answers = ex.choices if ex.choices is not None else (ex.answer,)
@@ -390,8 +389,8 @@ def score_examples(lm: OnnxLM, examples: list[Example]) -> dict:
         encoded = [lm.context_and_answer(ex.prompt, a)[1] for a in answers]
         longest = len(ctx) + max(map(len, encoded))
         if lm.context is not None and longest > lm.context:
-            raise UserError(f"the example {ex.prompt[:40]!r}... is {longest} tokens with its "
-                            f"answer; the model's context is {lm.context}: shorten it")
+            raise EdgeC2IError(f"the example {ex.prompt[:40]!r}... is {longest} tokens with its "
+                               f"answer; the model's context is {lm.context}: shorten it")
         last, cache = lm.prefill(ctx)
         logprobs = [lm.answer_logprob(last, cache, ans) for ans in encoded]
         if ex.choices is not None:

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_model
 
 from edge_c2i.adapted import FACTORS, MANIFEST, save_adapted
-from edge_c2i.errors import UserError
+from edge_c2i.errors import EdgeC2IError
 from edge_c2i.factorize import LowRankLinear, MultiSubspaceLinear, count_params, reduce
 from edge_c2i.models import load_model
 from edge_c2i.targets import get_target
@@ -71,7 +71,7 @@ def _copy(out, tmp_path):
 def test_a_damaged_folder_is_refused(adapted, tmp_path, damage, message):
     folder = _copy(adapted[0], tmp_path)
     damage(folder)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(EdgeC2IError, match=message):
         load_model(str(folder))
 
 
@@ -83,7 +83,7 @@ def test_factors_that_disagree_with_the_weights_are_refused(adapted, tmp_path):
     key = next(k for k in tensors if k.endswith(".A"))
     tensors[key] = tensors[key] * 1.01
     save_file(tensors, folder / FACTORS)
-    with pytest.raises(UserError, match="do not match"):
+    with pytest.raises(EdgeC2IError, match="do not match"):
         load_model(str(folder))
 
 
@@ -95,7 +95,7 @@ def test_a_folder_transformers_would_fill_randomly_is_refused(tmp_path):
     reduce(model, get_target(model, 1, "out"), 0.5)
     model.save_pretrained(tmp_path)  # down_proj.A / .B instead of down_proj.weight
     assert "model.layers.1.mlp.down_proj.A" in load_file(tmp_path / "model.safetensors")
-    with pytest.raises(UserError, match="random"):
+    with pytest.raises(EdgeC2IError, match="random"):
         from edge_c2i.models import load_plain
 
         load_plain(tmp_path)

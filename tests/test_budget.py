@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from edge_c2i.budget import check_weights_fit, model_bytes, plan_scan
-from edge_c2i.errors import UserError
+from edge_c2i.errors import EdgeC2IError
 from edge_c2i.evaluate import Scorer
 from edge_c2i.models import resolve
 from edge_c2i.scan import rank_targets, singular_value_gradients
@@ -28,7 +28,7 @@ def _tight_budget(model, targets, longest):
         try:
             plan_scan(model, targets, longest, budget)
             return budget
-        except UserError:
+        except EdgeC2IError:
             budget += 5 * 10**6
 
 
@@ -40,7 +40,7 @@ def test_budgeted_scan_has_the_same_gradients_and_ranking(smol, calib):
     plan = plan_scan(model, targets, longest, budget)
     assert plan.passes >= 3 and plan.batch_tokens < 2048
     assert sum(plan.estimate.values()) <= budget
-    with pytest.raises(UserError, match="the scan needs at least"):
+    with pytest.raises(EdgeC2IError, match="the scan needs at least"):
         plan_scan(model, targets, longest, budget - 5 * 10**6)
     assert sorted(t.key for g in plan.groups for t in g) == sorted(t.key for t in targets)
 
@@ -61,13 +61,13 @@ def test_budgeted_scan_has_the_same_gradients_and_ranking(smol, calib):
 def test_a_budget_below_the_least_need_is_refused_with_the_estimate(smol):
     model, _ = smol
     targets = find_targets(model)
-    with pytest.raises(UserError, match=r"the scan needs at least ~.*weights 538 MB.*raise it"):
+    with pytest.raises(EdgeC2IError, match=r"the scan needs at least ~.*weights 538 MB.*raise it"):
         plan_scan(model, targets, 60, model_bytes(model))
 
 
 def test_weights_that_cannot_fit_are_refused_before_loading():
     where = resolve("smollm2-135m")
-    with pytest.raises(UserError, match="weights alone need"):
+    with pytest.raises(EdgeC2IError, match="weights alone need"):
         check_weights_fit(where, 300 * 10**6)
     check_weights_fit(where, 2 * 10**9)  # fits: no error
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import TINY, tiny_model
 
-from edge_c2i.errors import UserError
+from edge_c2i.errors import EdgeC2IError
 from edge_c2i.evaluate import (
     Result,
     Scorer,
@@ -154,10 +154,10 @@ def test_a_prompt_longer_than_the_context_is_refused_before_scoring(smol):
     assert limit == 8192
     ok = Example("The capital of France is ", "Paris", source="t.jsonl:1")
     long = Example("word " * 9000, "Paris", source="t.jsonl:2")
-    with pytest.raises(UserError, match=r"t.jsonl:2: prompt and answer are 9,0\d\d tokens, more "
+    with pytest.raises(EdgeC2IError, match=r"t.jsonl:2: prompt and answer are 9,0\d\d tokens, more "
                                         r"than the model's context of 8192; shorten the prompt"):
         check_lengths(tok, [ok, long], limit)
-    with pytest.raises(UserError, match="t.jsonl:2: prompt and answer are 9,0"):
+    with pytest.raises(EdgeC2IError, match="t.jsonl:2: prompt and answer are 9,0"):
         evaluate(model, tok, [ok, long])
 
 
@@ -168,9 +168,9 @@ def test_a_huge_prompt_is_refused_without_tokenizing_it():
 
     huge = Example("x" * 10_000_000, "y")
     t0 = time.perf_counter()
-    with pytest.raises(UserError, match="example 1: prompt and answer are 10,000,001 characters"):
+    with pytest.raises(EdgeC2IError, match="example 1: prompt and answer are 10,000,001 characters"):
         check_lengths(NoTok(), [Example("a", "b"), huge], 8192)
-    with pytest.raises(UserError, match="10,000,001 characters, far more than the model's context"):
+    with pytest.raises(EdgeC2IError, match="10,000,001 characters, far more than the model's context"):
         Scorer(NoTok(), [huge], max_positions=8192)
     assert time.perf_counter() - t0 < 1
 
@@ -179,17 +179,17 @@ def test_a_run_checks_the_models_context_before_building_a_batch():
     model = tiny_model("gpt2")  # 128 positions
     scorer = Scorer(Tok(), [Example("q" * 100, "yes", ("yes", "no")),
                             Example("q" * 200, "yes", ("yes", "no"))])
-    with pytest.raises(UserError, match=r"example 1: prompt and answer are 203 tokens, more than "
+    with pytest.raises(EdgeC2IError, match=r"example 1: prompt and answer are 203 tokens, more than "
                                         r"the model's context of 128"):
         scorer.run(model)
-    with pytest.raises(UserError, match="example 1"):
+    with pytest.raises(EdgeC2IError, match="example 1"):
         scorer.loss_and_backward(model)
     assert scorer._batches is None  # no attention mask was ever allocated
     limited = Tok()
     limited.model_max_length = 128  # a tokenizer that knows its model's context: refused at once
-    with pytest.raises(UserError, match="example 0: prompt and answer are 203 tokens"):
+    with pytest.raises(EdgeC2IError, match="example 0: prompt and answer are 203 tokens"):
         Scorer(limited, [Example("q" * 200, "yes", ("yes", "no"))])
     limited.model_max_length = int(1e30)  # transformers' "unset": no limit from it
     assert Scorer(limited, [Example("q" * 200, "yes", ("yes", "no"))]).positions == [203]
-    with pytest.raises(UserError, match="no examples to score"):
+    with pytest.raises(EdgeC2IError, match="no examples to score"):
         Scorer(Tok(), [])

@@ -19,10 +19,10 @@ import onnx
 import pytest
 import torch
 
-from edge_c2i.errors import UserError
-from export import onnx_export, parity
-from export.onnx_export import export_model
-from export.runtime import MANIFEST, OnnxLM, evaluate_onnx
+from edge_c2i.errors import EdgeC2IError
+from edge_c2i.export import onnx_export, parity
+from edge_c2i.export.onnx_export import export_model
+from edge_c2i.export.runtime import MANIFEST, OnnxLM, evaluate_onnx
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,8 +152,8 @@ def test_runtime_path_does_not_import_torch(exported):
     code = textwrap.dedent(f"""
         import sys
         from types import SimpleNamespace
-        from export.cli import generate_command
-        from export.runtime import OnnxLM, evaluate_onnx
+        from edge_c2i.export.cli import generate_command
+        from edge_c2i.export.runtime import OnnxLM, evaluate_onnx
         from edge_c2i.tasks import Example
         generate_command(SimpleNamespace(onnx={str(out)!r}, prompt="Hello", max_new_tokens=2,
                                          int8=True, threads=1))
@@ -199,7 +199,7 @@ def test_existing_out_without_force_is_refused_and_kept(tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(UserError, match="--force"):
+    with pytest.raises(EdgeC2IError, match="--force"):
         export_model("smollm2-135m", out)
     assert _leftovers(tmp_path) == ["taken"] and (out / "keep.txt").read_text() == "mine"
 
@@ -208,7 +208,7 @@ def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
     src = tmp_path / "not-a-model"
     src.mkdir()
     (src / "notes.txt").write_text("hello")
-    with pytest.raises(UserError, match="not a model"):
+    with pytest.raises(EdgeC2IError, match="not a model"):
         export_model(str(src), tmp_path / "out")
     assert _leftovers(tmp_path) == ["not-a-model"]
 
@@ -217,7 +217,7 @@ def test_an_out_folder_that_holds_the_source_is_refused(tmp_path):
     src = tmp_path / "model"
     src.mkdir()
     (src / "config.json").write_text("{}")
-    with pytest.raises(UserError, match="not an ONNX export folder"):
+    with pytest.raises(EdgeC2IError, match="not an ONNX export folder"):
         export_model(str(src), src, force=True)
     assert _leftovers(src) == ["config.json"]
 
@@ -235,7 +235,7 @@ def test_a_parity_failure_leaves_nothing_behind(exported, adapted, tmp_path, mon
 
     monkeypatch.setattr(onnx_export, "export_graph", fake_export)
     monkeypatch.setattr(parity, "PROMPTS", parity.PROMPTS[:1])
-    monkeypatch.setattr(parity, "FP32_FAIL", -1.0)  # nothing can pass
-    with pytest.raises(UserError, match="parity check failed"):
+    monkeypatch.setattr(parity, "FP32_ATOL", -1.0)  # nothing can pass
+    with pytest.raises(EdgeC2IError, match="parity check failed"):
         export_model(str(adapted[0]), tmp_path / "out")
     assert _leftovers(tmp_path) == []

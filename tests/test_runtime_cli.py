@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from export.runtime import MANIFEST, OnnxLM, TextStream, clean_up_spaces
+from edge_c2i.export.runtime import MANIFEST, OnnxLM, TextStream, clean_up_spaces
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = 64
@@ -37,7 +37,7 @@ def export_dir(tmp_path_factory) -> Path:
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from export.onnx_export import export_model
+    from edge_c2i.export.onnx_export import export_model
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

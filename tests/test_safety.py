@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_c2i.errors import UserError
+from edge_c2i.errors import EdgeC2IError
 from edge_c2i.io import OutputDir, has_manifest
 
 CLI = [sys.executable, "-m", "edge_c2i.cli"]
@@ -89,7 +89,7 @@ def test_python_save_refuses_the_current_folder(scratch, monkeypatch, smol):
     model, tok = smol
     monkeypatch.chdir(scratch)
     before = checksums(scratch)
-    with pytest.raises(UserError, match="current folder"):
+    with pytest.raises(EdgeC2IError, match="current folder"):
         save(model, tok, ".", {"model": "m", "task": "t", "method": "c2i", "chosen": None},
              force=True)
     assert checksums(scratch) == before
@@ -234,7 +234,7 @@ time.sleep(600)
 """], env=ENV, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "claimed"
     ours = has_manifest("m.json")
-    with pytest.raises(UserError, match=f"pid {holder.pid}.* is writing"):
+    with pytest.raises(EdgeC2IError, match=f"pid {holder.pid}.* is writing"):
         OutputDir(out, False, ours, "a test folder")
     holder.kill()
     holder.wait()

@@ -5,12 +5,18 @@ import sys
 import pytest
 
 from edge_c2i.api import adapt, save
+from edge_c2i.config import Reduction, SearchConfig, Trial
 from edge_c2i.evaluate import Result
 from edge_c2i.models import load_model
-from edge_c2i.search import Trial, acceptance, c2i_search, gate, pick
+from edge_c2i.search import SearchResult, acceptance, c2i_search, gate, pick
 from edge_c2i.tasks import load_task, split
 
-REPORT_KEYS = {"model", "task", "method", "n_grad_samples", "n_eval_samples", "timings",
+
+def trial(layer, type_, rate, clusters, accuracy, loss, seconds=0.0, wins=None, losses=None):
+    return Trial(Reduction(layer, type_, rate, clusters), accuracy, loss, seconds, wins, losses)
+
+
+REPORT_KEYS = {"schema_version", "recipe", "model", "task", "method", "n_grad_samples", "n_eval_samples", "timings",
                "evaluations", "candidates", "chosen", "base", "adapted", "params",
                "calibrated_base", "acceptance", "test_difference", "verdict"}
 
@@ -18,34 +24,39 @@ REPORT_KEYS = {"model", "task", "method", "n_grad_samples", "n_eval_samples", "t
 def test_pick_accepts_only_a_gain_beyond_noise():
     base = Result(0.5, 1.0, None, None, None, 100)
     assert pick(base, []) is None
-    worse = Trial(1, "out", 0.1, 1, 0.5, 1.1)
-    tie_better_loss = Trial(1, "out", 0.2, 1, 0.5, 0.9)
+    worse = trial(1, "out", 0.1, 1, 0.5, 1.1)
+    tie_better_loss = trial(1, "out", 0.2, 1, 0.5, 0.9)
     assert pick(base, [worse, tie_better_loss]) is None  # a lower loss alone changes no answer
-    # trials without per-example counts (older results): judged by the sign test's floor
-    plus3 = Trial(2, "in", 0.2, 1, 0.53, 1.5)
-    plus5 = Trial(2, "in", 0.5, 1, 0.55, 1.5)
+    # the margin is in net examples of the evaluation sample: 5 of 100
+    plus3 = trial(2, "in", 0.2, 1, 0.53, 1.5)
+    plus5 = trial(2, "in", 0.5, 1, 0.55, 1.5)
     assert pick(base, [worse, plus3]) is None
     assert pick(base, [worse, plus5]) is plus5
-    # with counts: the same net gain passes without losses, fails among many flips
-    clean = Trial(3, "in", 0.2, 1, 0.55, 1.0, 0.0, 5, 0)
-    noisy = Trial(3, "in", 0.5, 1, 0.55, 1.0, 0.0, 30, 25)
-    assert pick(base, [clean]) is clean
-    assert pick(base, [noisy]) is None
-    assert gate(base, noisy)["p"] > 0.05 and gate(base, clean)["p"] == 1 / 32
-    # only the winner is tested: a noisy winner leaves the model alone
-    assert pick(base, [clean, Trial(4, "out", 0.2, 1, 0.60, 1.0, 0.0, 40, 30)]) is None
-    assert pick(base, [noisy], alpha=0.5) is noisy
-    decision = acceptance(base, [noisy, worse])
-    assert decision["candidate"]["layer"] == 3 and decision["net"] == 5
-    assert not decision["accepted"] and not decision["p_is_lower_bound"]
+    # with counts, flips both ways still count by their net (measured: such picks gained on
+    # test); the sign test's p is reported beside the decision
+    clean = trial(3, "in", 0.2, 1, 0.55, 1.0, 0.0, 5, 0)
+    flips = trial(3, "in", 0.5, 1, 0.55, 1.0, 0.0, 30, 25)
+    assert pick(base, [clean]) is clean and pick(base, [flips]) is flips
+    assert gate(base, flips)["p"] > 0.05 and gate(base, clean)["p"] == 1 / 32
+    assert gate(base, plus5)["p"] is None  # no counts saved
+    assert pick(base, [flips], min_net=6) is None
+    decision = acceptance(base, [flips, worse])
+    assert decision["candidate"]["layer"] == 3 and decision["net"] == 5 and decision["accepted"]
 
 
 def test_c2i_search_on_the_real_model_with_a_tiny_grid(smol):
     model, tok = smol
     s = split(load_task("bigbench:epistemic_reasoning"), n_calib=8, n_eval=8)
-    res = c2i_search(model, tok, s.calib, s.eval, top_k=2, rates=(0.05,), clusters=(1, 2),
-                     progress=False)
+    config = SearchConfig(top_k=2, rates=(0.05,), clusters=(1, 2))
+    res = c2i_search(model, tok, s.calib, s.eval, config, progress=False)
     assert len(res.trials) == 4 and len(res.candidates) == 210
+    # every trial's reduction says what was applied; multi-subspace ones their clustering
+    assert {(t.reduction.clusters, t.reduction.clustering) for t in res.trials} == {
+        (1, "none"), (2, "kmeans")}
+    assert all(len(t.reduction.ranks) == len(t.reduction.group_sizes) == t.reduction.clusters
+               for t in res.trials)
+    again = SearchResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert again.trials == res.trials and again.candidates == res.candidates
     for t in res.trials:  # wins and losses against the base add up to the accuracy change
         assert t.wins - t.losses == round((t.accuracy - res.base.accuracy) * res.base.n)
     winner = max(res.trials, key=Trial.key)
@@ -59,8 +70,10 @@ def test_adapt_report_schema_and_saved_folder(tmp_path):
     model, tok = load_model("smollm2-135m")
     report = adapt(model, tok, "bigbench:fact_checker/fever", n_calib=8, n_eval=8, n_test=8,
                    top_k=1, rates=(0.01,), clusters=(1,), progress=False,
-                   model_name="smollm2-135m")
+                   model_name="smollm2-135m").to_dict()
     assert REPORT_KEYS <= set(report)
+    assert report["recipe"]["base_model"] == "smollm2-135m"
+    assert report["recipe"]["reductions"] == ([report["chosen"]] if report["chosen"] else [])
     assert {"scan_s", "search_s", "total_s"} <= set(report["timings"])
     assert report["evaluations"] == 1
     assert ("Warning: only 8 test examples" in report["verdict"]) == (report["chosen"] is not None)

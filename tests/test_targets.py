@@ -1,8 +1,9 @@
 import pytest
 from conftest import TINY, tiny_model
 
-from edge_c2i.errors import UserError
-from edge_c2i.targets import ARCHITECTURES, find_targets, get_target, weight_matrix
+from edge_c2i.arch import ARCHITECTURES
+from edge_c2i.errors import EdgeC2IError
+from edge_c2i.targets import find_targets, get_target, weight_matrix
 
 
 @pytest.mark.parametrize("arch", sorted(TINY))
@@ -36,14 +37,14 @@ def test_real_smollm2_has_210_targets(smol):
 def test_unsupported_architecture_lists_the_supported_ones():
     from transformers import BertConfig, BertForMaskedLM
 
-    with pytest.raises(UserError, match="supported: .*llama"):
+    with pytest.raises(EdgeC2IError, match="supported: .*llama"):
         find_targets(BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=1,
                                                 num_attention_heads=2, intermediate_size=64)))
 
 
 def test_unknown_layer_or_type_is_refused(smol):
     model, _ = smol
-    with pytest.raises(UserError, match="layers 0..29"):
+    with pytest.raises(EdgeC2IError, match="layers 0..29"):
         find_targets(model, layers=[30])
-    with pytest.raises(UserError, match="unknown matrix type"):
+    with pytest.raises(EdgeC2IError, match="unknown matrix type"):
         find_targets(model, types=["fc9"])

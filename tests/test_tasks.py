@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from edge_c2i.errors import UserError
+from edge_c2i.errors import EdgeC2IError
 from edge_c2i.tasks import MIN_SPLIT, examples_for, load_task, parse_bigbench, split
 
 
@@ -75,31 +75,31 @@ def test_jsonl_choice_and_open_tasks(tmp_path):
 def test_malformed_jsonl_names_file_and_line(tmp_path, content, message):
     f = tmp_path / "t.jsonl"
     f.write_text(content)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(EdgeC2IError, match=message):
         load_task(f"jsonl:{f}")
 
 
 def test_bad_task_names():
-    with pytest.raises(UserError, match="no such task file"):
+    with pytest.raises(EdgeC2IError, match="no such task file"):
         load_task("jsonl:/nonexistent/x.jsonl")
-    with pytest.raises(UserError, match="unknown task"):
+    with pytest.raises(EdgeC2IError, match="unknown task"):
         load_task("squad")
-    with pytest.raises(UserError, match="unknown BIG-bench task"):
+    with pytest.raises(EdgeC2IError, match="unknown BIG-bench task"):
         load_task("bigbench:no_such_task_here")
 
 
 def test_a_task_split_in_subtasks_names_them():
     # fact_checker's own task.json has no examples; its subtasks have
-    with pytest.raises(UserError, match="split in subtasks; pick one: ") as err:
+    with pytest.raises(EdgeC2IError, match="split in subtasks; pick one: ") as err:
         load_task("bigbench:fact_checker")
     named = str(err.value).split("pick one: ")[1].split(", ")
     assert "bigbench:fact_checker/fever" in named and "bigbench:fact_checker/" not in named
 
 
 def test_malformed_bigbench_json():
-    with pytest.raises(UserError, match="no 'examples' list"):
+    with pytest.raises(EdgeC2IError, match="no 'examples' list"):
         parse_bigbench({"name": "x"}, "x/task.json")
-    with pytest.raises(UserError, match="example 1: neither"):
+    with pytest.raises(EdgeC2IError, match="example 1: neither"):
         parse_bigbench({"examples": [{"input": "a", "target": "b"}, {"input": "c"}]}, "t.json")
 
 
@@ -138,7 +138,7 @@ def test_the_delimiter_can_be_changed_per_call_per_file_and_per_line(tmp_path):
     spec = write(tmp_path / "h.jsonl", [{"target_delimiter": ""}, *rows])  # the file's setting
     task = load_task(spec, target_delimiter=" ")
     assert [e.answer for e in task.examples] == ["Paris", "\tRome"] and task.delimited == 1
-    with pytest.raises(UserError, match="h.jsonl:1: 'target_delimiter' must be a string"):
+    with pytest.raises(EdgeC2IError, match="h.jsonl:1: 'target_delimiter' must be a string"):
         load_task(write(tmp_path / "h.jsonl", [{"target_delimiter": 1}, *rows]))
 
 
@@ -179,14 +179,14 @@ def test_duplicate_lines_are_dropped_with_a_warning(tmp_path, capsys):
     ({"prompt": "x", "answer": 4}, "'prompt' and a non-empty 'answer' must be strings"),
 ])
 def test_bad_examples_are_refused_with_their_line(tmp_path, row, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(EdgeC2IError, match=message):
         load_task(write(tmp_path / "t.jsonl", [row]))
 
 
 def test_a_line_that_is_not_utf8_is_named(tmp_path):
     f = tmp_path / "t.jsonl"
     f.write_bytes(b'{"prompt": "a", "answer": "b"}\n{"prompt": "caf\xe9", "answer": "b"}\n')
-    with pytest.raises(UserError, match=r"t.jsonl:2: not UTF-8 text \(byte 16 of the line\)"):
+    with pytest.raises(EdgeC2IError, match=r"t.jsonl:2: not UTF-8 text \(byte 16 of the line\)"):
         load_task(f"jsonl:{f}")
 
 
@@ -220,7 +220,7 @@ def test_a_task_large_enough_keeps_the_requested_sizes(tmp_path, capsys):
 
 def test_a_task_too_small_to_split_is_refused_but_can_be_evaluated_whole(tmp_path, capsys):
     task = load_task(write(tmp_path / "t.jsonl", numbered(MIN_SPLIT - 1)))
-    with pytest.raises(UserError, match=r"9 examples: too few to split .* \(eval --split all\)"):
+    with pytest.raises(EdgeC2IError, match=r"9 examples: too few to split .* \(eval --split all\)"):
         split(task)
     assert examples_for(task, "test") == task.examples
     assert "evaluating all of them instead of the test split" in capsys.readouterr().err
@@ -233,15 +233,15 @@ def test_examples_for_gives_the_split_that_adapt_uses(tmp_path):
     assert examples_for(task, "test", seed=2) == s.test
     assert examples_for(task, "calib", seed=2) == s.calib
     assert examples_for(task, "all") == task.examples  # all of it, in file order
-    with pytest.raises(UserError, match="unknown split 'dev'"):
+    with pytest.raises(EdgeC2IError, match="unknown split 'dev'"):
         examples_for(task, "dev")
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"n_calib": 0}, "--samples and --eval-samples must be at least 1"),
-    ({"n_test": 0}, "--test-samples must be at least 1"),
-    ({"n_test": -1}, "--test-samples must be at least 1"),
+    ({"n_calib": 0}, "n_calib and n_eval must be at least 1"),
+    ({"n_test": 0}, "n_test must be at least 1"),
+    ({"n_test": -1}, "n_test must be at least 1"),
 ])
 def test_bad_split_sizes(tmp_path, kwargs, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(EdgeC2IError, match=message):
         split(load_task(write(tmp_path / "t.jsonl", numbered(50))), **kwargs)

@@ -3,7 +3,8 @@ import random
 import pytest
 
 from edge_c2i.api import make_report
-from edge_c2i.errors import UserError
+from edge_c2i.config import Reduction
+from edge_c2i.errors import EdgeC2IError
 from edge_c2i.evaluate import Result
 from edge_c2i.search import SearchResult, Trial
 from edge_c2i.tasks import Example, Splits
@@ -39,7 +40,7 @@ def test_per_example_correctness_and_pairing():
     assert paired_counts(base, other) == (2, 1)
     open_res = Result(0.5, 1.0, None, None, [True, False], 2)
     assert correct(open_res) == [True, False]
-    with pytest.raises(UserError):
+    with pytest.raises(EdgeC2IError):
         paired_counts(base, open_res)
 
 
@@ -77,8 +78,8 @@ def test_verdict_gain_control_and_no_pick():
     assert "calibration control" in verdict(diff, 200, 0.45, adapted.accuracy, "label bias", None)
     small = paired_difference(base, choice_result([True] * 51 + [False] * 149))
     assert "includes no change" in verdict(small, 200, None, 0.255, None, None)
-    rejected = {"net": 3, "p": 0.125, "alpha": 0.05}
-    assert "more than noise" in verdict(None, 200, None, 0.25, None, rejected)
+    rejected = {"net": 3, "p": 0.125, "min_net": 5}
+    assert "3 examples, 5 needed" in verdict(None, 200, None, 0.25, None, rejected)
     assert verdict(None, 200, None, 0.25, None, {"net": 0}).startswith("no improvement")
     assert "Warning" not in verdict(None, 19, None, 0.25, None, None)  # nothing was measured
 
@@ -87,16 +88,12 @@ def test_make_report_carries_the_interval_and_the_gate():
     ex = [Example("q", "a", ("a", "b"))] * 19
     splits = Splits(ex[:4], ex[:4], ex, "c2i", {"calib": 4, "eval": 4, "test": 19})
     eval_base = choice_result([True, False, False, False])
-    trial = Trial(3, "out", 0.2, 1, 0.75, 0.9, 0.0, 2, 0)
+    trial = Trial(Reduction(3, "out", 0.2), 0.75, 0.9, 0.0, 2, 0)
     found = SearchResult("c2i", eval_base, trial, [trial])
     base = choice_result([True] * 10 + [False] * 9)
     adapted = choice_result([True] * 8 + [False] * 2 + [True] + [False] * 8)
-
-    class Reduction:
-        layer, type, rate, clusters, clustering, ranks, group_sizes = 3, "out", 0.2, 1, "", [1], None
-
-    report = make_report("m", "t", "c2i", splits, found, [Reduction], base, adapted, None, 10, 9,
-                         {}, "first_order")
+    report = make_report("m", "t", "c2i", splits, found, [Reduction(3, "out", 0.2, ranks=[1])],
+                         base, adapted, None, 10, 9, {}, "first_order")
     assert report["verdict"].startswith("WORSE")
     assert report["test_difference"]["n"] == 19 and len(report["test_difference"]["ci"]) == 2
     assert report["acceptance"]["wins"] == 2 and report["acceptance"]["candidate"]["layer"] == 3
