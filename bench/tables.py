@@ -128,7 +128,10 @@ def section_search(d: dict) -> str:
             f"clusters {'/'.join(map(str, dg['clusters']))}) and 'C2I multi' (top 4 x the same "
             "rates x clusters 1/4) are what those grids pick from "
             "the same trials, with their own timed trials and preparation; the speedups are "
-            "C2I's.\n\n"
+            "C2I's. These rows were measured with the earlier acceptance rule (a pick kept if "
+            "it beat the base by any margin on the evaluation sample); the current rule (a "
+            "net gain of 5 evaluation examples) would leave the model alone where "
+            "`python bench/bench_acceptance.py` lists the pick as 'reject'.\n\n"
             + main + "\n\n" + chosen
             + "\n\n#### Choosing the defaults\n\nEvery row is a sub-grid of the same wide "
               "run, its pick scored on the test split; gains are test accuracy minus base, "
