@@ -59,3 +59,7 @@ SCAN_COLUMNS = [("model", "model"), ("task", "task"), ("tokens", "tokens"),
                 ("fb_s", "forward+backward s"), ("svd_s", "SVDs s"), ("grad_s", "scan's pass s"),
                 ("scan_s", "scan s"), ("grad_over_fb", "pass / f+b"),
                 ("ratio", "scan / (f+b + SVDs)"), ("within_target", "<= 1.5")]
+
+# bench_contention.py's table (also rendered by tables.py)
+CONTENTION_COLUMNS = [("setting", "setting"), ("idle_s", "idle s"), ("loaded_s", "loaded s"),
+                      ("ratio", "loaded / idle"), ("within_target", "<= 2.5")]

@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from common import MODELS, RESULTS, SCAN_COLUMNS, TASKS, table
+from common import CONTENTION_COLUMNS, MODELS, RESULTS, SCAN_COLUMNS, TASKS, table
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -268,6 +268,16 @@ def section_device_x86(d: dict) -> str:
                            ("torch", "torch imported")]))
 
 
+def section_contention(d: dict) -> str:
+    return ("### A busy machine\n\n`python bench/bench_contention.py` -> "
+            f"bench/results/contention.json: `edge-c2i scan` of {d['model']} on {d['task']} "
+            f"({d['samples']} examples), torch's default threads, idle and then beside "
+            f"{d['busy_processes']} CPU-bound processes (one per core), each in a fresh process; "
+            "target: loaded <= 2.5x idle. 'short spin' (GOMP_SPINCOUNT=10000) is what the CLI "
+            "sets unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is already set.\n\n"
+            + table(d["rows"], CONTENTION_COLUMNS))
+
+
 def section_generic(name: str, d: dict) -> str:
     rows = d.get("rows") or d.get("results") or []
     if not rows or not isinstance(rows, list) or not isinstance(rows[0], dict):
@@ -280,7 +290,8 @@ def main() -> None:
     parts = []
     known = {"base": section_base, "search": section_search, "export": section_export,
              "svd": section_svd, "scan": section_scan, "memory": section_memory,
-             "device_arm64": section_device_arm64, "device_x86": section_device_x86}
+             "device_arm64": section_device_arm64, "device_x86": section_device_x86,
+             "contention": section_contention}
     for name, render in known.items():
         d = load(name)
         if d:

@@ -415,6 +415,12 @@ def with_flag(message: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep = os.environ.get("EDGE_C2I_OMP_WAIT_POLICY") == "keep"
+    if not keep and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys():
+        # Before torch starts OpenMP: a waiting thread spins briefly, then sleeps, so a
+        # busy machine does not slow the scan down several times over; idle it costs
+        # little (bench/bench_contention.py).  Values the user set are kept.
+        os.environ["GOMP_SPINCOUNT"] = "10000"
     if getattr(args, "quiet", False):
         errors.QUIET = True
         os.environ["TQDM_DISABLE"] = "1"
