@@ -174,14 +174,16 @@ def main_demo(args) -> int:
     """
     from edge_c2i.api import adapt, save
     from edge_c2i.cli import describe_choice
-    from edge_c2i.io import OutputDir, has_manifest
+    from edge_c2i.io import OutputDir, json_with_keys
     from edge_c2i.models import load_model
     from edge_c2i.tasks import examples_for, load_task
 
     from .onnx_export import export_model
     from .runtime import OnnxLM, evaluate_onnx, model_file
 
-    dest = OutputDir(args.out, args.force, has_manifest(DEMO_SUMMARY), "a demo folder")
+    ours = json_with_keys(("adapted", "onnx", "onnx_runtime"))  # a summary.json of ours
+    dest = OutputDir(args.out, args.force, lambda folder: ours(folder / DEMO_SUMMARY),
+                     "a demo folder")
     threads = _threads(args.threads)
     task = load_task(args.task, args.target_delimiter)
     out = dest.out

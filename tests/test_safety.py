@@ -45,6 +45,7 @@ def scratch(tmp_path):
     """A user's folder: a data file, a notes folder, a small JSONL task."""
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("do not lose me\n")
+    (tmp_path / "notes" / "summary.json").write_text('{"total": 3}')  # a name the demo uses
     (tmp_path / "data.jsonl").write_text("".join(
         json.dumps({"prompt": f"Question {i}: is {i} even?", "answer": ["no", "yes"][i % 2 == 0],
                     "choices": ["yes", "no"]}) + "\n" for i in range(40)))
@@ -72,7 +73,7 @@ DATA_LOSS = {
                                "current folder"),
     "export --out user folder --force": (["export", "smollm2-135m", "--out", "notes",
                                           "--force"], "not an ONNX export folder"),
-    "demo --out user folder --force": (["demo", "--out", "notes", "--force"],
+    "demo --out a user's folder holding summary.json --force": (["demo", "--out", "notes", "--force"],
                                        "not a demo folder"),
     "scan --out the task file": (["scan", "--task", "jsonl:data.jsonl", "--out", "data.jsonl"],
                                  "exists; pass --force"),
