@@ -27,6 +27,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -86,12 +87,14 @@ def _probe_writable(folder: Path, out: Path) -> None:
     probe = folder
     while not probe.exists():
         probe = probe.parent
-    test = probe / f".{TMP_TAG}-probe-{os.getpid()}-{secrets.token_hex(4)}"
-    try:  # os.access says yes to root even where nothing can be created (/proc, read-only mounts)
-        test.mkdir()
+    # os.access says yes to root even where nothing can be created (/proc, read-only mounts),
+    # so create something. On Linux TemporaryFile is an unnamed O_TMPFILE: a run killed at
+    # this instant leaves no entry behind in the user's folder.
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=f".{TMP_TAG}-probe-"):
+            pass
     except OSError as e:
         raise EdgeC2IError(f"cannot write {out}: {probe} is not writable ({e.strerror})") from None
-    test.rmdir()
 
 
 def check_output(out: str | Path, force: bool, ours: Callable[[Path], bool], what: str,
