@@ -47,7 +47,7 @@ def plain_forward_backward(model, scorer: Scorer) -> float:
 
 
 def run_pair(model, tok, name: str, task: str, repeats: int) -> dict:
-    calib = split(load_task(task), 100, 100, 0, 0, "c2i").calib
+    calib = split(load_task(task), 100, 100, None, 0, "c2i").calib
     targets = find_targets(model)
     scorer = Scorer(tok, calib)
     plain_forward_backward(model, scorer)  # warm-up

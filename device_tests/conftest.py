@@ -1,7 +1,7 @@
 """The exported model under test.
 
 By default: the packaged smollm2-135m adapted by C2I to fact_checker/fever
-(a small search, so CI stays quick), exported with int8 and the ORT format,
+(a small search, so CI stays quick), exported with int8, int4 and the ORT format,
 plus PyTorch reference outputs; built once with the edge-c2i CLI and cached
 under $EDGE_C2I_HOME/device_export.  Set EDGE_C2I_DEVICE_DIR to test another
 export (it needs device_reference.json: python device_tests/make_reference.py).
@@ -21,7 +21,7 @@ HERE = Path(__file__).parent
 ADAPT = ["--model", "smollm2-135m", "--task", "bigbench:fact_checker/fever", "--samples", "32",
          "--eval-samples", "32", "--top-k", "2", "--rates", "0.2,0.05", "--clusters", "1,4",
          "--test-samples", "20"]
-CACHE_KEY = "smollm2-fever-c2i-v1"
+CACHE_KEY = "smollm2-fever-c2i-v3"  # v3: with model_int4.onnx, int8 sharing its LM head table
 
 
 def _run(*args: str) -> None:
@@ -41,7 +41,8 @@ def build_default_export() -> Path:
     work.mkdir(parents=True)
     cli = ["-m", "edge_c2i.cli"]
     _run(*cli, "adapt", *ADAPT, "--out", str(work / "adapted"))
-    _run(*cli, "export", str(work / "adapted"), "--out", str(work / "onnx"), "--int8", "--ort")
+    _run(*cli, "export", str(work / "adapted"), "--out", str(work / "onnx"), "--int8", "--int4",
+         "--ort")
     _run(str(HERE / "make_reference.py"), str(work / "onnx"), "--model", str(work / "adapted"))
     shutil.rmtree(final, ignore_errors=True)
     work.rename(final)

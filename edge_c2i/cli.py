@@ -123,6 +123,8 @@ def cmd_eval(args) -> int:
         from .export.cli import eval_onnx_command
 
         return eval_onnx_command(args)
+    if args.int8 or args.int4:
+        raise EdgeC2IError("--int8 and --int4 choose an exported model file: use them with --onnx")
     from .evaluate import evaluate
     from .models import load_model
     from .tasks import examples_for
@@ -280,6 +282,8 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .export.cli import quantized  # torch-free, like the rest of export/cli.py
+
     p = Parser(prog="edge-c2i", description=__doc__.split("\n")[0], formatter_class=Formatter)
     p.add_argument("--version", action="version", version=f"edge-c2i {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
@@ -319,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the first N examples of the split")
     e.add_argument("--generation", action="store_true",
                    help="open tasks: also the gold answer in an 8-token greedy continuation")
-    e.add_argument("--int8", action="store_true", help="with --onnx: the int8 model")
+    quantized(e)  # --int8 / --int4: with --onnx, the quantized model
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.set_defaults(func=cmd_eval)
 

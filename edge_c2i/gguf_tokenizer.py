@@ -1,15 +1,23 @@
-"""Rebuild the SentencePiece-BPE tokenizer of Gemma .gguf files.
+"""Repair the tokenizers transformers builds from .gguf files.
 
-transformers turns the SentencePiece vocabulary of a Gemma .gguf (tokenizer.ggml.model "llama")
-into a `tokenizers` Unigram model, but Gemma's SentencePiece model is BPE, so words fall apart
-("The capital" -> 'The', ' c', 'ap', 'it', 'al'). `fix_spm_bpe_tokenizer` rebuilds it as BPE.
+- Gemma: transformers turns the SentencePiece vocabulary of a Gemma .gguf
+  (tokenizer.ggml.model "llama") into a `tokenizers` Unigram model, but Gemma's SentencePiece
+  model is BPE, so words fall apart ("The capital" -> 'The', ' c', 'ap', 'it', 'al').
+  `fix_spm_bpe_tokenizer` rebuilds it as BPE.
+- GPT-2-style byte-level BPE (SmolLM2, tokenizer.ggml.model "gpt2"): transformers sets
+  ``byte_fallback`` and a SentencePiece-style decoder on a ByteLevel model. transformers
+  itself never reaches either (every byte has a ByteLevel piece), but other readers of
+  tokenizer.json do: onnxruntime-genai maps every non-ASCII piece to id -1 and decodes
+  wrongly. `fix_byte_level_bpe` sets them to what a byte-level BPE means and writes the
+  GPT-2 split out as a Split; transformers' ids and text are unchanged.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 SPM_BPE_ARCHITECTURES = {"gemma", "gemma2", "gemma3"}
 NORMAL, CONTROL, USER_DEFINED = 1, 3, 4  # SentencePiece piece types (tokenizer.ggml.token_type)
@@ -44,6 +52,40 @@ def fix_spm_bpe_tokenizer(tokenizer, gguf_path: str | Path):
         chat_template=tokenizer.chat_template,
         name_or_path=tokenizer.name_or_path,
     )
+
+
+# the split tokenizers' ByteLevel pre-tokenizer applies when use_regex is on (GPT-2's)
+GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+
+def fix_byte_level_bpe(tokenizer):
+    """`tokenizer` as a plain byte-level BPE that onnxruntime-genai reads as transformers does.
+
+    No byte fallback and a ByteLevel decoder (what a byte-level BPE means), and the
+    pre-tokenizer's built-in GPT-2 split written out as an explicit Split: onnxruntime-genai
+    otherwise splits "\n\nP" as "\n\n", "P" where transformers gives "\n", "\nP".  The ids
+    transformers gives are unchanged.  A tokenizer whose model is not BPE, or whose
+    pre-tokenizer is not a bare ByteLevel, is returned unchanged; the backend is replaced in
+    place (the wrapper's settings stay as they were).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not isinstance(backend.model, models.BPE):
+        return tokenizer
+    spec = json.loads(backend.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    if pre.get("type") != "ByteLevel":
+        return tokenizer
+    spec["model"]["byte_fallback"] = False
+    fixed = Tokenizer.from_str(json.dumps(spec))
+    fixed.decoder = decoders.ByteLevel()
+    if pre.get("use_regex", True):
+        fixed.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(GPT2_SPLIT), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=pre.get("add_prefix_space", False),
+                                     use_regex=False),
+        ])
+    tokenizer._tokenizer = fixed
+    return tokenizer
 
 
 def _read_gguf(gguf_path: str | Path) -> dict:

@@ -21,13 +21,13 @@ from .adapted import MANIFEST as ADAPTED_MANIFEST
 from .arch import context_length
 from .config import DEFAULT_MODEL, PACKAGED
 from .errors import EdgeC2IError, note
-from .gguf_tokenizer import fix_spm_bpe_tokenizer
+from .gguf_tokenizer import fix_byte_level_bpe, fix_spm_bpe_tokenizer
 from .io import OutputDir
 from .paths import home
 
 # Bumped when the conversion changes (2: GGUF add_bos_token honoured, Gemma BPE tokenizer),
 # so that caches written by an older version are converted again.
-CONVERTER_VERSION = 2
+CONVERTER_VERSION = 4  # 4: byte-level BPE tokenizers onnxruntime-genai reads as transformers
 CONVERTED_MARK = "edge_c2i_converted.json"
 
 
@@ -79,6 +79,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     if add_bos is not None:  # transformers ignores this field; llama.cpp honours it
         tokenizer.add_bos_token = bool(add_bos)
     tokenizer = fix_spm_bpe_tokenizer(tokenizer, gguf)  # Gemma: BPE, not Unigram
+    tokenizer = fix_byte_level_bpe(tokenizer)  # SmolLM2: readable by onnxruntime-genai
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -24,6 +24,9 @@ def register(subparsers, command=None) -> None:
     e.add_argument("source", help="packaged name, HF folder, .gguf file or adapted folder")
     e.add_argument("--out", required=True, help="the folder to write (model.onnx, manifest, ...)")
     e.add_argument("--int8", action="store_true", help="also write model_int8.onnx")
+    e.add_argument("--int4", action="store_true",
+                   help="also write model_int4.onnx: 4-bit weights in blocks of 32 (exact where "
+                        "the model was 4-bit), LM head and embedding sharing one 8-bit table")
     e.add_argument("--int8-scheme", choices=INT8_SCHEMES, default=INT8_SCHEMES[0],
                    help="blockwise: weight-only int8 (MatMulNBits); dynamic: quantize_dynamic")
     e.add_argument("--ort", action="store_true",
@@ -44,11 +47,26 @@ def register(subparsers, command=None) -> None:
                    help="the text to continue (empty: start from the model's BOS token)")
     g.add_argument("--max-new-tokens", type=int, default=32,
                    help="stop after this many new tokens")
-    g.add_argument("--int8", action="store_true",
-                   help="run model_int8 instead of model (export with --int8)")
+    quantized(g)
     g.add_argument("--threads", type=int, default=None,
                    help="ONNX Runtime threads (default: all cores)")
     g.set_defaults(func=generate_command)
+
+
+def quantized(parser) -> None:
+    """--int8 / --int4: which exported model file to run (one of them, or neither: fp32)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--int8", action="store_true",
+                       help="run model_int8 instead of model (export with --int8)")
+    group.add_argument("--int4", action="store_true",
+                       help="run model_int4 instead of model (export with --int4)")
+
+
+def precision(args) -> str:
+    """fp32, int8 or int4 from the parsed --int8 / --int4."""
+    if getattr(args, "int4", False):
+        return "int4"
+    return "int8" if getattr(args, "int8", False) else "fp32"
 
 
 def _size(n: int) -> str:
@@ -59,7 +77,8 @@ def export_command(args) -> int:
     from .onnx_export import export_model
 
     m = export_model(args.source, Path(args.out), int8=args.int8, ort=args.ort, force=args.force,
-                     opset=args.opset, check=not args.no_check, int8_scheme=args.int8_scheme)
+                     opset=args.opset, check=not args.no_check, int8_scheme=args.int8_scheme,
+                     int4=args.int4)
     print(f"exported {args.source} -> {args.out} (opset {m['opset']}, "
           f"{m['num_layers']} layers, KV cache)")
     for name, size in m["files"].items():
@@ -102,7 +121,7 @@ def generate_command(args) -> int:
         raise EdgeC2IError(f"--max-new-tokens must be at least 1 (got {args.max_new_tokens})")
     threads = _threads(args.threads)
     check_prompt(args.prompt)
-    lm = OnnxLM(args.onnx, threads, model_file(args.onnx, args.int8), load=False)
+    lm = OnnxLM(args.onnx, threads, model_file(args.onnx, precision(args)), load=False)
     ids = lm.prompt_ids(args.prompt)
     if not args.prompt:
         note("the prompt is empty: generating from the BOS token")
@@ -145,7 +164,7 @@ def eval_onnx_command(args) -> int:
     if getattr(args, "generation", False):
         raise EdgeC2IError("--generation needs the PyTorch model: use it without --onnx")
     threads = _threads(getattr(args, "threads", None))
-    name = model_file(args.onnx, getattr(args, "int8", False))
+    name = model_file(args.onnx, precision(args))
     lm = OnnxLM(args.onnx, threads, name, load=False)
     task = load_task(args.task, getattr(args, "target_delimiter", None))
     examples = examples_for(task, args.split, seed=args.seed)
@@ -199,10 +218,10 @@ def main_demo(args) -> int:
                    "report": report["verdict"], "chosen": report["chosen"],
                    "torch": {"base": report["base"], "adapted": report["adapted"]},
                    "onnx_runtime": {}, "generations": []}
-        for int8 in (False, True):
-            name = model_file(tmp / "onnx", int8)
+        for kind in ("fp32", "int8"):
+            name = model_file(tmp / "onnx", kind)
             summary["onnx_runtime"][name] = evaluate_onnx(tmp / "onnx", test, name, threads)
-        lm = OnnxLM(tmp / "onnx", threads, model_file(tmp / "onnx", True))
+        lm = OnnxLM(tmp / "onnx", threads, model_file(tmp / "onnx", "int8"))
         for ex in test[:3]:
             # a trailing space token derails greedy decoding
             answer = lm.generate(ex.prompt.rstrip(" "), 8)

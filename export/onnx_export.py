@@ -13,9 +13,11 @@ The output folder is written to a temp folder next to it and swapped in at the e
     model.onnx               fp32 decoder: input_ids, attention_mask, position_ids,
                              past_key_values.{i}.key/value -> logits, present.{i}.key/value
     model_int8.onnx          --int8: 8-bit weights, on top of the factors
+    model_int4.onnx          --int4: 4-bit weights (export/int4.py), on top of the factors
     model.ort, model_int8.ort, required_operators.config
                              --ort: ORT format and the operator list for a reduced build
     tokenizer files, config.json, generation_config.json
+    genai_config.json        onnxruntime-genai's config (export/genai.py): og.Model(folder) runs it
     edge_c2i_export.json     the manifest read by export.runtime and the Android app
 """
 
@@ -29,12 +31,16 @@ from pathlib import Path
 from edge_c2i.adapted import is_adapted, read_manifest
 from edge_c2i.arch import arch
 from edge_c2i.errors import EdgeC2IError
+from edge_c2i.gguf_tokenizer import fix_byte_level_bpe
 from edge_c2i.io import OutputDir
 
 from . import parity
+from .genai import write_genai_config
+from .int4 import quantize_int4
 from .postprocess import (
     INT8_SCHEMES,
     convert_to_ort,
+    is_large,
     out_matmul_prefixes,
     quantize_int8,
     share_tied_weights,
@@ -47,7 +53,7 @@ REPORT = "report.json"  # written by edge-c2i adapt beside the manifest
 
 def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, ort: bool = False,
                  force: bool = False, opset: int | None = None, check: bool = True,
-                 int8_scheme: str = "blockwise") -> dict:
+                 int8_scheme: str = "blockwise", int4: bool = False) -> dict:
     """Export ``source`` (packaged name, HF folder, .gguf or adapted folder) to ``out``.
 
     Returns the manifest.  Raises EdgeC2IError if ``out`` exists without ``force`` (or is
@@ -78,9 +84,14 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
             manifest["int8"] = quantize_int8(tmp / "model.onnx", tmp / "model_int8.onnx",
                                              int8_scheme, out_matmul_prefixes(model))
             clock.lap("int8")
+        if int4:
+            manifest["int4"] = quantize_int4(tmp / "model.onnx", tmp / "model_int4.onnx",
+                                             large=is_large(tmp / "model.onnx"))
+            clock.lap("int4")
         if ort:
             manifest["ort"] = convert_to_ort(tmp)
             clock.lap("ort")
+        manifest["genai"] = write_genai_config(tmp, manifest)
         manifest["parity"] = check_parity(model, tokenizer, tmp) if check else None
         clock.lap("parity")
         manifest["files"] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
@@ -106,11 +117,26 @@ def export_graph(model, tokenizer, folder: Path, opset: int | None = None) -> in
     finally:
         optimum_logging.set_verbosity(verbosity)
     share_tied_weights(folder / "model.onnx")
-    tokenizer.save_pretrained(folder)  # an adapted model has no hub name to fetch it from
+    # an adapted model has no hub name to fetch it from; a byte-level BPE is written without
+    # byte fallback, as onnxruntime-genai's tokenizer reads it (same ids in transformers)
+    fix_byte_level_bpe(tokenizer)
+    tokenizer.save_pretrained(folder)
+    _drop_null_chat_template(folder / "tokenizer_config.json")
     if not (folder / "tokenizer.json").is_file():
         raise EdgeC2IError("the model's tokenizer has no tokenizer.json (a fast tokenizer is needed)")
     graph = onnx.load(folder / "model.onnx", load_external_data=False)
     return next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _drop_null_chat_template(path: Path) -> None:
+    """transformers writes ``"chat_template": null`` for a tokenizer without one (the Gemma
+    .gguf rebuild); onnxruntime-genai's tokenizer refuses that file, so the key goes."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    if "chat_template" in config and config["chat_template"] is None:
+        del config["chat_template"]
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 class _Clock:
@@ -156,7 +182,9 @@ def describe(source: str, where, model, tokenizer, folder: Path, opset: int) -> 
         "input_names": [i.name for i in graph.input],
         "output_names": [o.name for o in graph.output],
         "int8": None,
+        "int4": None,
         "ort": None,
+        "genai": None,
         "versions": {p: version(p) for p in ("torch", "transformers", "optimum", "optimum-onnx",
                                              "onnx", "onnxruntime")},
     }
@@ -189,8 +217,8 @@ def check_parity(model, tokenizer, folder: Path) -> dict:
     import torch
 
     threads = torch.get_num_threads()
-    files = [f for f in ("model.onnx", "model.ort", "model_int8.onnx", "model_int8.ort")
-             if (folder / f).is_file()]
+    files = [f for f in ("model.onnx", "model.ort", "model_int8.onnx", "model_int8.ort",
+                         "model_int4.onnx", "model_int4.ort") if (folder / f).is_file()]
     refs, figures = None, {}
     for name in files:
         lm = OnnxLM(folder, threads, name)
@@ -198,14 +226,16 @@ def check_parity(model, tokenizer, folder: Path) -> dict:
             _check_tokenizer(lm, tokenizer)
             refs = parity.references(model, lm)
         figures[name] = parity.compare(lm, refs)
-        why = parity.failure(figures[name], int8="int8" in name)
+        why = parity.failure(figures[name], precision=next(
+            (p for p in ("int8", "int4") if p in name), "fp32"))
         if why:
             raise EdgeC2IError(f"parity check failed for {name}: {why} (PyTorch vs ONNX Runtime "
                                f"on {len(refs)} prompts); nothing was written")
         del lm
     return {"prompts": list(parity.PROMPTS), "new_tokens": parity.NEW_TOKENS,
             "fp32_atol": parity.FP32_ATOL, "int8_min_corr": parity.INT8_MIN_CORR,
-            "int8_min_top1": parity.INT8_MIN_TOP1, **figures}
+            "int8_min_top1": parity.INT8_MIN_TOP1, "int4_min_corr": parity.INT4_MIN_CORR,
+            "int4_min_top1": parity.INT4_MIN_TOP1, **figures}
 
 
 def _check_tokenizer(lm: OnnxLM, tokenizer) -> None:

@@ -16,48 +16,65 @@ BLOCK_SIZE = 32  # blockwise int8: one scale per 32 weights along the input dime
 LARGE = 1_800_000_000  # bytes: above this a model keeps its weights in an external file
 
 
-def _is_large(path: Path) -> bool:
+def is_large(path: Path) -> bool:
     return path.stat().st_size > LARGE or any(path.parent.glob(path.name + "*data"))
 
 
 def share_tied_weights(path: Path) -> int:
-    """Turn MatMul(x, Transpose(W)) on a 2-D weight W into FusedMatMul(x, W, transB=1).
+    """Turn MatMul(x, W^T) on a 2-D weight W into FusedMatMul(x, W, transB=1).
 
-    optimum exports a tied LM head as a Transpose of the embedding matrix.  ONNX Runtime
-    folds that Transpose into a transposed copy at load time and stores the copy in every
-    .ort file (vocab x hidden floats, 113 MB for SmolLM2).  FusedMatMul (an ONNX Runtime
-    contrib op) reads W transposed in place.  Returns the number of MatMuls rewritten.
+    optimum exports a tied LM head either as a Transpose of the embedding matrix (SmolLM2)
+    or as a transposed copy of it (Gemma-3: 671 MB).  ONNX Runtime folds a Transpose into a
+    transposed copy at load time and stores the copy in every .ort file.  FusedMatMul (an
+    ONNX Runtime contrib op) reads W transposed in place.  Returns the number of MatMuls
+    rewritten.
     """
+    import numpy as np
     import onnx
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
     model = onnx.load(path)
     graph = model.graph
-    weights = {t.name for t in graph.initializer if len(t.dims) == 2}
+    weights = {t.name: t for t in graph.initializer if len(t.dims) == 2}
     producer = {out: node for node in graph.node for out in node.output}
     uses = Counter(name for node in graph.node for name in node.input)
-    done = []
+    # the embedding tables (Gather'ed 2-D weights) by their transposed shape
+    tables = {tuple(weights[n.input[0]].dims[::-1]): n.input[0] for n in graph.node
+              if n.op_type == "Gather" and n.input[0] in weights}
+    done, copies = [], []
     for node in graph.node:
-        t = producer.get(node.input[1]) if node.op_type == "MatMul" else None
-        if t is None or t.op_type != "Transpose" or t.input[0] not in weights:
+        if node.op_type != "MatMul":
             continue
-        if uses[t.output[0]] != 1:
+        t = producer.get(node.input[1])
+        if t is not None and t.op_type == "Transpose" and t.input[0] in weights \
+                and uses[t.output[0]] == 1:
+            source = t.input[0]
+            done.append(t)
+        elif node.input[1] in weights and uses[node.input[1]] == 1 \
+                and tuple(weights[node.input[1]].dims) in tables:
+            source = tables[tuple(weights[node.input[1]].dims)]
+            copy = numpy_helper.to_array(weights[node.input[1]])
+            if not np.array_equal(copy.T, numpy_helper.to_array(weights[source])):
+                continue
+            copies.append(weights[node.input[1]])
+        else:
             continue
         node.op_type, node.domain = "FusedMatMul", "com.microsoft"
-        node.input[1] = t.input[0]
+        node.input[1] = source
         node.attribute.extend([helper.make_attribute("alpha", 1.0),
                                helper.make_attribute("transB", 1)])
-        done.append(t)
-    if not done:
+    if not done and not copies:
         return 0
     for t in done:
         graph.node.remove(t)
+    for w in copies:
+        graph.initializer.remove(w)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    large = _is_large(path)
+    large = is_large(path)
     onnx.save(model, path, save_as_external_data=large, all_tensors_to_one_file=True,
               location=path.name + "_data")
-    return len(done)
+    return len(done) + len(copies)
 
 
 @contextlib.contextmanager
@@ -89,7 +106,8 @@ def quantize_int8(src: Path, dst: Path, scheme: str = "blockwise",
     """Write an 8-bit-weight copy of ``src``; returns how it was made.
 
     ``blockwise`` (default): weight-only int8 with one scale per ``BLOCK_SIZE`` inputs
-    (MatMulNBits, bits=8, accuracy level 4: int8 compute with per-block activation scales).
+    (MatMulNBits, bits=8, accuracy level 4: int8 compute with per-block activation scales);
+    a tied LM head and the embedding share one 8-bit table (int4.quantize_tied_head).
     ``dynamic``: ``quantize_dynamic``, per-channel uint8 weights (int8 weights overflow the
     u8 x s8 kernels of CPUs without VNNI) and per-tensor dynamic activations; the MatMuls
     named by ``exclude_prefixes`` (the MLP output matrices) stay fp32 because their inputs
@@ -98,18 +116,22 @@ def quantize_int8(src: Path, dst: Path, scheme: str = "blockwise",
     """
     if scheme not in INT8_SCHEMES:
         raise EdgeC2IError(f"unknown int8 scheme {scheme!r}: use {' or '.join(INT8_SCHEMES)}")
-    large = _is_large(src)
+    large = is_large(src)
     with _quiet_logging():
         if scheme == "blockwise":
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+            from .int4 import quantize_tied_head
 
             quantizer = MatMulNBitsQuantizer(str(src), bits=8, block_size=BLOCK_SIZE,
                                              is_symmetric=True, accuracy_level=4,
                                              op_types_to_quantize=("MatMul",))
             quantizer.process()
+            shared = quantize_tied_head(quantizer.model.model.graph)
             quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
             return {"scheme": scheme, "op": "com.microsoft.MatMulNBits", "bits": 8,
-                    "block_size": BLOCK_SIZE, "accuracy_level": 4}
+                    "block_size": BLOCK_SIZE, "accuracy_level": 4,
+                    "lm_head_and_embedding": "shared 8-bit table" if shared else "fp32"}
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -33,7 +33,7 @@ from edge_c2i.errors import EdgeC2IError
 from edge_c2i.tasks import Example
 
 MANIFEST = "edge_c2i_export.json"
-MODEL_FILES = {False: "model.onnx", True: "model_int8.onnx"}  # keyed by int8
+MODEL_FILES = {"fp32": "model.onnx", "int8": "model_int8.onnx", "int4": "model_int4.onnx"}
 PREFILL_CHUNK = 512  # prompt tokens per pass: memory grows with chunk x context, not context^2
 # what InferenceSession raises for a file it cannot load (they derive from Exception only)
 _ORT_ERRORS = tuple(getattr(_ort_state, n) for n in (
@@ -45,9 +45,9 @@ _CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), ("
             (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 
-def model_file(onnx_dir: str | Path, int8: bool = False) -> str:
-    """The model file to run: the .onnx file, or the .ort file if there is no .onnx."""
-    onnx_name = MODEL_FILES[int8]
+def model_file(onnx_dir: str | Path, precision: str = "fp32") -> str:
+    """The model file to run for ``precision`` (fp32, int8, int4): .onnx, else .ort."""
+    onnx_name = MODEL_FILES[precision]
     ort_name = onnx_name.replace(".onnx", ".ort")
     return ort_name if not (Path(onnx_dir) / onnx_name).is_file() and \
         (Path(onnx_dir) / ort_name).is_file() else onnx_name

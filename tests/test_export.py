@@ -50,9 +50,9 @@ def adapted(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(adapted, tmp_path_factory):
-    """The adapted folder exported with int8 and ORT format (parity checked at export)."""
+    """The adapted folder exported with int8, int4 and ORT format (parity checked at export)."""
     out = tmp_path_factory.mktemp("onnx") / "smol-onnx"
-    manifest = export_model(str(adapted[0]), out, int8=True, ort=True)
+    manifest = export_model(str(adapted[0]), out, int8=True, int4=True, ort=True)
     return out, manifest
 
 
@@ -108,12 +108,34 @@ def test_factors_stay_factored_in_the_graph(exported, adapted):
 def test_int8_is_within_tolerance_and_smaller(exported):
     manifest = exported[1]
     fig = manifest["parity"]["model_int8.onnx"]
-    assert parity.failure(fig, int8=True) is None
+    assert parity.failure(fig, "int8") is None
     assert fig["logit_corr_mean"] >= parity.INT8_MIN_CORR
     assert fig["top1_agreement"] >= parity.INT8_MIN_TOP1
     files = manifest["files"]
-    assert files["model_int8.onnx"] < 0.5 * files["model.onnx"]
+    # the tied LM head and the embedding share one 8-bit table: no fp32 copy of it is left
+    assert manifest["int8"]["lm_head_and_embedding"] == "shared 8-bit table"
+    assert files["model_int8.onnx"] < 0.3 * files["model.onnx"]
     assert manifest["int8"]["scheme"] == "blockwise"
+
+
+def test_int4_keeps_the_4bit_model_and_the_factors(exported, adapted):
+    out, manifest = exported
+    info, fig = manifest["int4"], manifest["parity"]["model_int4.onnx"]
+    # SmolLM2 ships as GGUF Q4_1: every matrix not reduced sits on a 4-bit grid and is kept
+    # exactly; the factors of the two reductions are rounded on their own statistics
+    assert info["matmuls_exact_grid"] == 210 - 2
+    assert info["matmuls_round_to_nearest"] == 2 + 1 + 4  # B, A of c=1; stacked B's, 4 A's
+    assert info["lm_head_and_embedding"] == "shared 8-bit table"
+    assert fig["top1_agreement"] >= 0.95 and fig["logit_corr_mean"] >= 0.995
+    files = manifest["files"]
+    assert files["model_int4.onnx"] < 0.25 * files["model.onnx"]
+    assert files["model_int4.onnx"] < 0.75 * files["model_int8.onnx"]
+    graph = onnx.load(out / "model_int4.onnx", load_external_data=False).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"MatMulNBits", "GatherBlockQuantized"} <= ops and "FusedMatMul" not in ops
+    assert not [n for n in graph.node if n.op_type == "MatMul"
+                and not n.name.endswith("_remainder_MatMul")
+                and n.input[1] in {t.name for t in graph.initializer}]
 
 
 def test_ort_format_loads_and_gives_the_same_greedy_tokens(exported):
@@ -183,12 +205,16 @@ def test_cli_exports_the_packaged_model_and_generates_paris(tmp_path, capsys):
     from edge_c2i.cli import main
 
     out = tmp_path / "dense"
-    assert main(["export", "smollm2-135m", "--out", str(out)]) == 0
-    assert (out / "model.onnx").is_file() and not (out / "model_int8.onnx").exists()
-    capsys.readouterr()
-    assert main(["generate", "--onnx", str(out), "--prompt", "The capital of France is",
-                 "--max-new-tokens", "8"]) == 0
-    assert "Paris" in capsys.readouterr().out
+    assert main(["export", "smollm2-135m", "--out", str(out), "--int4"]) == 0
+    assert (out / "model_int4.onnx").is_file() and not (out / "model_int8.onnx").exists()
+    assert "parity model_int4.onnx" in capsys.readouterr().out
+    for flags in ([], ["--int4"]):
+        assert main(["generate", "--onnx", str(out), "--prompt", "The capital of France is",
+                     "--max-new-tokens", "8", *flags]) == 0
+        assert "Paris" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:  # one model file at a time
+        main(["generate", "--onnx", str(out), "--prompt", "x", "--int8", "--int4"])
+    assert exit_.value.code == 2
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -239,3 +265,53 @@ def test_a_parity_failure_leaves_nothing_behind(exported, adapted, tmp_path, mon
     with pytest.raises(EdgeC2IError, match="parity check failed"):
         export_model(str(adapted[0]), tmp_path / "out")
     assert _leftovers(tmp_path) == []
+
+
+def _genai_model(folder: Path, filename: str):
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    config.overlay(json.dumps({"model": {"decoder": {
+        "filename": filename, "session_options": {"intra_op_num_threads": 1}}}}))
+    return og, og.Model(config)
+
+
+def test_onnxruntime_genai_runs_every_model_file_with_our_greedy_tokens(exported):
+    out, manifest = exported
+    genai = json.loads((out / "genai_config.json").read_text())
+    assert manifest["genai"] == {"config": "genai_config.json", "decoder": "model_int4.onnx"}
+    assert genai["model"]["decoder"]["filename"] == "model_int4.onnx"
+    assert genai["search"]["past_present_share_buffer"] is False
+    for filename in ("model.onnx", "model_int8.onnx", "model_int4.onnx", "model.ort",
+                     "model_int8.ort", "model_int4.ort"):
+        og, model = _genai_model(out, filename)
+        lm = OnnxLM(out, 1, filename)
+        for prompt in ("The capital of France is", "Q: Is a tomato a fruit?\nA:"):
+            ids = lm.prompt_ids(prompt)
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=len(ids) + 8)
+            generator = og.Generator(model, params)
+            generator.append_tokens(ids)
+            tokens = []
+            while not generator.is_done():
+                generator.generate_next_token()
+                tokens.append(int(generator.get_next_tokens()[0]))
+            assert tokens == lm.greedy(ids, 8), (filename, prompt)
+        del model
+
+
+def test_onnxruntime_genai_tokenizes_as_transformers_does(exported, adapted):
+    from edge_c2i.tasks import load_task
+
+    out, _ = exported
+    hf = adapted[2]
+    og, model = _genai_model(out, "model_int8.onnx")
+    tokenizer = og.Tokenizer(model)
+    texts = [e.prompt for name in ("bigbench:qa_wikidata", "bigbench:epistemic_reasoning",
+                                   "bigbench:truthful_qa")
+             for e in load_task(name).examples[:100]]
+    texts += ["ünïcödé 日本語 🤗", "  two spaces", "\ttab\n\nnewlines", "l'été", "x" * 40, ""]
+    differ = [t for t in texts if [int(i) for i in tokenizer.encode(t)] != hf(t)["input_ids"]]
+    assert not differ, f"{len(differ)} of {len(texts)} differ, e.g. {differ[0]!r}"
+    ids = hf(texts[-6])["input_ids"]
+    assert tokenizer.decode(ids) == hf.decode(ids) == texts[-6]

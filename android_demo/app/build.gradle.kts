@@ -42,7 +42,7 @@ kotlin {
 
 dependencies {
     // Keep in step with the Python onnxruntime that wrote model.ort (see README.md).
-    implementation("com.microsoft.onnxruntime:onnxruntime-android:1.27.0")
+    implementation("com.microsoft.onnxruntime:onnxruntime-android:1.32.0")
     testImplementation("junit:junit:4.13.2")
 }
 

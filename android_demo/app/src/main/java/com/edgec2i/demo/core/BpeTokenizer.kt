@@ -49,7 +49,7 @@ class BpeTokenizer(tokenizerJson: String) {
         unkId = (model["unk_token"] as? String)?.let { vocab[it] }
 
         checkSupported(root.objOrNull("normalizer"), setOf("Sequence"), "normalizer") { it.listOrNull("normalizers").isNullOrEmpty() }
-        checkSupported(root.objOrNull("pre_tokenizer"), setOf("ByteLevel"), "pre_tokenizer") { it["add_prefix_space"] != true }
+        checkSupported(root.objOrNull("pre_tokenizer"), setOf("ByteLevel", "Sequence"), "pre_tokenizer") { isGpt2Split(it) }
         readTemplate(root.objOrNull("post_processor"))
         flatten(root.objOrNull("decoder"), "decoders", decoders)
     }
@@ -227,6 +227,23 @@ class BpeTokenizer(tokenizerJson: String) {
                 @Suppress("UNCHECKED_CAST")
                 for (child in node.listOrNull(listKey).orEmpty()) flatten(child as Map<String, Any?>, listKey, out)
             } else out.add(node)
+        }
+
+        /**
+         * The one pre-tokenization this class does: GPT-2's split, then bytes to the byte-level
+         * alphabet. tokenizer.json writes it as ByteLevel (use_regex), or, as edge-c2i exports it
+         * for onnxruntime-genai, as Sequence[Split(that regex, Isolated), ByteLevel(no regex)].
+         */
+        private fun isGpt2Split(node: Map<String, Any?>): Boolean {
+            if (node["type"] == "ByteLevel") return node["add_prefix_space"] != true && node["use_regex"] != false
+            val steps = node.listOrNull("pretokenizers").orEmpty()
+            if (steps.size != 2) return false
+            @Suppress("UNCHECKED_CAST") val split = steps[0] as Map<String, Any?>
+            @Suppress("UNCHECKED_CAST") val byteLevel = steps[1] as Map<String, Any?>
+            return split["type"] == "Split" && split.objOrNull("pattern")?.get("Regex") == SPLIT.pattern() &&
+                split["behavior"] == "Isolated" && split["invert"] != true &&
+                byteLevel["type"] == "ByteLevel" && byteLevel["add_prefix_space"] != true &&
+                byteLevel["use_regex"] == false
         }
 
         private fun checkSupported(

@@ -1,0 +1,248 @@
+"""edge-c2i's exports against ONNX Runtime GenAI's model builder, in one runtime, side by side.
+
+    bash bench/genai_builder.sh          # the builder's fp32/int8/int4 folders (own venv)
+    python bench/bench_runtime.py        # writes bench/results/runtime.json, prints a table
+
+For SmolLM2-135M and Gemma-3-270M, every model file runs in onnxruntime-genai (the runtime
+both tools target; one thread), each in a fresh process that imports no torch:
+
+- edge-c2i: ``edge-c2i export --int8 --int4`` of the packaged model (variant ``dense``) and of
+  the model adapted to qa_wikidata with C2I's pick in bench/results/search.json
+  (``adapted``);
+- genai-builder: ``onnxruntime_genai.models.builder -p fp32/int8/int4 -e cpu`` of the same
+  converted model (bench/genai_builder.sh), when its folder exists.
+
+Measured per file: size on disk (MB, with external data), prefill of a 128-token prompt
+(ms), mean ms per token over 32 greedy steps (best of 3, after a warm-up), peak RSS of the
+process (VmHWM), the next-token logits on 200 task prompts against the same tool's fp32 of
+the same variant (top-1 agreement, mean Pearson correlation), and task accuracy on 100
+qa_wikidata test examples (top-1 first token, LASER's metric for open tasks).  All files of
+a model get the same token ids (edge-c2i's fp32 export tokenizes them), so only the graphs
+differ.  Runs are interleaved by model; compare within a run, as ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "runtime.json"
+MODELS = ("smollm2-135m", "gemma3-270m")
+TASK = "bigbench:qa_wikidata"
+N_PROMPTS, N_ACCURACY, PREFILL, NEW_TOKENS, REPEATS = 200, 100, 128, 32, 3
+MAX_LENGTH = 1024
+FILES = {"fp32": "model.onnx", "int8": "model_int8.onnx", "int4": "model_int4.onnx"}
+
+
+# ---------------------------------------------------------------- child side (no torch)
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _model(folder: str, filename: str):
+    import onnxruntime_genai as og
+
+    config = og.Config(folder)
+    config.overlay(json.dumps({"model": {"decoder": {
+        "filename": filename, "session_options": {"intra_op_num_threads": 1,
+                                                  "inter_op_num_threads": 1}}}}))
+    return og, og.Model(config)
+
+
+def _last_logits(og, model, ids: list[int], room: int = 1):
+    """Prefill ``ids`` in a new generator: its last logits, and the generator (``room`` more
+    tokens can follow, EOS suppressed until then, so every timed run decodes the same count)."""
+    import numpy as np
+
+    params = og.GeneratorParams(model)
+    if room > 1:
+        params.set_search_options(min_length=len(ids) + room)
+    # the builder's Gemma-3 keeps a 512-slot sliding-window cache: max_length must cover it
+    params.set_search_options(max_length=max(MAX_LENGTH, len(ids) + room))
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    return np.asarray(generator.get_output("logits"))[0, -1].astype(np.float32), generator
+
+
+def child(job: dict) -> dict:
+    import numpy as np
+
+    og, model = _model(job["dir"], job["file"])
+    data = json.loads(Path(job["ids"]).read_text())
+    _last_logits(og, model, data["prefill"][:8])  # warm-up
+    prefill, per_token = [], []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        _, generator = _last_logits(og, model, data["prefill"], NEW_TOKENS + 1)
+        prefill.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(NEW_TOKENS):
+            generator.generate_next_token()
+        per_token.append((time.perf_counter() - t0) / NEW_TOKENS)
+    logits = np.stack([_last_logits(og, model, ids)[0] for ids in data["prompts"]])
+    figures = {}
+    if job.get("reference"):
+        ref = np.load(job["reference"])
+        a = logits - logits.mean(1, keepdims=True)
+        b = ref - ref.mean(1, keepdims=True)
+        corr = (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+        figures = {"top1_agreement": float((logits.argmax(1) == ref.argmax(1)).mean()),
+                   "logit_corr": float(corr.mean())}
+    else:
+        np.save(job["save"], logits)
+    correct = sum(int(_last_logits(og, model, ex["context"])[0].argmax()) in ex["firsts"]
+                  for ex in data["accuracy"])
+    return {"prefill_ms": min(prefill) * 1e3, "ms_per_token": min(per_token) * 1e3,
+            "peak_rss_mb": _peak_rss_mb(), "accuracy": correct / len(data["accuracy"]),
+            **figures}
+
+
+def run_child(job: dict) -> dict:
+    run = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], cwd=ROOT,
+                         capture_output=True, text=True, check=False,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if run.returncode != 0:
+        raise RuntimeError(f"{job['dir']}/{job['file']} failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- parent side
+
+
+def c2i_pick(model: str) -> dict:
+    """C2I's default pick for (model, qa_wikidata) in bench/results/search.json."""
+    rows = json.loads((ROOT / "bench" / "results" / "search.json").read_text())["rows"]
+    return next(r["c2i_chosen"] for r in rows if r["model"] == model and r["task"] == TASK)
+
+
+def edge_exports(model: str, work: Path) -> dict[str, Path]:
+    """edge-c2i's exports (fp32, int8, int4) of the dense and the adapted model."""
+    from edge_c2i.adapted import save_adapted
+    from edge_c2i.export.onnx_export import export_model
+    from edge_c2i.factorize import reduce
+    from edge_c2i.models import load_model
+    from edge_c2i.targets import get_target
+
+    folders = {"dense": work / model / "dense", "adapted": work / model / "adapted"}
+    source = work / model / "adapted-src"
+    if not (source / "edge_c2i.json").is_file():
+        pick = c2i_pick(model)
+        net, tok = load_model(model)
+        reduction = reduce(net, get_target(net, pick["layer"], pick["type"]), pick["rate"],
+                           clusters=pick["clusters"])
+        save_adapted(net, tok, source, [reduction], info={"base_model": model, "task": TASK,
+                                                          "method": "c2i"})
+    for variant, folder in folders.items():
+        if not (folder / FILES["int4"]).is_file():
+            print(f"exporting {model} {variant}", file=sys.stderr)
+            export_model(model if variant == "dense" else str(source), folder, int8=True,
+                         int4=True, force=True)
+    return folders
+
+
+def token_ids(model: str, folder: Path, path: Path) -> Path:
+    """The ids every file of ``model`` runs: prompts, a 128-token prefill, accuracy examples."""
+    from edge_c2i.export.runtime import OnnxLM
+    from edge_c2i.tasks import load_task, split
+
+    lm = OnnxLM(folder, 1, "model.onnx", load=False)
+    test = split(load_task(TASK)).test
+    prompts = [lm.prompt_ids(ex.prompt)[-256:] for ex in test[:N_PROMPTS]]
+    long = [i for ids in prompts for i in ids]
+    accuracy = []
+    for ex in test[:N_ACCURACY]:
+        ctx, answer = lm.context_and_answer(ex.prompt, ex.answer)
+        firsts = {answer[0]} | {lm.context_and_answer(ex.prompt, a)[1][0] for a in ex.aliases}
+        accuracy.append({"context": ctx, "firsts": sorted(firsts)})
+    path.write_text(json.dumps({"prompts": prompts, "prefill": long[:PREFILL],
+                                "accuracy": accuracy}))
+    return path
+
+
+def file_mb(folder: Path, name: str) -> float:
+    return sum(p.stat().st_size for p in folder.glob(name + "*")) / 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--work", type=Path, default=Path.home() / ".cache/edge-c2i/bench_runtime")
+    ap.add_argument("--builder", type=Path, default=Path("/work/builder"),
+                    help="bench/genai_builder.sh's output: BUILDER/MODEL/PRECISION")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    rows, t_start = [], time.perf_counter()
+    for model in args.models:
+        folders = edge_exports(model, args.work)
+        ids = token_ids(model, folders["dense"], args.work / model / "ids.json")
+        runs = [("edge-c2i", variant, precision, folder, FILES[precision])
+                for variant, folder in folders.items() for precision in FILES]
+        builder = [("genai-builder", "dense", precision, args.builder / model / precision,
+                    "model.onnx") for precision in FILES]
+        runs += [r for r in builder if (r[3] / "model.onnx").is_file()]
+        if len(runs) < 9:
+            print(f"no builder folders under {args.builder / model}: run "
+                  "bench/genai_builder.sh first", file=sys.stderr)
+        for tool, variant, precision, folder, name in runs:
+            ref = args.work / model / f"{tool}-{variant}-fp32.npy"
+            job = {"dir": str(folder), "file": name, "ids": str(ids)}
+            job.update({"save": str(ref)} if precision == "fp32" else {"reference": str(ref)})
+            print(f"{model} {tool} {variant} {precision}", file=sys.stderr)
+            row = {"model": model, "tool": tool, "precision": precision, "variant": variant,
+                   "mb": round(file_mb(folder, name), 1), **run_child(job)}
+            if precision == "fp32":
+                row.update(top1_agreement=1.0, logit_corr=1.0)
+            rows.append(row)
+            write(rows, args, time.perf_counter() - t_start)
+    print(table(rows))
+
+
+def write(rows: list[dict], args, seconds: float) -> None:
+    import onnxruntime
+
+    data = {"task": TASK, "n_prompts": N_PROMPTS, "n_accuracy": N_ACCURACY,
+            "prefill_tokens": PREFILL, "new_tokens": NEW_TOKENS, "threads": 1,
+            "runtime": "onnxruntime-genai " + _version("onnxruntime-genai"),
+            "onnxruntime": onnxruntime.__version__, "machine": {"cpus": os.cpu_count()},
+            "date": time.strftime("%Y-%m-%d"), "seconds": round(seconds), "rows": rows}
+    tmp = RESULTS.with_name(f".{RESULTS.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(RESULTS)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+COLUMNS = ("model", "tool", "precision", "variant", "mb", "prefill_ms", "ms_per_token",
+           "peak_rss_mb", "top1_agreement", "logit_corr", "accuracy")
+
+
+def table(rows: list[dict]) -> str:
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) and abs(v) < 10 else \
+            f"{v:.1f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

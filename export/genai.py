@@ -1,0 +1,93 @@
+"""genai_config.json: what onnxruntime-genai needs to run an edge-c2i export unchanged.
+
+onnxruntime-genai (``og.Model(folder)``) reads ``genai_config.json`` for the decoder's file,
+its input and output names and the search defaults.  Our decoder is optimum's
+decoder-with-past layout: ``input_ids``, ``attention_mask``, ``position_ids``,
+``past_key_values.%d.key/value`` -> ``logits``, ``present.%d.key/value``.  Its past and
+present have different lengths (the graph concatenates), so ``past_present_share_buffer`` is
+off.  Greedy search by default, as ``edge-c2i generate`` decodes.
+
+The config names one model file (``decoder.filename``): the export's most compact file
+(int4, else int8, else fp32; .onnx before .ort).  Another file of the same folder runs with
+``og.Config.overlay``: ``config.overlay(json.dumps({"model": {"decoder": {"filename":
+"model.onnx"}}}))``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edge_c2i.arch import arch, context_length
+
+CONFIG = "genai_config.json"
+# most compact first: the file genai_config.json names when several were written
+PREFERENCE = ("model_int4.onnx", "model_int8.onnx", "model.onnx",
+              "model_int4.ort", "model_int8.ort", "model.ort")
+
+
+def decoder_file(folder: Path) -> str:
+    """The model file genai_config.json names: the most compact one in ``folder``."""
+    return next(name for name in PREFERENCE if (folder / name).is_file())
+
+
+def genai_config(config: dict, manifest: dict, filename: str) -> dict:
+    """The genai_config.json of an export: ``config`` is its config.json, ``manifest`` ours."""
+    facts = arch(config)
+    eos = manifest["eos_token_id"]
+    pad = config.get("pad_token_id")
+    return {
+        "model": {
+            "type": manifest["model_type"],
+            "bos_token_id": manifest["bos_token_id"],
+            "eos_token_id": eos,
+            "pad_token_id": pad if isinstance(pad, int) else (eos or [0])[0],
+            "vocab_size": manifest["vocab_size"],
+            "context_length": context_length(config) or 2048,
+            "decoder": {
+                "filename": filename,
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "hidden_size": facts.hidden_size,
+                "head_size": manifest["head_dim"],
+                "num_attention_heads": facts.num_heads,
+                "num_key_value_heads": manifest["num_kv_heads"],
+                "num_hidden_layers": manifest["num_layers"],
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "position_ids": "position_ids",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
+            },
+        },
+        "search": {
+            "do_sample": False,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "max_length": context_length(config) or 2048,
+            "min_length": 0,
+            "past_present_share_buffer": False,
+            "repetition_penalty": 1.0,
+            "temperature": 1.0,
+            "top_k": 1,
+            "top_p": 1.0,
+            "length_penalty": 1.0,
+            "early_stopping": True,
+            "no_repeat_ngram_size": 0,
+            "diversity_penalty": 0.0,
+        },
+    }
+
+
+def write_genai_config(folder: Path, manifest: dict) -> dict:
+    """Write ``folder``/genai_config.json; returns what the export manifest records of it."""
+    config = json.loads((folder / "config.json").read_text())
+    filename = decoder_file(folder)
+    (folder / CONFIG).write_text(json.dumps(genai_config(config, manifest, filename), indent=2))
+    return {"config": CONFIG, "decoder": filename}

@@ -1,0 +1,68 @@
+"""4-bit export of matrices that were 4-bit to begin with (export/int4.py), on real weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_c2i.export.int4 import grid_codes, quantize_int4
+
+
+@pytest.fixture(scope="module")
+def smol_weight():
+    """A down_proj of the packaged SmolLM2 (GGUF Q4_1), as ONNX holds it: K x N."""
+    from safetensors.numpy import load_file
+
+    from edge_c2i.models import resolve
+
+    weights = load_file(resolve("smollm2-135m") / "model.safetensors")
+    return np.ascontiguousarray(weights["model.layers.3.mlp.down_proj.weight"].T)
+
+
+def _one_matmul(w: np.ndarray, path) -> None:
+    k, n = w.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="/layer/MatMul")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None, n])],
+        [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+
+
+def _run(path, x: np.ndarray) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def test_a_q4_1_matrix_is_found_on_its_grid(smol_weight):
+    codes, step, lo = grid_codes(smol_weight)
+    n_out, blocks = step.shape
+    assert codes.shape == (n_out, blocks, 32) and codes.max() == 15
+    rebuilt = (codes * step[..., None] + lo[..., None]).reshape(n_out, -1).T
+    assert np.abs(rebuilt - smol_weight).max() <= 1e-6 * np.abs(smol_weight).max()
+    rng = np.random.default_rng(0)
+    assert grid_codes(rng.standard_normal((64, 8)).astype(np.float32)) is None
+
+
+def test_int4_of_a_grid_matrix_is_exact_and_of_others_is_rounded(smol_weight, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 5, smol_weight.shape[0])).astype(np.float32)
+    want = x @ smol_weight
+    _one_matmul(smol_weight, tmp_path / "grid.onnx")
+    info = quantize_int4(tmp_path / "grid.onnx", tmp_path / "grid4.onnx")
+    assert (info["matmuls_exact_grid"], info["matmuls_round_to_nearest"]) == (1, 0)
+    got = _run(tmp_path / "grid4.onnx", x)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()  # float rounding only
+    # the same matrix moved off its grid: ONNX Runtime's round-to-nearest, a real error
+    off = smol_weight + rng.standard_normal(smol_weight.shape).astype(np.float32) * 1e-3
+    _one_matmul(off, tmp_path / "off.onnx")
+    info = quantize_int4(tmp_path / "off.onnx", tmp_path / "off4.onnx")
+    assert (info["matmuls_exact_grid"], info["matmuls_round_to_nearest"]) == (0, 1)
+    err = np.abs(_run(tmp_path / "off4.onnx", x) - x @ off).max() / np.abs(x @ off).max()
+    assert 1e-4 < err < 0.2
+    assert (tmp_path / "grid4.onnx").stat().st_size < 0.2 * (tmp_path / "grid.onnx").stat().st_size
