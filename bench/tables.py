@@ -268,6 +268,31 @@ def section_device_x86(d: dict) -> str:
                            ("torch", "torch imported")]))
 
 
+def section_runtime(d: dict) -> str:
+    builder = {(r["model"], r["precision"]): r for r in d["rows"] if r["tool"] == "genai-builder"}
+    rows = []
+    for r in d["rows"]:
+        b = builder.get((r["model"], r["precision"])) if r["tool"] != "genai-builder" else None
+        rows.append({**r, "vs_builder_ms": r["ms_per_token"] / b["ms_per_token"] if b else None,
+                     "vs_builder_mb": r["mb"] / b["mb"] if b else None})
+    return ("### edge-c2i vs ONNX Runtime GenAI's builder\n\n`bash bench/genai_builder.sh; "
+            "python bench/bench_runtime.py` -> bench/results/runtime.json. Every file runs in "
+            f"{d['runtime']} (onnxruntime {d['onnxruntime']}), {d['threads']} thread, each in a "
+            f"fresh torch-free process, fed the same token ids: prefill of {d['prefill_tokens']} "
+            f"tokens, ms per token over {d['new_tokens']} greedy steps (best of 3), peak RSS; "
+            f"top-1 agreement and logit correlation of the next-token logits on {d['n_prompts']} "
+            f"{d['task']} prompts against the same tool's fp32 of the same variant; accuracy on "
+            f"{d['n_accuracy']} test examples. adapted = C2I's qa_wikidata pick (search.json). "
+            "The 'vs builder' columns divide by the builder's file of the same model and "
+            "precision.\n\n"
+            + table(rows, [("model", "model"), ("tool", "tool"), ("precision", "precision"),
+                           ("variant", "variant"), ("mb", "MB"), ("prefill_ms", "prefill ms"),
+                           ("ms_per_token", "ms/token"), ("peak_rss_mb", "peak RSS MB"),
+                           ("top1_agreement", "top-1 vs fp32"), ("logit_corr", "logit corr"),
+                           ("accuracy", "accuracy"), ("vs_builder_ms", "ms/token vs builder"),
+                           ("vs_builder_mb", "MB vs builder")]))
+
+
 def section_contention(d: dict) -> str:
     return ("### A busy machine\n\n`python bench/bench_contention.py` -> "
             f"bench/results/contention.json: `edge-c2i scan` of {d['model']} on {d['task']} "
@@ -291,7 +316,7 @@ def main() -> None:
     known = {"base": section_base, "search": section_search, "export": section_export,
              "svd": section_svd, "scan": section_scan, "memory": section_memory,
              "device_arm64": section_device_arm64, "device_x86": section_device_x86,
-             "contention": section_contention}
+             "contention": section_contention, "runtime": section_runtime}
     for name, render in known.items():
         d = load(name)
         if d:
