@@ -5,9 +5,12 @@ Variants of SmolLM2-135M
   adapted            one reduced matrix (layer 20 down_proj, rate 0.2), fp32
   int8               dense, 8-bit weights (blockwise MatMulNBits, the default scheme)
   int8-dynamic       dense, quantize_dynamic (the alternative scheme, MLP down_proj kept fp32)
+  int4               dense, 4-bit weights (--int4: exact on the GGUF Q4_1 grid)
   adapted+int8       adapted, 8-bit weights
+  adapted+int4       adapted, 4-bit weights
   compressed         every MLP matrix (gate, up, down) of every layer at rate 0.25, fp32
   compressed+int8    compressed, 8-bit weights
+  compressed+int4    compressed, 4-bit weights
 
 For each: bytes of the model file on disk; latency of a 128-token prefill and the mean
 time per generated token over 32 greedy steps with the KV cache, at 1 and 2 threads;
@@ -149,17 +152,18 @@ def export_all(sources: dict[str, str], work: Path) -> dict[str, tuple[Path, str
     out = {}
     for source in ("dense", "adapted", "compressed"):
         folder = work / f"onnx-{source}"
-        if not (folder / "edge_c2i_export.json").is_file():
+        if not (folder / "model_int4.onnx").is_file():
             t0 = time.perf_counter()
-            export_model(sources[source], folder, int8=True, force=True)
+            export_model(sources[source], folder, int8=True, int4=True, force=True)
             print(f"exported {source} in {time.perf_counter() - t0:.0f}s", flush=True)
         manifest = json.loads((folder / "edge_c2i_export.json").read_text())
-        name = "int8" if source == "dense" else f"{source}+int8"
         out[source] = (folder, "model.onnx", manifest["parity"]["model.onnx"])
-        out[name] = (folder, "model_int8.onnx", manifest["parity"]["model_int8.onnx"])
+        for bits in ("int8", "int4"):
+            name = bits if source == "dense" else f"{source}+{bits}"
+            out[name] = (folder, f"model_{bits}.onnx", manifest["parity"][f"model_{bits}.onnx"])
     out["int8-dynamic"] = dynamic_int8(work / "onnx-dense")
-    order = ("dense", "adapted", "int8", "int8-dynamic", "adapted+int8", "compressed",
-             "compressed+int8")
+    order = ("dense", "adapted", "int8", "int8-dynamic", "int4", "adapted+int8", "adapted+int4",
+             "compressed", "compressed+int8", "compressed+int4")
     return {k: out[k] for k in order}
 
 
@@ -182,7 +186,8 @@ def measure(variants: dict, sources: dict[str, str]) -> list[dict]:
     rows = []
     torch_acc = {}
     for name, (folder, file, figures) in variants.items():
-        base = name.split("+")[0].replace("int8-dynamic", "dense").replace("int8", "dense")
+        base = name.split("+")[0]
+        base = "dense" if base in ("int8", "int8-dynamic", "int4") else base
         if base not in torch_acc:
             torch_acc[base] = torch_accuracy(sources[base])
         size = sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith(file))

