@@ -211,6 +211,31 @@ def main() -> None:
     print(table(rows))
 
 
+def targets(rows: list[dict]) -> list[dict]:
+    """Issue #16's targets, met or not, from the dense rows of one run (per model)."""
+    def ratio(key):
+        return lambda ours, builder: ours[key] / builder[key]
+
+    checks = [  # (target, precision, measured(ours, builder), ">=" or "<=", bound)
+        ("int4 top-1 agreement with fp32", "int4", lambda o, b: o["top1_agreement"], ">=", 0.95),
+        ("int8 ms/token vs the builder's int8", "int8", ratio("ms_per_token"), "<=", 0.9),
+        ("int4 ms/token vs the builder's int4", "int4", ratio("ms_per_token"), "<=", 0.9),
+        ("int4 file MB vs the builder's int4", "int4", ratio("mb"), "<=", 1.0),
+        ("int4 peak RSS vs the builder's int4", "int4", ratio("peak_rss_mb"), "<=", 1.0)]
+    dense = {(r["model"], r["tool"], r["precision"]): r for r in rows if r["variant"] == "dense"}
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for name, precision, measured, op, bound in checks:
+            ours = dense.get((model, "edge-c2i", precision))
+            builder = dense.get((model, "genai-builder", precision))
+            if ours is None or builder is None:
+                continue
+            v = measured(ours, builder)
+            out.append({"model": model, "target": name, "bound": f"{op} {bound}",
+                        "value": round(v, 3), "met": v >= bound if op == ">=" else v <= bound})
+    return out
+
+
 def write(rows: list[dict], args, seconds: float) -> None:
     import onnxruntime
 
@@ -218,7 +243,8 @@ def write(rows: list[dict], args, seconds: float) -> None:
             "prefill_tokens": PREFILL, "new_tokens": NEW_TOKENS, "threads": 1,
             "runtime": "onnxruntime-genai " + _version("onnxruntime-genai"),
             "onnxruntime": onnxruntime.__version__, "machine": {"cpus": os.cpu_count()},
-            "date": time.strftime("%Y-%m-%d"), "seconds": round(seconds), "rows": rows}
+            "date": time.strftime("%Y-%m-%d"), "seconds": round(seconds), "rows": rows,
+            "targets": targets(rows)}
     tmp = RESULTS.with_name(f".{RESULTS.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(RESULTS)

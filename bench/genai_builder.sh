@@ -118,7 +118,12 @@ for MODEL in $MODELS; do
         # The builder writes temporary files into its cache dir (-c); keep that
         # out of the read-only model folder and out of the cwd, and remove it after.
         cache="$OUT/.cache/$MODEL-$PRECISION"
-        rm -rf "$dst" "$cache"
+        if [ -e "$dst" ]; then  # never delete a folder this script did not finish writing
+            echo "FAILED $MODEL/$PRECISION: $dst exists but holds no finished build;" \
+                 "remove it yourself or choose another OUT" >&2
+            continue
+        fi
+        rm -rf "$cache"
         mkdir -p "$dst"
         echo "build $MODEL/$PRECISION -> $dst" >&2
         t0=$(date +%s.%N)

@@ -290,7 +290,11 @@ def section_runtime(d: dict) -> str:
                            ("ms_per_token", "ms/token"), ("peak_rss_mb", "peak RSS MB"),
                            ("top1_agreement", "top-1 vs fp32"), ("logit_corr", "logit corr"),
                            ("accuracy", "accuracy"), ("vs_builder_ms", "ms/token vs builder"),
-                           ("vs_builder_mb", "MB vs builder")]))
+                           ("vs_builder_mb", "MB vs builder")])
+            + "\n\nIssue #16's targets, from the dense rows of the same run:\n\n"
+            + table(d.get("targets", []), [("model", "model"), ("target", "target"),
+                                           ("bound", "bound"), ("value", "measured"),
+                                           ("met", "met")]))
 
 
 def section_contention(d: dict) -> str:

@@ -43,17 +43,13 @@ def _initializers(graph) -> dict:
     return {t.name: t for t in graph.initializer}
 
 
-def _const_matmuls(graph) -> list:
-    """MatMul nodes whose second input is a 2-D float initializer (a weight)."""
+def _weight(node, inits: dict):
+    """The 2-D float initializer a MatMul multiplies by (its weight), or None."""
     from onnx import TensorProto
 
-    inits = _initializers(graph)
-    found = []
-    for node in graph.node:
-        t = inits.get(node.input[1]) if node.op_type == "MatMul" else None
-        if t is not None and len(t.dims) == 2 and t.data_type == TensorProto.FLOAT:
-            found.append(node)
-    return found
+    t = inits.get(node.input[1]) if node.op_type == "MatMul" else None
+    ok = t is not None and len(t.dims) == 2 and t.data_type == TensorProto.FLOAT
+    return t if ok else None
 
 
 def grid_codes(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -147,14 +143,13 @@ def _shared_head(graph) -> tuple | None:
     """
     inits = _initializers(graph)
     head = next((n for n in graph.node if "logits" in n.output), None)
-    gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits
-                   and len(inits[n.input[0]].dims) == 2), None)
-    if head is None or gather is None or inits[gather.input[0]].dims[1] % BLOCK:
+    if head is None or head.op_type != "FusedMatMul" or head.input[1] not in inits:
         return None
-    table = gather.input[0]
-    if head.op_type == "FusedMatMul" and head.input[1] == table:
-        return head, gather, table
-    return None
+    table = head.input[1]
+    gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] == table), None)
+    if gather is None or len(inits[table].dims) != 2 or inits[table].dims[1] % BLOCK:
+        return None
+    return head, gather, table
 
 
 def _quantize_shared_head(graph, head, gather, table: str) -> None:
@@ -227,13 +222,11 @@ def quantize_int4(src: Path, dst: Path, large: bool = False) -> dict:
     graph = model.graph
     shared = quantize_tied_head(graph)
     inits = _initializers(graph)
-    targets = {(n.name, n.input[1]) for n in _const_matmuls(graph)}
     nodes, blocksums, on_grid, dropped = [], {}, 0, set()
     for node in graph.node:  # one pass, so the new nodes keep the graph's order
-        grid = None
-        if (node.name, node.input[1] if len(node.input) > 1 else None) in targets:
-            w = numpy_helper.to_array(inits[node.input[1]])
-            grid = grid_codes(w)
+        weight = _weight(node, inits)
+        w = numpy_helper.to_array(weight) if weight is not None else None
+        grid = grid_codes(w) if w is not None else None
         if grid is None:
             nodes.append(node)
             continue
@@ -254,7 +247,9 @@ def quantize_int4(src: Path, dst: Path, large: bool = False) -> dict:
     _drop_unused(graph, dropped)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    rest = [n.name for n in _const_matmuls(graph) if not n.name.endswith("_remainder_MatMul")]
+    inits = _initializers(graph)
+    rest = [n.name for n in graph.node if _weight(n, inits) is not None
+            and not n.name.endswith("_remainder_MatMul")]
     if rest:  # everything off a grid: ONNX Runtime's round-to-nearest, asymmetric
         quantizer = MatMulNBitsQuantizer(model, bits=BITS, block_size=BLOCK, is_symmetric=False,
                                          accuracy_level=ACCURACY_LEVEL,
