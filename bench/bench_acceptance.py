@@ -1,14 +1,14 @@
 """Acceptance rules for a search's pick, judged on the test split.
 
-    python bench/bench_acceptance.py                  # the tables (search.json + the measurements)
+    python bench/bench_acceptance.py                  # the tables (search_grid.json + the measurements)
     OMP_NUM_THREADS=1 python bench/bench_acceptance.py --measure --threads 1   # measure, then the tables
 
 A search keeps its best trial (accuracy, then loss, on the 100-example evaluation
 sample) only if an acceptance rule says its gain is real; otherwise the model is
 left alone.  So a rule's test outcome follows from the rows of
-bench/results/search.json: a pick it accepts scores the pick's test accuracy, a
+bench/results/search_grid.json: a pick it accepts scores the pick's test accuracy, a
 pick it rejects scores the base's.  This script applies candidate rules to every
-pick of search.json (LASER's and C2I's, each grid of the wide run) and counts the
+pick of search_grid.json (LASER's and C2I's, each grid of the wide run) and counts the
 accepted picks that are worse than the base on the test split, the real (test)
 gains each rule throws away and the losses it avoids.
 
@@ -16,9 +16,9 @@ What the rules need and the rows lack: the per-example flips of a pick against t
 unmodified model on the evaluation sample (wins: examples it gets right that the
 base gets wrong; losses: the reverse), which the sign test (edge_c2i.search's rule)
 is computed from, and in the older rows the base's own evaluation score.
-``--measure`` measures them: for each model x task pair of search.json it rebuilds
+``--measure`` measures them: for each model x task pair of search_grid.json it rebuilds
 the evaluation sample the search used (edge_c2i.tasks.split, protocol "c2i", 100
-calibration + 100 evaluation examples, seed 0, search.json's test size: the split
+calibration + 100 evaluation examples, seed 0, search_grid.json's test size: the split
 bench_search.py gives both LASER and C2I; LASER's subset was scored on that same
 evaluation sample, not on LASER's own validation split), scores the base and every
 distinct pick on it (the reduced matrix swapped in, the blocks from it upward run
@@ -52,8 +52,8 @@ from common import RESULTS, table, write_result
 from edge_c2i.verdict import min_net_wins, sign_test_p
 
 ALPHA = 0.05
-N_EVAL = 100  # the evaluation sample of every row of search.json
-# bench_search.py's split (its run_pair); the test size is search.json's test_samples
+N_EVAL = 100  # the evaluation sample of every row of search_grid.json
+# bench_search.py's split (its run_pair); the test size is search_grid.json's test_samples
 SPLIT = {"protocol": "c2i", "n_calib": 100, "n_eval": 100, "seed": 0}
 LAST_TASKS = ("bigbench:truthful_qa",)  # the costliest evaluations: measured last
 
@@ -208,7 +208,7 @@ def check(m: dict, row: dict, export: dict | None) -> dict:
 def saved_base_eval(row: dict, export: dict | None) -> tuple[dict | None, str]:
     """The base's accuracy and loss on the row's evaluation sample as saved, and where."""
     if row.get("c2i_base_eval"):
-        return row["c2i_base_eval"], "search.json"
+        return row["c2i_base_eval"], "search_grid.json"
     if export and (export["model"], export["task"], export["split"], export["n_examples"]) == (
             row["model"], row["task"], "eval", N_EVAL):
         dense = next(r for r in export["rows"] if r["variant"] == "dense")["accuracy_torch"]
@@ -318,7 +318,7 @@ def build(search: dict, export: dict | None, measured: dict) -> dict:
     shipped = [p for p in picks if {"LASER (subset)", "default"} & set(p["grids"])]
     for p in picks:
         p["decisions"] = {name: rule(p) for name, (rule, _) in RULES.items()}
-    return {"source": "search.json", "alpha": ALPHA, "n_eval": N_EVAL, "split": SPLIT,
+    return {"source": "search_grid.json", "alpha": ALPHA, "n_eval": N_EVAL, "split": SPLIT,
             "rules": {k: d for k, (_, d) in RULES.items()},
             "summary": {"shipped": summarize(shipped), "all grids": summarize(picks)},
             "checks": checks, "picks": picks, "measured": measured}
@@ -413,10 +413,10 @@ def main() -> None:
                     help="measure wins and losses of the pairs not measured yet (needs the models)")
     ap.add_argument("--redo", action="store_true", help="with --measure: measure again")
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
-    ap.add_argument("--tasks", nargs="+", default=None, help="default: every task of search.json")
+    ap.add_argument("--tasks", nargs="+", default=None, help="default: every task of search_grid.json")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    search = load_json("search")
+    search = load_json("search_grid")  # the wide run the acceptance rule was chosen on
     export = load_json("export")
     measured = (load_json("acceptance") or {}).get("measured", {})
     if args.measure:

@@ -1,7 +1,7 @@
 """Peak memory and time of ``scan`` and ``adapt`` with and without --max-memory.
 
     python bench/bench_memory.py                      # gemma3-270m, writes bench/results/memory.json
-    python bench/bench_memory.py --models smollm2-135m gemma3-270m
+    python bench/bench_memory.py --models smollm2-135m gemma3-270m --baseline 9e9c085
 
 Each command runs in a fresh process started by a small wrapper that reads
 ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` after it exits: the peak resident set
@@ -9,6 +9,12 @@ of that command as the kernel counts it (file-backed pages of the memory-mapped
 weights included).  ``adapt`` runs a reduced grid (--top-k 2 --rates 0.2,0.05
 --clusters 1, 200 test examples) so that the run stays short; its peak is set by
 the scan, which is the same as the full grid's.
+
+``none`` runs without --max-memory, that is with the default plan (the weights + 1.5 GB,
+budget.default_budget).  ``--baseline REV`` also runs each command without a budget in
+the code of git revision REV (installed into a temporary folder, same process layout),
+so that the default plan's time is compared with the earlier unbudgeted one in the
+same run (#17: at most 1.1x).
 """
 
 from __future__ import annotations
@@ -49,9 +55,14 @@ def main() -> None:
     ap.add_argument("--append", action="store_true",
                     help="keep the rows already in bench/results/memory.json for other runs")
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--baseline", default=None, metavar="REV",
+                    help="also run each command unbudgeted in the code of this git revision")
     args = ap.parse_args()
     cli = [sys.executable, "-m", "edge_c2i.cli"]
     budgets = [None if b == "none" else b for b in args.budgets.split(",")]
+    old = _install(args.baseline) if args.baseline else None
+    if old:
+        budgets.append(f"{args.baseline} unbudgeted")
     commands = args.commands.split(",")
     rows = []
     previous = RESULTS / "memory.json"
@@ -65,13 +76,15 @@ def main() -> None:
             for command in commands:
                 for budget in budgets:
                     out = Path(tmp) / f"{model}-{command}-{budget}"
-                    cmd = [*cli, command, "--model", model, "--task", args.task,
+                    baseline = budget and budget.endswith(" unbudgeted")
+                    prefix = (["env", f"PYTHONPATH={old}", *cli] if baseline else cli)
+                    cmd = [*prefix, command, "--model", model, "--task", args.task,
                            "--threads", args.threads,
                            "--out", str(out) + (".json" if command == "scan" else "")]
                     if command == "adapt":
                         cmd += ["--top-k", "2", "--rates", "0.2,0.05", "--clusters", "1",
                                 "--test-samples", "200", "--force"]
-                    if budget:
+                    if budget and not baseline:
                         cmd += ["--max-memory", budget]
                     res = measure(cmd)
                     row = {"model": model, "command": command, "budget": budget or "none", **res,
@@ -81,20 +94,63 @@ def main() -> None:
                         row["passes"] = scan["timings"].get("passes")
                         row["batch_tokens"] = scan["timings"].get("batch_tokens")
                         row["top5"] = [f"{m['layer']}.{m['type']}" for m in scan["matrices"][:5]]
+                        row["plan"] = scan["timings"].get("plan")
                     if command == "adapt" and res["rc"] == 0:
                         report = json.loads((out / "report.json").read_text())
                         row["chosen"] = report["chosen"] and {
                             k: report["chosen"][k] for k in ("layer", "type", "rate")}
-                    if budget:
+                    if budget and not baseline:
                         row["within_budget"] = res["peak_rss_bytes"] <= _bytes(budget)
                     rows.append(row)
                     print(row, flush=True)
                     write_result("memory", {"task": args.task, "runtime_rss_bytes":
                                             runtime["peak_rss_bytes"], "rows": rows,
+                                            "targets": targets(rows, args.baseline),
                                             "date": time.strftime("%Y-%m-%d")})
     print(table(rows, [("model", "model"), ("command", "command"), ("budget", "--max-memory"),
                        ("peak_rss_gb", "peak RSS GB"), ("seconds", "s"), ("passes", "passes"),
                        ("batch_tokens", "batch tokens"), ("within_budget", "within budget")]))
+
+
+def targets(rows: list[dict], baseline: str | None) -> list[dict]:
+    """#17's default-memory targets, per model and command, from this run's rows: the
+    default plan's peak <= the stored weights + 1.5 GB, and its time <= 1.1x the baseline
+    revision's unbudgeted time."""
+    from edge_c2i.budget import DEFAULT_HEADROOM
+    from edge_c2i.models import resolve
+
+    out = []
+    for r in rows:
+        if r["budget"] != "none" or r["rc"] != 0:
+            continue
+        weights = sum(f.stat().st_size for f in Path(resolve(r["model"])).glob("*.safetensors"))
+        t = {"model": r["model"], "command": r["command"], "weights_bytes": weights,
+             "peak_limit_bytes": weights + DEFAULT_HEADROOM,
+             "peak_met": r["peak_rss_bytes"] <= weights + DEFAULT_HEADROOM}
+        old = [b for b in rows if baseline and b["budget"] == f"{baseline} unbudgeted"
+               and b["model"] == r["model"] and b["command"] == r["command"] and b["rc"] == 0]
+        if old:
+            t["time_ratio"] = r["seconds"] / old[0]["seconds"]
+            t["time_met"] = t["time_ratio"] <= 1.1
+        out.append(t)
+    return out
+
+
+def _install(rev: str) -> str:
+    """The package at git revision ``rev``, installed (no dependencies) into a temporary
+    folder: the PYTHONPATH that runs it."""
+    root = Path(__file__).resolve().parent.parent
+    where = Path(tempfile.mkdtemp(prefix=f"edge-c2i-{rev}-"))
+    src = where / "src"
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(src), rev],
+                   check=True, capture_output=True)
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                        str(where / "lib"), str(src)], check=True)
+    finally:
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(src)],
+                       check=True)
+    return str(where / "lib")
 
 
 def _bytes(text: str) -> int:

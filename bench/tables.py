@@ -38,7 +38,11 @@ def _pair_order(r: dict) -> tuple:
             TASKS.index(r["task"]) if r["task"] in TASKS else len(TASKS), r["task"])
 
 
-def section_search(d: dict) -> str:
+def section_search_grid(d: dict) -> str:
+    return section_search(d, grid=True)
+
+
+def section_search(d: dict, grid: bool = False) -> str:
     d = {**d, "rows": sorted(d["rows"], key=_pair_order)}  # rows are appended as pairs finish
     rows = []
     for r in d["rows"]:
@@ -49,17 +53,27 @@ def section_search(d: dict) -> str:
                      "laser_pick": _config(r["laser_chosen"]),
                      "c2i_pick": _config(r["c2i_chosen"]),
                      "multi_pick": (_config(r["c2i_multi_chosen"])
-                                    if r["variants"].get("clusters 1,4") else "not run")})
-    main = table(rows, [("model", "model"), ("task", "task"), ("n_test", "n test"),
-                        ("base_acc", "base"), ("calibrated_acc", "calibrated base"),
-                        ("laser_acc", "LASER (subset)"), ("c2i_acc", "C2I"),
-                        ("c2i_multi_acc", "C2I multi"), ("laser_grid", "LASER evals"),
-                        ("c2i_evals", "C2I evals"), ("laser_subset_s", "LASER s"),
-                        ("c2i_s", "C2I s"), ("speedup_vs_laser", "speedup, measured"),
-                        ("laser_full_grid_s_estimated", "LASER full grid s, est."),
-                        ("speedup_vs_laser_full_grid_estimated", "speedup, full grid est."),
-                        ("multi_speedup_vs_laser_full_grid_estimated",
-                         "C2I multi: speedup, full grid est.")])
+                                    if r["variants"].get("clusters 1,4") else "not run"),
+                     "full_pick": _config(r.get("c2i_full_chosen"))})
+    cols = [("model", "model"), ("task", "task"), ("n_test", "n test"),
+            ("base_acc", "base"), ("calibrated_acc", "calibrated base"),
+            ("laser_acc", "LASER (subset)"), ("c2i_acc", "C2I")]
+    if grid:
+        cols += [("c2i_multi_acc", "C2I multi"), ("laser_grid", "LASER evals"),
+                 ("c2i_evals", "C2I evals")]
+    else:
+        cols += [("c2i_full_acc", "C2I, no screen"), ("laser_grid", "LASER evals"),
+                 ("c2i_evals", "C2I configurations")]
+    cols += [("laser_subset_s", "LASER s"), ("c2i_s", "C2I s"),
+             ("speedup_vs_laser", "speedup, measured"),
+             ("laser_full_grid_s_estimated", "LASER full grid s, est."),
+             ("speedup_vs_laser_full_grid_estimated", "speedup, full grid est.")]
+    if grid:
+        cols.append(("multi_speedup_vs_laser_full_grid_estimated",
+                     "C2I multi: speedup, full grid est."))
+    else:
+        cols.append(("c2i_full_s", "C2I no screen s"))
+    main = table(rows, cols)
     for row in rows:
         row["wide"] = "/".join(map(str, row.get("wide_clusters") or [1, 2, 4, 8]))
         resumed = row.get("resumed_stages") or []
@@ -69,7 +83,8 @@ def section_search(d: dict) -> str:
     chosen = table(rows, [("model", "model"), ("task", "task"), ("subset", "LASER subset"),
                           ("wide", "C2I wide run clusters"),
                           ("laser_pick", "LASER chose"), ("c2i_pick", "C2I chose"),
-                          ("multi_pick", "C2I multi chose"),
+                          ("multi_pick", "C2I multi chose") if grid else
+                          ("full_pick", "C2I, no screen, chose"),
                           ("resumed", "stages run by an earlier process")])
     labels = list(d["rows"][0]["variants"]) if d["rows"] else []
     agg = []
@@ -90,13 +105,16 @@ def section_search(d: dict) -> str:
                     "vs_default": f"{sum(v['gain'] > x for v, x in zip(vs, default))} / "
                                   f"{sum(v['gain'] < x for v, x in zip(vs, default))}",
                     "evals": sum(v["evals"] for v in vs) / len(vs),
-                    "s": sum(v["s"] for v in vs) / len(vs)})
+                    "s": sum(v["s"] for v in vs) / len(vs),
+                    "how": "measured" if all(v.get("measured") for v in vs) else
+                           "read off the wide run"})
     variants = table(agg, [("variant", "C2I grid"), ("grid", "top_k / rates / clusters"),
                            ("gain", "mean test gain"), ("improved", "pairs improved"),
                            ("worse", "pairs worse"),
                            ("default", "default's mean gain, same pairs"),
                            ("vs_default", "pairs above / below the default"),
-                           ("evals", "mean evals"), ("s", "mean s (scan + search)")])
+                           ("evals", "mean evals"), ("s", "mean s (scan + search)"),
+                           ("how", "cost")])
     abl = []
     for r in d["rows"]:
         a = r["ablation"]
@@ -111,30 +129,12 @@ def section_search(d: dict) -> str:
                            ("helpful", "subset matrices that beat base"),
                            ("top4_first_order", "of them in top 4, first_order"),
                            ("top4_tail_grad", "of them in top 4, tail_grad")])
-    dg = d["variants"]["default"]
-    return (f"### C2I vs LASER (test split, up to {d['test_samples']} examples)\n\n"
-            "`python bench/bench_search.py` (--models/--tasks as in the rows) -> "
-            "bench/results/search.json, one process per pair (a pair too long for one "
-            "sitting is run in pieces with --resume; the last column of the second table lists "
-            "the stages an earlier process ran), 100 calibration + 100 evaluation examples "
-            "for both methods. 'calibrated base' is the unmodified model with a bias fitted "
-            "on the evaluation sample: one per choice, or one per answer token where the choices "
-            "differ per question (truthful_qa). LASER ran on a subset of its grid (below); the measured speedup is "
-            "against that subset, the full-grid figure is an estimate (per-layer cost model "
-            "scaled by the subset's measured cost, see the script) and has its own column. C2I "
-            "ran once over top 4 x rates 0.5/0.2/0.05/0.01 x clusters 1/2/4/8 (narrower where "
-            "the 'C2I wide run clusters' column below says so, for the costliest tasks); 'C2I' "
-            f"(the default grid: top {dg['top_k']} x rates {'/'.join(map(str, dg['rates']))} x "
-            f"clusters {'/'.join(map(str, dg['clusters']))}) and 'C2I multi' (top 4 x the same "
-            "rates x clusters 1/4) are what those grids pick from "
-            "the same trials, with their own timed trials and preparation; the speedups are "
-            "C2I's. These rows were measured with the earlier acceptance rule (a pick kept if "
-            "it beat the base by any margin on the evaluation sample); the current rule (a "
-            "net gain of 5 evaluation examples) would leave the model alone where "
-            "`python bench/bench_acceptance.py` lists the pick as 'reject'.\n\n"
-            + main + "\n\n" + chosen
-            + "\n\n#### Choosing the defaults\n\nEvery row is a sub-grid of the same wide "
-              "run, its pick scored on the test split; gains are test accuracy minus base, "
+    head = (_search_grid_intro(d) if grid else _search_intro(d))
+    return (head + main + "\n\n" + chosen
+            + "\n\n#### Choosing the defaults\n\nEvery row but 'default' is a sub-grid of the "
+              "same wide run (every configuration on the whole evaluation sample), its pick "
+              "scored on the test split; 'default' is C2I as shipped, its own timed run. Gains "
+              "are test accuracy minus base, "
               "averaged over the model x task pairs whose wide run holds that grid (the "
               "'pairs improved' column gives how many); the default's gain over the same "
               "pairs, and on how many pairs the row's pick did better or worse than the "
@@ -143,6 +143,45 @@ def section_search(d: dict) -> str:
               "matrices) the matrix LASER's subset search picked, and how many of the subset's "
               "matrices that beat the base on the evaluation sample each score puts in its top "
               "4.\n\n" + ablation)
+
+
+def _search_intro(d: dict) -> str:
+    return (f"### C2I vs LASER (test split, up to {d['test_samples']} examples)\n\n"
+            "`python bench/bench_search.py --models smollm2-135m gemma3-270m` -> "
+            "bench/results/search.json, all pairs in one process, alone on the machine, "
+            f"{d['threads']} threads; 100 calibration + 100 evaluation examples for both "
+            "methods. 'calibrated base' is the unmodified model with a bias fitted "
+            "on the evaluation sample: one per choice, or one per answer token where the choices "
+            "differ per question (truthful_qa). LASER ran on a 45-point subset of its grid "
+            "(below), every configuration on the whole evaluation sample; the measured speedup "
+            "is against that subset, the full-grid figure is an estimate (per-layer cost model "
+            "scaled by the subset's measured cost, see the script). 'C2I' is the default: "
+            "the scan, then top 4 x rates 0.5/0.2/0.05/0.01, one subspace, with successive "
+            "halving (every configuration on 25 of the 100 evaluation examples, the best 4 on "
+            "all of them), timed on its own; 'C2I, no screen' is the same grid with every "
+            "configuration on all 100 (the wide run), for the halving's price in accuracy. "
+            "Both searches share the evaluator: cached hidden states taken by the base "
+            "evaluation and by passes that stop at the deepest block needed.\n\n")
+
+
+def _search_grid_intro(d: dict) -> str:
+    dg = d["variants"]["default"]
+    return (f"### C2I's grid, earlier run (test split, up to {d['test_samples']} examples)\n\n"
+            "bench/results/search_grid.json: the run of 2026-11-29 (`bench/bench_search.py` of "
+            "that date, with the SVD scan, a caching pass per layer and no halving; its times "
+            "were taken on a busy machine and are superseded by the table above), kept for its "
+            "wide grid, the evidence for the default K, rates and clusters. "
+            "C2I "
+            "ran once over top 4 x rates 0.5/0.2/0.05/0.01 x clusters 1/2/4/8 (narrower where "
+            "the 'C2I wide run clusters' column below says so, for the costliest tasks); 'C2I' "
+            f"(the default grid then: top {dg['top_k']} x rates {'/'.join(map(str, dg['rates']))} x "
+            f"clusters {'/'.join(map(str, dg['clusters']))}) and 'C2I multi' (top 4 x the same "
+            "rates x clusters 1/4) are what those grids pick from "
+            "the same trials, with their own timed trials and preparation. These rows were "
+            "measured with the earlier acceptance rule (a pick kept if "
+            "it beat the base by any margin on the evaluation sample); the current rule (a "
+            "net gain of 5 evaluation examples) would leave the model alone where "
+            "`python bench/bench_acceptance.py` lists the pick as 'reject'.\n\n")
 
 
 def section_export(d: dict) -> str:
@@ -317,7 +356,8 @@ def section_generic(name: str, d: dict) -> str:
 
 def main() -> None:
     parts = []
-    known = {"base": section_base, "search": section_search, "export": section_export,
+    known = {"base": section_base, "search": section_search,
+             "search_grid": section_search_grid, "export": section_export,
              "svd": section_svd, "scan": section_scan, "memory": section_memory,
              "device_arm64": section_device_arm64, "device_x86": section_device_x86,
              "contention": section_contention, "runtime": section_runtime}

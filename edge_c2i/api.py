@@ -53,7 +53,7 @@ def adapt(model: nn.Module, tokenizer, task: str | Task, config: SearchConfig | 
 
     t_test = time.perf_counter()
     test_scorer = Scorer(tokenizer, splits.test, eval_batch_tokens_for(config.max_memory),
-                         lm_head_chunk_for(model, config.max_memory))
+                         lm_head_chunk_for(model, found.timings.get("budget", config.max_memory)))
     base_test = test_scorer.run(model, desc="test: base" if progress else None)
     reductions: list[Reduction] = []
     if found.best is not None:
@@ -75,7 +75,7 @@ def make_report(model_name, task_name, method, splits, found: SearchResult,
                 reductions: list[Reduction], base_test, adapted_test, calibrated, params_before,
                 params_after, timings, score) -> AdaptReport:
     control = calibration_control(splits.eval + splits.test)
-    gate = acceptance(found.base, found.trials)  # why the winner was kept or not
+    gate = acceptance(found.base, found.finalists)  # why the winner was kept or not
     difference = paired_difference(base_test, adapted_test) if reductions else None  # with CI
     text = verdict(difference, base_test.n, calibrated, adapted_test.accuracy, control, gate)
     c2i = method == "c2i"

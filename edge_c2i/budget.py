@@ -9,7 +9,8 @@ What must be resident while the scan runs its forward+backward pass:
     lm head      one chunk of logits over the vocabulary (LM_HEAD_CHUNK positions, fewer
                  under a budget: at most 2.5% of it; recomputed in backward, so only
                  one chunk lives at a time)
-    factors      U, S, V of the matrices scanned in one pass (one group of layers)
+    factors      the p x p sum M (scan.py) of each matrix scanned in one pass (one
+                 group of layers)
     svd          the workspace of one decomposition (svd.workspace_bytes)
 
 ``plan_scan`` fits these under 92% of the budget (SAFETY): one pass with every factor resident
@@ -20,11 +21,17 @@ gradients are the same as one unbudgeted pass: only how the sums are split over 
 and passes changes.  When even one example and one layer
 cannot fit, ``plan_scan`` raises a EdgeC2IError with the estimated need before any
 heavy work.
+
+Without --max-memory, the scan plans for ``default_budget``: the weights plus
+DEFAULT_HEADROOM, or less when the machine has less available; one line on stderr
+says which plan it took.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import nn
 
@@ -44,6 +51,10 @@ BUDGET_EVAL_BATCH_TOKENS = 512
 SAFETY = 0.92  # plan within 92% of --max-memory: allocator arenas and estimate error
 LM_HEAD_BYTES = 12  # per position and vocabulary entry: logits, softcapped copy, log-softmax
 MIN_LM_HEAD_CHUNK = 8
+# Without --max-memory the scan plans for the weights plus this (bench/bench_memory.py:
+# SmolLM2 and Gemma-3 within it, at the unbudgeted time; #17)
+DEFAULT_HEADROOM = 1_500_000_000
+CACHE_BYTES = 512 * 2**20  # cached hidden states of the search (search._score_grid)
 
 
 def model_bytes(model: nn.Module) -> int:
@@ -70,9 +81,16 @@ def activation_bytes_per_token(config, max_len: int) -> int:
 
 
 def factor_bytes(m: int, n: int) -> int:
-    """U (m x r), S (r), V (n x r) in float32 plus the float64 gradient accumulator."""
-    r = min(m, n)
-    return 4 * (m * r + r + n * r) + 8 * r
+    """What the scan holds per matrix during its pass (scan.py): the p x p sum M, float32."""
+    p = min(m, n)
+    return 4 * p * p
+
+
+def basis_workspace_bytes(m: int, n: int) -> int:
+    """scan.spectral_basis's transient, after the pass: W and its Gram matrix in float64,
+    eigh's eigenvectors and workspace, Q and M in float64."""
+    p = min(m, n)
+    return 8 * m * n + 8 * 6 * p * p + 16 * 2**20
 
 
 @dataclass
@@ -83,6 +101,7 @@ class ScanPlan:
     svd_budget: int | None  # bytes one decomposition may use
     estimate: dict = field(default_factory=dict)  # component -> bytes at the plan's peak
     lm_head_chunk: int = LM_HEAD_CHUNK  # answer positions per LM-head call
+    default: str | None = None  # no budget was asked for: the one planned for, and why
 
     @property
     def passes(self) -> int:
@@ -90,7 +109,8 @@ class ScanPlan:
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {format_size(v)}" for k, v in self.estimate.items())
-        return (f"{self.passes} pass(es), batches of <= {self.batch_tokens} tokens; "
+        within = f"{self.default}: " if self.default else ""
+        return (f"{within}{self.passes} pass(es), batches of <= {self.batch_tokens} tokens; "
                 f"estimated peak {format_size(sum(self.estimate.values()))} ({parts})")
 
 
@@ -101,14 +121,57 @@ def _by_layer(targets: list[Target]) -> dict[int, list[Target]]:
     return dict(sorted(layers.items()))
 
 
+def available_bytes() -> int | None:
+    """Memory this process could grow to: what it holds now plus the kernel's MemAvailable
+    (Linux; None elsewhere)."""
+    try:
+        info = Path("/proc/meminfo").read_text()
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    avail = re.search(r"^MemAvailable:\s+(\d+) kB", info, re.MULTILINE)
+    rss = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    if not avail or not rss:
+        return None
+    return (int(avail.group(1)) + int(rss.group(1))) * 1024
+
+
+def default_budget(model: nn.Module) -> tuple[int, str]:
+    """The budget a scan plans for when none is given, and why, in words.
+
+    The model's weights plus DEFAULT_HEADROOM (runtime included), or 90% of what the
+    machine has available if that is less: a 4 GB laptop or board runs the defaults.
+    """
+    weights = model_bytes(model)
+    budget = weights + DEFAULT_HEADROOM
+    why = f"weights {format_size(weights)} + {format_size(DEFAULT_HEADROOM)}"
+    avail = available_bytes()
+    if avail is not None and int(0.9 * avail) < budget:
+        budget = int(0.9 * avail)
+        why = f"90% of the {format_size(avail)} available"
+    return budget, why
+
+
 def plan_scan(model: nn.Module, targets: list[Target], longest: int,
               budget: int | None) -> ScanPlan:
-    """Batch size and layer groups for a scan within ``budget`` bytes (None: no budget).
+    """Batch size and layer groups for a scan within ``budget`` bytes.
 
     ``longest`` is the token count of the longest calibration example with its
     answer (no batch can be smaller).  The exact SVD is kept when its workspace
-    fits; else the chunked Gram path (same singular values, svd.py).
+    fits; else the chunked Gram path (same singular values, svd.py).  Without a
+    budget, the plan fits ``default_budget`` when it can (``plan.default`` says why);
+    else it runs unbudgeted, as the examples ask.
     """
+    if budget is None:
+        default, why = default_budget(model)
+        try:
+            plan = plan_scan(model, targets, longest, default)
+        except EdgeC2IError:
+            plan = _plan(model, targets, longest, None, exact_svd=True)
+            plan.default = f"unbudgeted: the examples do not fit the default budget ({why})"
+            return plan
+        plan.default = f"default budget {format_size(default)} ({why})"
+        return plan
     try:
         return _plan(model, targets, longest, budget, exact_svd=True)
     except EdgeC2IError:
@@ -130,6 +193,8 @@ def _plan(model, targets, longest, budget, exact_svd: bool) -> ScanPlan:
     methods = ("exact",) if exact_svd else ("exact", "gram")
     svd_need = max((min(workspace_bytes(m, n, how) for how in methods)
                     for m, n in shapes.values()), default=0)
+    svd_need = max(svd_need, max((basis_workspace_bytes(m, n) for m, n in shapes.values()),
+                                 default=0))
     if budget is None:
         tokens = max(DEFAULT_BATCH_TOKENS, longest)
         estimate = {**fixed, "activations": tokens * per_token,
@@ -171,6 +236,13 @@ def eval_batch_tokens_for(budget: int | None) -> int:
     return DEFAULT_EVAL_BATCH_TOKENS if budget is None else BUDGET_EVAL_BATCH_TOKENS
 
 
+def cache_bytes_for(budget: int | None) -> int:
+    """Bytes of cached hidden states the search holds at once (at least one layer's are
+    always held): CACHE_BYTES, or 5% of ``budget``.  More layers per caching pass means
+    fewer passes (each re-runs the blocks below)."""
+    return CACHE_BYTES if budget is None else min(CACHE_BYTES, budget // 20)
+
+
 def lm_head_chunk_for(model: nn.Module, budget: int | None) -> int:
     """Answer positions per LM-head call: LM_HEAD_CHUNK, or fewer so that one chunk of
     logits takes at most 2.5% of ``budget`` (Gemma-3 at 2 GB: 14 positions, 44 MB)."""
@@ -197,8 +269,6 @@ def _group_layers(targets: list[Target], per_layer: dict[int, int],
 
 def check_weights_fit(where, budget: int | None) -> None:
     """Before loading: refuse when the runtime plus the stored weights already exceed the budget."""
-    from pathlib import Path
-
     if budget is None or not isinstance(where, Path):
         return
     stored = sum(f.stat().st_size for f in where.glob("*.safetensors"))

@@ -22,6 +22,7 @@ from .config import (
     DEFAULT_CLUSTERS,
     DEFAULT_MODEL,
     DEFAULT_SCORE,
+    DEFAULT_SCREEN,
     DEFAULT_TASK,
     DEFAULT_TOP_K,
     SCORES,
@@ -43,6 +44,20 @@ def _list(text: str, convert, example: str) -> list:
 
 def _floats(text: str) -> list[float]:
     return _list(text, float, "0.5,0.2")
+
+
+def _screen(text: str) -> float | None:
+    """A share in (0, 1), or "none"."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share like 0.25 or none, not {text!r}") \
+            from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1) or none, not {text}")
+    return value
 
 
 def _ints(text: str) -> list[int]:
@@ -211,7 +226,8 @@ def cmd_adapt(args, method: str = "c2i") -> int:
              "seed": args.seed, "layers": args.layers, "types": args.types, "rates": args.rates}
     if method == "c2i":
         knobs.update(n_calib=args.samples, top_k=args.top_k, clusters=args.clusters,
-                     score=args.score, clustering=args.clustering, max_memory=budget)
+                     score=args.score, clustering=args.clustering, max_memory=budget,
+                     screen=args.screen)
     config = SearchConfig(**knobs)  # checked now, before the model loads
     from .api import adapt, save
     from .models import load_model
@@ -338,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace --out if it is a scan result edge-c2i wrote (never "
                         "another file)")
     s.add_argument("--max-memory", default=None, metavar="SIZE",
-                   help="peak memory budget, e.g. 2GB: batches and passes are planned to fit")
+                   help="peak memory budget, e.g. 2GB: batches and passes are planned to fit "
+                        "(default: the model's weights + 1.5 GB, or less if the machine has "
+                        "less)")
     s.set_defaults(func=cmd_scan)
 
     for name, method in (("adapt", "c2i"), ("laser", "laser")):
@@ -374,8 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
                            help="how rows are grouped into subspaces")
             a.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE,
                            help="how a matrix is scored from its gradients")
+            a.add_argument("--screen", type=_screen, default=DEFAULT_SCREEN,
+                           help="successive halving: every configuration on this share of "
+                                "the evaluation sample, the best same share of them on all "
+                                "of it (default %(default)s; none: all on all of it)")
             a.add_argument("--max-memory", default=None, metavar="SIZE",
-                           help="peak memory budget of the scan, e.g. 2GB")
+                           help="peak memory budget of the scan, e.g. 2GB (default: the "
+                                "model's weights + 1.5 GB, or less if the machine has less)")
         a.set_defaults(func=lambda args, m=method: cmd_adapt(args, m))
 
     r = command("apply", "rebuild an adapted folder from its base model and a recipe")
@@ -408,7 +431,8 @@ PARAMETER_FLAGS = {"top_k": "--top-k", "n_calib": "--samples", "n_eval": "--eval
                    "n_test": "--test-samples", "max_memory": "--max-memory",
                    "clusters": "--clusters", "rate": "--rates", "rates": "--rates",
                    "layers": "--layers", "types": "--types", "score": "--score",
-                   "clustering": "--clustering", "target_delimiter": "--target-delimiter"}
+                   "clustering": "--clustering", "target_delimiter": "--target-delimiter",
+                   "screen": "--screen"}
 
 
 def with_flag(message: str) -> str:

@@ -121,6 +121,18 @@ class Result:
     def as_dict(self) -> dict:
         return {"accuracy": self.accuracy, "loss": self.loss, "n": self.n}
 
+    def __add__(self, other: Result) -> Result:
+        """The result on both samples, this one's examples first."""
+        def cat(a, b):
+            return None if a is None or b is None else list(a) + list(b)
+
+        n = self.n + other.n
+        return Result((self.accuracy * self.n + other.accuracy * other.n) / n,
+                      (self.loss * self.n + other.loss * other.n) / n,
+                      cat(self.choice_logprobs, other.choice_logprobs), cat(self.gold, other.gold),
+                      cat(self.first_token_correct, other.first_token_correct), n,
+                      cat(self.answer_tokens, other.answer_tokens))
+
 
 def body(model: nn.Module) -> nn.Module:
     """The transformer under the LM head (returns last_hidden_state)."""
@@ -141,6 +153,10 @@ class _Skip(nn.Module):
         return (hidden_states,) if self.tuple_output else hidden_states
 
 
+class _Stop(Exception):
+    """Ends a caching pass at the deepest block it needs."""
+
+
 class Scorer:
     """Encodes examples once; scores any model (or a reduced copy) on them.
 
@@ -152,14 +168,22 @@ class Scorer:
     """
 
     def __init__(self, tokenizer, examples: list[Example], max_batch_tokens: int = 4096,
-                 lm_head_chunk: int = LM_HEAD_CHUNK, max_positions: int | None = None):
+                 lm_head_chunk: int = LM_HEAD_CHUNK, max_positions: int | None = None,
+                 gold_only: bool = False):
         """``max_positions``: the model's context (``context_length(model)``); a longer
         example is refused here.  Without it, the tokenizer's limit if it has one, and
-        every run checks against its model before a batch is built."""
+        every run checks against its model before a batch is built.
+
+        ``gold_only``: pack only the gold answer of a choice task, for ``loss_and_backward``
+        (the scan): the loss is that of the gold answer, which sees the prompt and itself
+        only, so the other choices' tokens change nothing (truthful_qa: most of the tokens).
+        Such a scorer cannot ``run``.
+        """
         if not examples:
             raise EdgeC2IError("no examples to score")
         self.examples = examples
         self.lm_head_chunk = lm_head_chunk
+        self.gold_only = gold_only
         self.is_choice = examples[0].choices is not None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.gold = []
@@ -169,11 +193,11 @@ class Scorer:
         for i, ex in enumerate(examples):
             if max_positions:
                 _check_chars(ex, i, max_positions)
-            answers = ex.choices if self.is_choice else (ex.answer,)
+            answers = ex.choices if self.is_choice and not gold_only else (ex.answer,)
             encoded = [encode(tokenizer, ex.prompt, a) for a in answers]
             packed.append((i, encoded[0][0], [a for _, a in encoded]))
             if self.is_choice:
-                self.gold.append(ex.choices.index(ex.answer))
+                self.gold.append(0 if gold_only else ex.choices.index(ex.answer))
             else:
                 firsts = {encoded[0][1][0]}
                 for alias in ex.aliases:
@@ -302,17 +326,23 @@ class Scorer:
         return per_slot, argmax
 
     def run(self, model: nn.Module, start_layer: int | None = None,
-            desc: str | None = None) -> Result:
+            desc: str | None = None, keep: list[int] = ()) -> Result:
         """Score ``model``; with ``start_layer``, run only blocks >= it from cached inputs.
 
-        ``desc`` shows a progress bar over the batches under that name.
+        ``desc`` shows a progress bar over the batches under that name.  ``keep``: blocks
+        whose inputs this run caches on the way (``cache_inputs`` without a pass of its own).
         """
+        if self.gold_only:
+            raise EdgeC2IError("a gold-only scorer (the scan's) cannot score accuracy")
         self.check_context(model)
         n = len(self.examples)
         logprobs = [[0.0] * k for k in self.n_answers]
         first_hit = [False] * n
-        ctx = (self._start_at(model, start_layer) if start_layer is not None
-               else contextlib.nullcontext())
+        ctx = contextlib.ExitStack()
+        if start_layer is not None:
+            ctx.enter_context(self._start_at(model, start_layer))
+        if keep:
+            ctx.enter_context(self._grabbing(model, keep))
         with torch.no_grad(), ctx:
             for bi, batch in enumerate(tqdm(self.batches, desc=desc, disable=desc is None,
                                             leave=False)):
@@ -352,8 +382,50 @@ class Scorer:
 
     # -------------------------------------------------------------- cached prefixes
 
-    def cache_inputs(self, model: nn.Module, layers: list[int]) -> None:
-        """Keep the hidden states entering each block in ``layers`` for every batch."""
+    def cache_inputs(self, model: nn.Module, layers: list[int],
+                     start_layer: int | None = None) -> None:
+        """Keep the hidden states entering each block in ``layers`` for every batch.
+
+        The pass stops at the deepest of them (the blocks above and the LM head do not
+        run), and starts at ``start_layer`` when its inputs are cached already: caches
+        taken in depth order each run only the blocks between them.
+        """
+        deepest = max(layers)
+        blocks = decoder_layers(model)
+        ctx = contextlib.ExitStack()
+        if start_layer is not None:
+            if start_layer > deepest:
+                raise ValueError(f"start_layer {start_layer} is above block {deepest}")
+            ctx.enter_context(self._start_at(model, start_layer))
+        ctx.enter_context(self._grabbing(model, layers))
+
+        def stop(module, args, kwargs):
+            raise _Stop
+
+        with torch.no_grad(), ctx:
+            hook = blocks[deepest].register_forward_pre_hook(stop, with_kwargs=True)
+            try:
+                for bi, batch in enumerate(self.batches):
+                    self._batch_index = bi
+                    try:
+                        body(model)(input_ids=batch["input_ids"],
+                                    attention_mask=batch["attention_mask"].to(model.dtype),
+                                    position_ids=batch["position_ids"], use_cache=False)
+                    except _Stop:
+                        pass
+            finally:
+                hook.remove()
+
+    def hidden_bytes(self, model: nn.Module) -> int:
+        """Bytes the cached inputs of one block take (every batch, padding included)."""
+        width = model.get_input_embeddings().weight.shape[1]
+        size = torch.finfo(model.dtype).bits // 8
+        return sum(b["input_ids"].numel() for b in self.batches) * width * size
+
+    @contextlib.contextmanager
+    def _grabbing(self, model: nn.Module, layers: list[int]):
+        """While inside, every batch run stores the hidden states entering ``layers``
+        (added to the cache on a clean exit)."""
         blocks = decoder_layers(model)
         store = {i: [] for i in layers}
         hooks = []
@@ -367,18 +439,21 @@ class Scorer:
         def output_kind(module, args, output):
             self._tuple_output = isinstance(output, tuple)
 
+        # registered first: the stopping hook of cache_inputs runs after the grab
         for i in layers:
             hooks.append(blocks[i].register_forward_pre_hook(grab(i), with_kwargs=True))
         hooks.append(blocks[0].register_forward_hook(output_kind))
         try:
-            self.run(model)
+            yield
         finally:
             for h in hooks:
                 h.remove()
         self._cached.update(store)
 
-    def drop_cache(self) -> None:
-        self._cached.clear()
+    def drop_cache(self, keep: list[int] = ()) -> None:
+        """Forget the cached inputs (but those of ``keep``)."""
+        for layer in [k for k in self._cached if k not in keep]:
+            del self._cached[layer]
 
     @contextlib.contextmanager
     def _start_at(self, model: nn.Module, layer: int):

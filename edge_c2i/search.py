@@ -2,7 +2,10 @@
 
 Both score a configuration (matrix, rate, clusters) the same way: reduce the
 matrix in place, score the evaluation sample running only the blocks from the
-reduced one upward (the hidden states entering it are cached), restore it.
+reduced one upward (the hidden states entering it are cached, in depth order, by
+the base evaluation and by passes that stop at the deepest block needed), restore
+it.  C2I screens its configurations on a quarter of the sample first (successive
+halving, SearchConfig.screen); LASER scores each on all of it.
 The best accuracy wins, ties go to the lower loss; the winner is accepted only
 if it beats the unmodified model on the same sample by at least MIN_NET examples
 (net: right where the base was wrong, minus the reverse).  Beating the base by any
@@ -18,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from torch import nn
 from tqdm import tqdm
 
-from .budget import eval_batch_tokens_for, lm_head_chunk_for
+from .budget import cache_bytes_for, eval_batch_tokens_for, lm_head_chunk_for
 from .config import (
     DEFAULT_CLUSTERS,
     DEFAULT_RATES,
@@ -41,7 +44,7 @@ __all__ = ["DEFAULT_CLUSTERS", "DEFAULT_RATES", "DEFAULT_TOP_K", "SearchResult",
 
 # The acceptance margin, in examples of the evaluation sample: the smallest net gain a
 # one-sided sign test at 0.05 could ever accept (verdict.min_net_wins).  Measured on the
-# 100-example samples of bench/results/search.json (bench_acceptance): no pick that won by
+# 100-example samples of bench/results/search_grid.json (bench_acceptance): no pick that won by
 # 5 or more lost on the test split, while the full sign test on the flipped answers also
 # rejected real test gains where answers flipped both ways.  The sign test's p stays in
 # the report as information.
@@ -59,6 +62,12 @@ class SearchResult:
     rankings: dict = field(default_factory=dict)  # score -> all target keys, best first
     svd_budget: int | None = None  # bytes one decomposition may use (the scan's plan)
     splits: Splits | None = None  # set by ``search``: the samples it used
+
+    @property
+    def finalists(self) -> list[Trial]:
+        """The trials scored on the whole evaluation sample: those the pick is made from
+        (the others were screened out on part of it)."""
+        return [t for t in self.trials if t.n is None or t.n == self.base.n]
 
     def to_dict(self) -> dict:
         """Plain JSON (the splits left out): bench/bench_search.py saves its stages so."""
@@ -98,51 +107,108 @@ def search(model: nn.Module, tokenizer, task: str | Task | Splits,
     return found
 
 
-def _try_all(model: nn.Module, scorer: Scorer, base: Result, targets: list[Target], rates,
-             clusters, clustering: str, svds: dict, budget: int | None, desc: str,
-             progress: bool, prep: dict | None = None) -> list[Trial]:
-    """Score every (target, rate, clusters) against ``base``, restoring the model after each.
+def _score_grid(model: nn.Module, scorer: Scorer, grid: list[tuple[Target, int, float]],
+                clustering: str, budget: int | None, cache_bytes: int, prep: dict,
+                bar) -> tuple[Result, dict]:
+    """The unmodified model and every (target, clusters, rate) of ``grid`` on ``scorer``'s sample.
 
-    Each matrix (and each clustering of it) is decomposed once for all rates: by the scan
-    when it kept the factors (``svds``), else here within ``budget`` bytes (svd.svd).
-    ``prep`` (optional) receives the seconds spent outside the trials: caching the
-    hidden states entering each layer ("layer 12") and clustering and decomposing a
-    matrix ("12.out/c4"), so that the cost of any sub-grid can be added up afterwards.
+    Returns the base Result and {(target key, clusters, rate): (applied Reduction, Result,
+    seconds)}.  A trial runs the blocks from its matrix's up, on the hidden states entering
+    that block: the base evaluation caches them for the lowest layers, and each later
+    caching pass starts at the deepest block cached before and stops at the deepest it
+    needs, holding at most ``cache_bytes`` of them (always at least one layer).  Each
+    matrix (and clustering of it) is decomposed once for all its rates, within ``budget``
+    bytes (svd.svd), one matrix's factors resident at a time.  ``prep`` adds up the seconds
+    spent outside the trials ("base", "cache", "decompose").
     """
-    prep = {} if prep is None else prep
+    by_layer: dict[int, dict[tuple[Target, int], list[float]]] = {}
+    for t, c, rate in grid:
+        by_layer.setdefault(t.layer, {}).setdefault((t, c), []).append(rate)
+    layers = sorted(by_layer)
+    per_pass = max(1, cache_bytes // max(1, scorer.hidden_bytes(model)))
+    groups = [layers[i:i + per_pass] for i in range(0, len(layers), per_pass)]
+    t0 = time.perf_counter()
+    base = scorer.run(model, keep=groups[0] if groups else ())
+    prep["base"] = prep.get("base", 0.0) + time.perf_counter() - t0
     base_ok = correct(base)
-    by_layer: dict[int, list[Target]] = {}
-    for t in targets:
-        by_layer.setdefault(t.layer, []).append(t)
-    trials = []
-    bar = tqdm(total=len(targets) * len(rates) * len(clusters), desc=desc, disable=not progress)
-    for layer in sorted(by_layer):
-        t0 = time.perf_counter()
-        scorer.cache_inputs(model, [layer])
-        prep[f"layer {layer}"] = time.perf_counter() - t0
-        for t in by_layer[layer]:
-            W = weight_matrix(model.get_submodule(t.name))
-            for c in clusters:
+    results = {}
+    for gi, group in enumerate(groups):
+        if gi:
+            t0 = time.perf_counter()
+            scorer.drop_cache(keep=[groups[gi - 1][-1]])
+            scorer.cache_inputs(model, group, start_layer=groups[gi - 1][-1])
+            scorer.drop_cache(keep=group)
+            prep["cache"] = prep.get("cache", 0.0) + time.perf_counter() - t0
+        for layer in group:
+            for (t, c), rates in by_layer[layer].items():
+                W = weight_matrix(model.get_submodule(t.name))
                 if c > W.shape[0]:
                     raise EdgeC2IError(f"{c} clusters for {t.key} with only {W.shape[0]} rows: "
                                        "lower clusters")
                 t0 = time.perf_counter()
-                fact = factorization(W, c, clustering, budget, svds.get(t.key))
-                prep[f"{t.key}/c{c}"] = time.perf_counter() - t0
+                fact = factorization(W, c, clustering, budget)
+                prep["decompose"] = prep.get("decompose", 0.0) + time.perf_counter() - t0
                 for rate in rates:
                     with reduced(model, Reduction(t.layer, t.type, rate, c, clustering),
                                  fact) as red:
                         t0 = time.perf_counter()
                         res = scorer.run(model, start_layer=layer)
                     ok = correct(res)
-                    trials.append(Trial(red, res.accuracy, res.loss, time.perf_counter() - t0,
-                                        sum(y and not x for x, y in zip(base_ok, ok)),
-                                        sum(x and not y for x, y in zip(base_ok, ok))))
+                    results[(t.key, c, rate)] = Trial(
+                        red, res.accuracy, res.loss, time.perf_counter() - t0,
+                        sum(y and not x for x, y in zip(base_ok, ok)),
+                        sum(x and not y for x, y in zip(base_ok, ok)), res.n), res
                     bar.update()
                 del fact  # one matrix's factors resident at a time (the memory plan)
-        scorer.drop_cache()
+    scorer.drop_cache()
+    return base, results
+
+
+def _try_all(model: nn.Module, tokenizer, evals, targets: list[Target], rates, clusters,
+             clustering: str, budget: int | None, desc: str, progress: bool,
+             screen: float | None = None, batch_tokens: int = 4096,
+             lm_head_chunk: int | None = None,
+             cache_bytes: int = 0) -> tuple[Result, list[Trial], list[Trial], dict]:
+    """Score every (target, rate, clusters) on the evaluation sample ``evals``.
+
+    With ``screen`` (successive halving), every configuration is scored on the first
+    ``screen`` share of the sample, and the best ``screen`` share of them (at least one;
+    by accuracy, then loss) on the rest too.  Returns the base Result on the whole sample,
+    the trials on the whole sample (those to pick from), the screened-out trials (scored
+    on the screen only) and the seconds spent outside the trials.
+    """
+    grid = [(t, c, r) for t in targets for c in clusters for r in rates]
+    kw = {"lm_head_chunk": lm_head_chunk} if lm_head_chunk else {}
+    first = max(1, round(screen * len(evals))) if screen else len(evals)
+    first = min(len(evals), first)
+    prep: dict = {}
+    keep = max(1, round(screen * len(grid))) if screen and first < len(evals) else len(grid)
+    bar = tqdm(total=len(grid) + (keep if keep < len(grid) else 0), desc=desc,
+               disable=not progress)
+    head = Scorer(tokenizer, evals[:first], batch_tokens, **kw)
+    base, screened = _score_grid(model, head, grid, clustering, budget, cache_bytes, prep, bar)
+    if keep == len(grid):
+        bar.close()
+        return base, [t for t, _ in screened.values()], [], prep
+    order = sorted(grid, key=lambda g: screened[(g[0].key, g[1], g[2])][0].key(), reverse=True)
+    survivors = order[:keep]
+    tail = Scorer(tokenizer, evals[first:], batch_tokens, **kw)
+    tail_base, rest = _score_grid(model, tail, survivors, clustering, budget, cache_bytes,
+                                  prep, bar)
     bar.close()
-    return trials
+    whole_base = base + tail_base
+    base_ok = correct(whole_base)
+    trials = []
+    for t, c, r in survivors:
+        key = (t.key, c, r)
+        (t1, r1), (t2, r2) = screened[key], rest[key]
+        res = r1 + r2
+        ok = correct(res)
+        trials.append(Trial(t1.reduction, res.accuracy, res.loss, t1.seconds + t2.seconds,
+                            sum(y and not x for x, y in zip(base_ok, ok)),
+                            sum(x and not y for x, y in zip(base_ok, ok)), res.n))
+    dropped = [screened[(t.key, c, r)][0] for t, c, r in order[keep:]]
+    return whole_base, trials, dropped, prep
 
 
 def gate(base: Result, best: Trial, min_net: int = MIN_NET) -> dict:
@@ -181,7 +247,8 @@ def pick(base: Result, trials: list[Trial], min_net: int = MIN_NET) -> Trial | N
 
 def c2i_search(model: nn.Module, tokenizer, calib, evals, config: SearchConfig | None = None,
                progress: bool = True) -> SearchResult:
-    """Scan once, then try the top-K matrices x rates x clusterings on the evaluation sample.
+    """Scan once, then try the top-K matrices x rates x clusterings on the evaluation sample
+    (successive halving with ``config.screen``).
 
     ``config.max_memory`` (bytes) runs the scan within that budget (budget.plan_scan), and
     the search's decompositions within the plan's budget for one.
@@ -194,31 +261,28 @@ def c2i_search(model: nn.Module, tokenizer, calib, evals, config: SearchConfig |
     if max(config.clusters) > fewest:  # refused now, not after the scan
         raise EdgeC2IError(f"clusters {max(config.clusters)} is more than the {fewest} rows of "
                            f"the smallest candidate matrix: use 1..{fewest}")
-    svds: dict = {}
-    scans, scan_t = singular_value_gradients(model, tokenizer, calib, targets, progress, svds,
+    scans, scan_t = singular_value_gradients(model, tokenizer, calib, targets, progress,
                                              config.max_memory)
     budget = scan_t.pop("svd_budget")
+    planned = scan_t["budget"]  # --max-memory, or the default the scan planned for
     ranked = rank_targets(scans, config.score)
     top = ranked[:config.top_k]
-    keep = {sc.target.key for sc in top}
-    svds = {k: v for k, v in svds.items() if k in keep}
     t_scan = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    scorer = Scorer(tokenizer, evals, eval_batch_tokens_for(config.max_memory),
-                    lm_head_chunk_for(model, config.max_memory))
-    base = scorer.run(model)
-    t_base = time.perf_counter() - t1
-    prep: dict = {}
-    trials = _try_all(model, scorer, base, [sc.target for sc in top], rates, config.clusters,
-                      config.clustering, svds, budget, "c2i search", progress, prep)
+    base, trials, dropped, prep = _try_all(
+        model, tokenizer, evals, [sc.target for sc in top], rates, config.clusters,
+        config.clustering, budget, "c2i search", progress, config.screen,
+        eval_batch_tokens_for(config.max_memory), lm_head_chunk_for(model, planned),
+        cache_bytes_for(planned))
     t_search = time.perf_counter() - t1
     candidates = [Candidate(sc.target.layer, sc.target.type, sc.benefit(config.score),
                             sc.best_rate(config.score)) for sc in ranked]
     rankings = {name: [sc.target.key for sc in rank_targets(scans, name)] for name in SCORES}
-    return SearchResult("c2i", base, pick(base, trials), trials, candidates,
-                        {"scan_s": t_scan, "search_s": t_search, "base_eval_s": t_base,
-                         "prep_s": prep, **scan_t}, rankings, budget)
+    return SearchResult("c2i", base, pick(base, trials), trials + dropped, candidates,
+                        {"scan_s": t_scan, "search_s": t_search,
+                         "base_eval_s": prep.get("base", 0.0), "prep_s": prep,
+                         "screened_out": len(dropped), **scan_t}, rankings, budget)
 
 
 def laser_search(model: nn.Module, tokenizer, evals, config: SearchConfig | None = None,
@@ -227,12 +291,9 @@ def laser_search(model: nn.Module, tokenizer, evals, config: SearchConfig | None
     config = config or SearchConfig(method="laser")
     t0 = time.perf_counter()
     targets = find_targets(model, config.layers, config.types)
-    scorer = Scorer(tokenizer, evals)
-    base = scorer.run(model)
-    t_base = time.perf_counter() - t0
-    prep: dict = {}
-    trials = _try_all(model, scorer, base, targets, config.rates or LASER_RATES, (1,), "none",
-                      {}, None, "laser search", progress, prep)
+    base, trials, _, prep = _try_all(model, tokenizer, evals, targets,
+                                     config.rates or LASER_RATES, (1,), "none", None,
+                                     "laser search", progress, cache_bytes=cache_bytes_for(None))
     return SearchResult("laser", base, pick(base, trials), trials, [],
                         {"scan_s": 0.0, "search_s": time.perf_counter() - t0,
-                         "base_eval_s": t_base, "prep_s": prep})
+                         "base_eval_s": prep.get("base", 0.0), "prep_s": prep})

@@ -163,8 +163,9 @@ def test_the_search_decomposes_within_the_memory_plan(smol, monkeypatch):
     monkeypatch.setattr(torch.linalg, "svd", linalg_svd)
     s = split(load_task("bigbench:epistemic_reasoning"), n_calib=4, n_eval=4)
     config = SearchConfig(top_k=2, rates=(0.5, 0.05), clusters=(1, 2), layers=(29,),
-                          types=("out", "o"), max_memory=3 * 10**9)
+                          types=("out", "o"), max_memory=3 * 10**9, screen=None)
     found = c2i_search(model, tok, s.calib, s.eval, config, progress=False)
     assert len(found.trials) == 8 and found.svd_budget is not None
-    # 2 in the scan, then per candidate 1 + 2 (its two row groups): no decomposition per rate
-    assert len(budgets) == 2 + 2 * 3 and set(budgets) == {found.svd_budget}
+    # none in the scan (its eigendecompositions are in the plan's "svd" share), then per
+    # candidate 1 + 2 (its two row groups): no decomposition per rate
+    assert len(budgets) == 2 * 3 and set(budgets) == {found.svd_budget}

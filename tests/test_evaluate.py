@@ -16,6 +16,7 @@ from edge_c2i.evaluate import (
     encode,
     evaluate,
 )
+from edge_c2i.targets import decoder_layers
 from edge_c2i.tasks import Example, load_task, split
 
 CAPITALS = {
@@ -85,6 +86,40 @@ def test_cached_prefix_gives_the_same_scores_as_a_full_run(smol, epistemic):
     scorer.cache_inputs(model, [25])
     part = scorer.run(model, start_layer=25)
     assert flat(part.choice_logprobs) == pytest.approx(flat(full.choice_logprobs), abs=1e-4)
+
+
+def test_caches_taken_in_depth_order_and_on_the_base_run(smol, epistemic, monkeypatch):
+    model, tok = smol
+    scorer = Scorer(tok, epistemic.eval[:6])
+    base = scorer.run(model, keep=[3])  # the base evaluation caches block 3's inputs
+    assert base.accuracy == scorer.run(model).accuracy
+    blocks = decoder_layers(model)
+    ran = []
+    for i in (5, 20, 29):
+        monkeypatch.setattr(blocks[i], "forward", _recording(blocks[i].forward, ran, i))
+    scorer.cache_inputs(model, [12, 20], start_layer=3)  # blocks 3..19 only, from block 3's
+    assert 5 in ran and 20 not in ran and 29 not in ran  # stopped at the deepest one
+    scorer.drop_cache(keep=[20])
+    part = scorer.run(model, start_layer=20)
+    assert flat(part.choice_logprobs) == pytest.approx(flat(base.choice_logprobs), abs=1e-4)
+    with pytest.raises(KeyError):
+        scorer.run(model, start_layer=12)  # dropped
+
+
+def _recording(forward, ran, i):
+    def wrapped(*args, **kwargs):
+        ran.append(i)
+        return forward(*args, **kwargs)
+    return wrapped
+
+
+def test_results_of_two_samples_add_up(smol, epistemic):
+    model, tok = smol
+    a, b = epistemic.eval[:4], epistemic.eval[4:10]
+    both = Scorer(tok, a).run(model) + Scorer(tok, b).run(model)
+    whole = Scorer(tok, a + b).run(model)
+    assert both.n == 10 and both.gold == whole.gold
+    assert both.accuracy == whole.accuracy and both.loss == pytest.approx(whole.loss, rel=1e-5)
 
 
 class Tok:  # a byte-level stand-in tokenizer for the random models: one token a character

@@ -21,12 +21,19 @@ def test_singular_value_gradients_match_autograd_on_the_real_model(smol):
         parametrize.register_parametrization(module, "weight", param)
         try:
             with torch.enable_grad():
-                Scorer(tok, examples).loss_and_backward(model)
+                Scorer(tok, examples).loss_and_backward(model)  # every choice packed
         finally:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         ref, got = param.s.grad, scans[t.key].g
-        rel = (got - ref).norm() / ref.norm()  # u_i^T G v_i does not depend on the signs
-        assert rel <= 1e-4, (t.key, float(rel))
+        # u_i^T G v_i does not depend on the signs.  The scan's singular vectors come from
+        # the Gram matrix (spectral_basis), not this SVD: where singular values nearly
+        # coincide the two pick different vectors in their span, so single g_i differ more
+        # (5e-4) than the tail sums the scores add up (1e-4), which do not depend on that pick
+        rel = (got - ref).norm() / ref.norm()
+        assert rel <= 5e-4, (t.key, float(rel))
+        for rate, value in tail_scores(S, ref, shape=tuple(S.shape) * 2)["first_order"].items():
+            assert scans[t.key].scores["first_order"][rate] == pytest.approx(value, rel=1e-4,
+                                                                             abs=1e-7)
 
 
 class _FromSingularValues(torch.nn.Module):

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -57,10 +58,20 @@ def test_c2i_search_on_the_real_model_with_a_tiny_grid(smol):
                for t in res.trials)
     again = SearchResult.from_dict(json.loads(json.dumps(res.to_dict())))
     assert again.trials == res.trials and again.candidates == res.candidates
-    for t in res.trials:  # wins and losses against the base add up to the accuracy change
+    # successive halving: the 4 configurations on 2 of the 8 examples, the best one on all 8
+    assert [t.n for t in res.finalists] == [8] and res.base.n == 8
+    assert sorted(t.n for t in res.trials) == [2, 2, 2, 8]
+    assert res.timings["screened_out"] == 3
+    for t in res.finalists:  # wins and losses against the base add up to the accuracy change
         assert t.wins - t.losses == round((t.accuracy - res.base.accuracy) * res.base.n)
-    winner = max(res.trials, key=Trial.key)
+    winner = max(res.finalists, key=Trial.key)
     assert res.best is (winner if gate(res.base, winner)["accepted"] else None)
+    # without screening every configuration is scored on the whole sample, and the one the
+    # screen kept scores the same (the screen and the rest are the same examples)
+    full = c2i_search(model, tok, s.calib, s.eval, replace(config, screen=None), progress=False)
+    assert [t.n for t in full.trials] == [8] * 4 and full.base.accuracy == res.base.accuracy
+    same = next(t for t in full.trials if t.reduction == winner.reduction)
+    assert same.accuracy == winner.accuracy and same.loss == pytest.approx(winner.loss, rel=1e-4)
     # the model is restored after the search
     from edge_c2i.targets import find_targets
     assert all(type(model.get_submodule(t.name)).__name__ == "Linear" for t in find_targets(model))
