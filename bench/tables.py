@@ -242,22 +242,35 @@ def section_svd(d: dict) -> str:
 
 def section_memory(d: dict) -> str:
     rows = [{**r, "top5": " ".join(r.get("top5") or []),
+             "budget": ("none (default plan)" if r["budget"] == "none" else r["budget"]),
              "pick": r.get("chosen") and f"{r['chosen']['layer']}.{r['chosen']['type']} rate "
                                          f"{r['chosen']['rate']}"} for r in d["rows"]]
-    return ("### Peak memory of scan and adapt\n\n`python bench/bench_memory.py` -> "
-            f"bench/results/memory.json ({d['task']}, 100 calibration examples, 1 thread; peak RSS "
+    targets = [{**t, "limit_gb": t["peak_limit_bytes"] / 1e9,
+                "peak": "met" if t["peak_met"] else "not met",
+                "time": ("-" if "time_met" not in t else
+                         ("met" if t["time_met"] else "not met"))}
+               for t in d.get("targets") or []]
+    target_table = ("\n\nThe default plan's targets (#17), from the same run: peak <= the stored "
+                    "weights + 1.5 GB, time <= 1.1x the earlier revision's unbudgeted run.\n\n"
+                    + table(targets, [("model", "model"), ("command", "command"),
+                                      ("limit_gb", "peak limit GB"), ("peak", "peak"),
+                                      ("time_ratio", "time / earlier unbudgeted"),
+                                      ("time", "time")])) if targets else ""
+    return ("### Peak memory of scan and adapt\n\n`python bench/bench_memory.py --models "
+            "smollm2-135m gemma3-270m --budgets none,2GB --baseline REV` -> "
+            f"bench/results/memory.json ({d['task']}, 100 calibration examples, 2 threads, "
+            f"{d.get('date', '')}, alone on the machine; peak RSS "
             "of the command's process as the kernel counts it, getrusage of a wrapper; the "
             f"runtime alone, Python + torch + transformers + edge_c2i imported, is "
-            f"{(d.get('runtime_rss_bytes') or 0) / 1e9:.2f} GB). The budgeted run shared the two "
-            "cores with other benchmarks: its time is an upper bound, not a ratio to quote. "
-            "Under the budget the ranking is computed in several passes with one-example "
-            "batches, and comes out the same; adapt (reduced grid: --top-k 2 --rates 0.2,0.05 "
-            "--clusters 1, 200 test examples) picks the same reduction.\n\n"
+            f"{(d.get('runtime_rss_bytes') or 0) / 1e9:.2f} GB). 'none' runs the default plan; "
+            "'REV unbudgeted' is the same command in the code of that earlier revision "
+            "(2048-token batches, no plan). adapt runs a reduced grid (--top-k 2 --rates "
+            "0.2,0.05 --clusters 1, 200 test examples).\n\n"
             + table(rows, [("model", "model"), ("command", "command"), ("budget", "--max-memory"),
                            ("peak_rss_gb", "peak RSS GB"), ("within_budget", "within budget"),
                            ("passes", "passes"), ("batch_tokens", "batch tokens"),
                            ("seconds", "s"), ("top5", "top 5 of the ranking"),
-                           ("pick", "adapt chose")]))
+                           ("pick", "adapt chose")]) + target_table)
 
 
 def section_scan(d: dict) -> str:

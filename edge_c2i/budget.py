@@ -152,6 +152,35 @@ def default_budget(model: nn.Module) -> tuple[int, str]:
     return budget, why
 
 
+def _default_plan(model: nn.Module, targets: list[Target], longest: int) -> ScanPlan:
+    """The plan for ``default_budget``, raised by 10% steps (within 90% of what is
+    available) while the longest example does not fit or would need a second pass (which
+    doubles the scan's time: truthful_qa's few-shot prompts); unbudgeted, said so, when
+    nothing within the machine fits."""
+    default, why = default_budget(model)
+    avail = available_bytes()
+    cap = max(default, int(0.9 * avail) if avail is not None else 4 * default)
+    budget, plan = default, None
+    while True:
+        try:
+            plan = plan_scan(model, targets, longest, budget)
+            if plan.passes == 1:
+                break
+        except EdgeC2IError:
+            pass
+        if budget >= cap:
+            break
+        budget = min(cap, int(budget * 1.1))
+    if plan is None:
+        plan = _plan(model, targets, longest, None, exact_svd=True)
+        plan.default = f"unbudgeted: the examples do not fit the machine ({why})"
+        return plan
+    if plan.budget > default:
+        why += f", raised to {format_size(plan.budget)} for the longest example in one pass"
+    plan.default = f"default budget {format_size(plan.budget)} ({why})"
+    return plan
+
+
 def plan_scan(model: nn.Module, targets: list[Target], longest: int,
               budget: int | None) -> ScanPlan:
     """Batch size and layer groups for a scan within ``budget`` bytes.
@@ -159,19 +188,13 @@ def plan_scan(model: nn.Module, targets: list[Target], longest: int,
     ``longest`` is the token count of the longest calibration example with its
     answer (no batch can be smaller).  The exact SVD is kept when its workspace
     fits; else the chunked Gram path (same singular values, svd.py).  Without a
-    budget, the plan fits ``default_budget`` when it can (``plan.default`` says why);
+    budget, the plan fits ``default_budget`` when it can (``plan.default`` says why),
+    raised as far as the machine allows when the longest example would otherwise need a
+    second pass (the scan's time doubles: truthful_qa's few-shot prompts on SmolLM2);
     else it runs unbudgeted, as the examples ask.
     """
     if budget is None:
-        default, why = default_budget(model)
-        try:
-            plan = plan_scan(model, targets, longest, default)
-        except EdgeC2IError:
-            plan = _plan(model, targets, longest, None, exact_svd=True)
-            plan.default = f"unbudgeted: the examples do not fit the default budget ({why})"
-            return plan
-        plan.default = f"default budget {format_size(default)} ({why})"
-        return plan
+        return _default_plan(model, targets, longest)
     try:
         return _plan(model, targets, longest, budget, exact_svd=True)
     except EdgeC2IError:

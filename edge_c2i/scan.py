@@ -106,7 +106,7 @@ def singular_value_gradients(model: nn.Module, tokenizer, examples, targets: lis
     """
     from .budget import plan_scan
 
-    scorer = Scorer(tokenizer, examples)
+    scorer = Scorer(tokenizer, examples, gold_only=True)
     plan = plan_scan(model, targets, scorer.longest, max_memory)
     scorer = Scorer(tokenizer, examples, plan.batch_tokens, plan.lm_head_chunk, gold_only=True)
     timings = {"svd_s": 0.0, "grad_s": 0.0, "loss": 0.0, "passes": plan.passes,

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from edge_c2i.budget import check_weights_fit, model_bytes, plan_scan
+from edge_c2i import budget as budget_module
+from edge_c2i.budget import DEFAULT_HEADROOM, check_weights_fit, model_bytes, plan_scan
 from edge_c2i.errors import EdgeC2IError
 from edge_c2i.evaluate import Scorer
 from edge_c2i.models import resolve
@@ -82,3 +83,34 @@ def test_cli_refuses_bad_or_unmeetable_budgets_in_one_line(tmp_path, size, messa
     assert proc.returncode != 0
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not out.exists()
+
+
+def test_without_a_budget_the_scan_plans_for_the_weights_plus_headroom(smol, monkeypatch):
+    model, _ = smol
+    targets = find_targets(model)
+    plan = plan_scan(model, targets, 60, None)
+    assert plan.default.startswith("default budget") and "weights 538 MB + 1.5 GB" in plan.default
+    assert plan.budget == model_bytes(model) + DEFAULT_HEADROOM
+    assert sum(plan.estimate.values()) <= plan.budget and plan.passes == 1
+    assert plan.describe().startswith("default budget")
+    # a machine with less available: 90% of it
+    monkeypatch.setattr(budget_module, "available_bytes", lambda: 2 * 10**9)
+    small = plan_scan(model, targets, 60, None)
+    assert small.budget == int(0.9 * 2 * 10**9) and "available" in small.default
+    assert small.batch_tokens < plan.batch_tokens
+    # a machine that cannot hold the scan at all: the unbudgeted plan, said so
+    monkeypatch.setattr(budget_module, "available_bytes", lambda: 10**9)
+    none = plan_scan(model, targets, 60, None)
+    assert none.budget is None and none.default.startswith("unbudgeted")
+
+
+def test_the_default_budget_is_raised_rather_than_scanning_twice(smol):
+    model, _ = smol
+    targets = find_targets(model)
+    default = model_bytes(model) + DEFAULT_HEADROOM
+    assert plan_scan(model, targets, 300, default).passes == 2  # 300 tokens: two passes
+    with pytest.raises(EdgeC2IError):  # 700 tokens do not fit at all
+        plan_scan(model, targets, 700, default)
+    for longest in (300, 700):
+        plan = plan_scan(model, targets, longest, None)
+        assert plan.passes == 1 and plan.budget > default and "in one pass" in plan.default
