@@ -38,6 +38,20 @@ print(json.dumps({"rc": rc.returncode, "seconds": time.perf_counter() - t0,
                   "stderr_tail": rc.stderr.strip().splitlines()[-1:] }))
 """
 RUNTIME_PROBE = "import edge_c2i.cli, torch, transformers"
+# Runs edge_c2i.cli from the folder argv[1] (an earlier revision, --baseline): that folder
+# first on sys.path, and the editable install's import hook, which would win over any
+# path, taken out.
+BASELINE = """
+import sys
+lib = sys.argv.pop(1)
+sys.path.insert(0, lib)
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in type(f).__module__]
+import edge_c2i
+assert edge_c2i.__file__.startswith(lib), edge_c2i.__file__
+from edge_c2i.cli import main
+sys.argv[0] = "edge-c2i"
+sys.exit(main())
+"""
 
 
 def measure(cmd: list[str]) -> dict:
@@ -77,7 +91,7 @@ def main() -> None:
                 for budget in budgets:
                     out = Path(tmp) / f"{model}-{command}-{budget}"
                     baseline = budget and budget.endswith(" unbudgeted")
-                    prefix = (["env", f"PYTHONPATH={old}", *cli] if baseline else cli)
+                    prefix = [sys.executable, "-c", BASELINE, old] if baseline else cli
                     cmd = [*prefix, command, "--model", model, "--task", args.task,
                            "--threads", args.threads,
                            "--out", str(out) + (".json" if command == "scan" else "")]
@@ -105,17 +119,17 @@ def main() -> None:
                     print(row, flush=True)
                     write_result("memory", {"task": args.task, "runtime_rss_bytes":
                                             runtime["peak_rss_bytes"], "rows": rows,
-                                            "targets": targets(rows, args.baseline),
+                                            "targets": targets(rows),
                                             "date": time.strftime("%Y-%m-%d")})
     print(table(rows, [("model", "model"), ("command", "command"), ("budget", "--max-memory"),
                        ("peak_rss_gb", "peak RSS GB"), ("seconds", "s"), ("passes", "passes"),
                        ("batch_tokens", "batch tokens"), ("within_budget", "within budget")]))
 
 
-def targets(rows: list[dict], baseline: str | None) -> list[dict]:
-    """#17's default-memory targets, per model and command, from this run's rows: the
-    default plan's peak <= the stored weights + 1.5 GB, and its time <= 1.1x the baseline
-    revision's unbudgeted time."""
+def targets(rows: list[dict]) -> list[dict]:
+    """#17's default-memory targets, per model and command: the default plan's peak <= the
+    stored weights + 1.5 GB, and its time <= 1.1x the earlier revision's unbudgeted time
+    (the rows of --baseline, this run's or kept by --append)."""
     from edge_c2i.budget import DEFAULT_HEADROOM
     from edge_c2i.models import resolve
 
@@ -127,8 +141,8 @@ def targets(rows: list[dict], baseline: str | None) -> list[dict]:
         t = {"model": r["model"], "command": r["command"], "weights_bytes": weights,
              "peak_limit_bytes": weights + DEFAULT_HEADROOM,
              "peak_met": r["peak_rss_bytes"] <= weights + DEFAULT_HEADROOM}
-        old = [b for b in rows if baseline and b["budget"] == f"{baseline} unbudgeted"
-               and b["model"] == r["model"] and b["command"] == r["command"] and b["rc"] == 0]
+        old = [b for b in rows if b["budget"].endswith(" unbudgeted") and b["rc"] == 0
+               and b["model"] == r["model"] and b["command"] == r["command"]]
         if old:
             t["time_ratio"] = r["seconds"] / old[0]["seconds"]
             t["time_met"] = t["time_ratio"] <= 1.1

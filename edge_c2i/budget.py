@@ -205,7 +205,10 @@ def _plan(model, targets, longest, budget, exact_svd: bool) -> ScanPlan:
     shapes = {t.key: tuple(weight_matrix(model.get_submodule(t.name)).shape) for t in targets}
     per_layer = {layer: sum(factor_bytes(*shapes[t.key]) for t in ts)
                  for layer, ts in _by_layer(targets).items()}
-    per_token = activation_bytes_per_token(model.config, longest)
+    # plus what the scan's hooks keep until the backward: the output of every matrix
+    # projected on its left side (scan._scan_group), float32
+    per_token = (activation_bytes_per_token(model.config, longest)
+                 + 4 * sum(m for m, n in shapes.values() if m <= n))
     vocab = model.get_output_embeddings().weight.shape[0]
     lm_chunk = lm_head_chunk_for(model, budget)
     asked = budget

@@ -35,6 +35,7 @@ from .errors import EdgeC2IError
 from .evaluate import Result, Scorer
 from .factorize import factorization, reduced
 from .scan import SCORES, rank_targets, singular_value_gradients
+from .svd import release_freed_memory
 from .targets import LASER_RATES, Target, find_targets, weight_matrix
 from .tasks import Splits, Task, load_task, split
 from .verdict import correct, min_net_wins, sign_test_p
@@ -265,6 +266,7 @@ def c2i_search(model: nn.Module, tokenizer, calib, evals, config: SearchConfig |
                                              config.max_memory)
     budget = scan_t.pop("svd_budget")
     planned = scan_t["budget"]  # --max-memory, or the default the scan planned for
+    release_freed_memory()  # the scan's activations: not resident under the search's
     ranked = rank_targets(scans, config.score)
     top = ranked[:config.top_k]
     t_scan = time.perf_counter() - t0

@@ -240,7 +240,7 @@ def gram_svd(
     del G
     E = Q[:, N - r :].flip(-1)  # top-r eigenvectors, descending (a copy: Q can go)
     del Q
-    _release_freed_memory()
+    release_freed_memory()
     S = lam[N - r :].flip(0).clamp_min(0).sqrt()
     # eigenvalues below N eps64 lam_max are rounding noise: report sigma = 0 there
     floor = S[0] * math.sqrt(N * torch.finfo(torch.float64).eps) if r else 0.0
@@ -259,15 +259,16 @@ def gram_svd(
     if start != M:
         raise EdgeC2IError(f"the matrix chunks gave {start} rows, expected {M}")
     del X, XE
-    _release_freed_memory()
+    release_freed_memory()
     return A, S.to(torch.float32), E.to(torch.float32)
 
 
-def _release_freed_memory() -> None:
+def release_freed_memory() -> None:
     """Hand freed heap memory back to the OS (glibc ``malloc_trim``).
 
     eigh's freed temporaries would otherwise stay resident as holes in the heap
-    while the second pass allocates its chunk buffers above them.
+    while the second pass allocates its chunk buffers above them; so would the scan's
+    activations while the search allocates other shapes.
     """
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
