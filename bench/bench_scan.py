@@ -8,8 +8,9 @@ examples, seed 0), in one process, with the same batching:
 
 - ``fb_s``: one ordinary training step's forward+backward of the task loss,
   every parameter requiring grad (what any fine-tuning step costs);
-- ``scan_s``: edge_c2i's scan, end to end: the SVD of every target
-  (``svd_s``) and its hooked forward+backward (``grad_s``);
+- ``scan_s``: edge_c2i's scan, end to end: its hooked forward+backward
+  (``grad_s``, the gold answers only) and the eigendecomposition of every target's
+  Gram matrix (``svd_s``);
 - ``ratio`` = scan_s / (fb_s + svd_s), the target being <= 1.5.
 
 Each is run twice after a warm-up pass and the faster run is kept (timings on a

@@ -278,9 +278,11 @@ def section_scan(d: dict) -> str:
     return ("### What the scan costs\n\n`python bench/bench_scan.py` -> bench/results/scan.json "
             f"(100 calibration examples, {d['threads']} threads, after a warm-up pass, "
             f"{runs}). "
-            "The target: the scan (SVDs of every target + its hooked forward+backward) "
+            "The target: the scan (its hooked forward+backward + the eigendecompositions "
+            "that give every target's singular vectors, the 'SVDs' column) "
             f"costs at most {d['target_ratio']}x one ordinary forward+backward over the same "
-            "examples plus those SVDs.\n\n" + table(d["rows"], SCAN_COLUMNS))
+            "examples (every choice packed; the scan packs the gold answer only) plus those "
+            "decompositions.\n\n" + table(d["rows"], SCAN_COLUMNS))
 
 
 def section_device_arm64(d: dict) -> str:
