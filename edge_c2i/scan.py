@@ -11,8 +11,8 @@ The scores need s_i g_i, and since s_i v_i = W^T u_i and s_i u_i = W v_i,
             = sum_t (v_i^T W^T d_t)(v_i^T x_t)     (W tall, m > n: right vectors)
 
 which needs the singular vectors of one side only: the eigenvectors of the p x p Gram
-matrix W W^T or W^T W (p = min(m, n)), in float64 still about 3x faster than the
-SVD (SmolLM2: 210 matrices in ~5 s instead of 14.5 s).  Hooks add up, over tokens,
+matrix W W^T or W^T W (p = min(m, n)), in float64 still several times faster
+than the SVD (bench/results/scan.json, "svd_s").  Hooks add up, over tokens,
 the p x p matrix M = sum_t d_t (W x_t)^T (or sum_t (W^T d_t) x_t^T), and
 s_i g_i = q_i^T M q_i: the pass needs no singular vector, and only M (p x p) per
 matrix stays resident.  No weight needs a .grad and G never exists.  The scan scores

@@ -38,7 +38,7 @@ from .scan import SCORES, rank_targets, singular_value_gradients
 from .svd import release_freed_memory
 from .targets import LASER_RATES, Target, find_targets, weight_matrix
 from .tasks import Splits, Task, load_task, split
-from .verdict import correct, min_net_wins, sign_test_p
+from .verdict import min_net_wins, paired_counts, sign_test_p
 
 __all__ = ["DEFAULT_CLUSTERS", "DEFAULT_RATES", "DEFAULT_TOP_K", "SearchResult", "Trial",
            "acceptance", "c2i_search", "gate", "laser_search", "pick", "search"]
@@ -131,7 +131,6 @@ def _score_grid(model: nn.Module, scorer: Scorer, grid: list[tuple[Target, int, 
     t0 = time.perf_counter()
     base = scorer.run(model, keep=groups[0] if groups else ())
     prep["base"] = prep.get("base", 0.0) + time.perf_counter() - t0
-    base_ok = correct(base)
     results = {}
     for gi, group in enumerate(groups):
         if gi:
@@ -154,11 +153,9 @@ def _score_grid(model: nn.Module, scorer: Scorer, grid: list[tuple[Target, int, 
                                  fact) as red:
                         t0 = time.perf_counter()
                         res = scorer.run(model, start_layer=layer)
-                    ok = correct(res)
                     results[(t.key, c, rate)] = Trial(
                         red, res.accuracy, res.loss, time.perf_counter() - t0,
-                        sum(y and not x for x, y in zip(base_ok, ok)),
-                        sum(x and not y for x, y in zip(base_ok, ok)), res.n), res
+                        *paired_counts(base, res), res.n), res
                     bar.update()
                 del fact  # one matrix's factors resident at a time (the memory plan)
     scorer.drop_cache()
@@ -198,16 +195,13 @@ def _try_all(model: nn.Module, tokenizer, evals, targets: list[Target], rates, c
                                   prep, bar)
     bar.close()
     whole_base = base + tail_base
-    base_ok = correct(whole_base)
     trials = []
     for t, c, r in survivors:
         key = (t.key, c, r)
         (t1, r1), (t2, r2) = screened[key], rest[key]
         res = r1 + r2
-        ok = correct(res)
         trials.append(Trial(t1.reduction, res.accuracy, res.loss, t1.seconds + t2.seconds,
-                            sum(y and not x for x, y in zip(base_ok, ok)),
-                            sum(x and not y for x, y in zip(base_ok, ok)), res.n))
+                            *paired_counts(whole_base, res), res.n))
     dropped = [screened[(t.key, c, r)][0] for t, c, r in order[keep:]]
     return whole_base, trials, dropped, prep
 
