@@ -351,6 +351,75 @@ def section_runtime(d: dict) -> str:
                                            ("met", "met")]))
 
 
+COMPRESS_METHODS = ("svd", "whitened_svd", "gradient_svd", "edge_c2i")
+
+
+def section_compress(d: dict) -> str:
+    rows = sorted(d["rows"], key=_pair_order)
+    grid, variants, keep = {}, [], []
+    for r in rows:
+        cell = f"{r['accuracy']:.3f} / {r['loss']:.2f}"
+        if r["method"] in COMPRESS_METHODS:
+            key = (r["model"], r["task"], r["size"])
+            grid.setdefault(key, {"model": r["model"], "task": r["task"], "size": r["size"],
+                                  "base": f"{r['base_accuracy']:.3f} / {r['base_loss']:.2f}"})
+            grid[key][r["method"]] = cell
+        elif r["method"] == "edge_c2i_keep":
+            steps = ", ".join(f"{s['size']}{'' if s['kept'] else ' (stop)'}"
+                              for s in r.get("ladder", []))
+            keep.append({**r, "cell": cell, "base": f"{r['base_accuracy']:.3f} / "
+                                                    f"{r['base_loss']:.2f}", "steps": steps})
+        else:
+            variants.append({**r, "cell": cell})
+    default = next((r for r in rows if r["method"] == "edge_c2i"), {})
+    for v in variants:
+        ref = grid.get((v["model"], v["task"], v["size"]), {})
+        v["default"] = ref.get("edge_c2i")
+    out = ("### Compress: which truncation keeps the task at a size\n\n"
+           "`python bench/bench_compress.py` -> bench/results/compress.json. Test accuracy / "
+           f"loss on up to {max(r['n_test'] for r in rows)} held-out examples; size = share of "
+           "the linear layers' parameters kept (embeddings and LM head untouched); one "
+           "calibration pass of 100 examples per pair. svd / whitened_svd: the same rank share "
+           "in every matrix, W's own SVD / whitened (SVD-LLM); gradient_svd / edge_c2i: ranks "
+           f"allocated globally by the '{default.get('price_default', '?')}' price, W's own "
+           "SVD / whitened (Gram shrinkage "
+           f"{default.get('shrink', '?')}). Where the base is near chance (fever, "
+           "epistemic_reasoning) the loss is the signal.\n\n"
+           + table(list(grid.values()), [("model", "model"), ("task", "task"), ("size", "size"),
+                                         ("base", "base"), *[(m, m) for m in COMPRESS_METHODS]]))
+    if keep:
+        out += ("\n\nKeep-accuracy mode (`edge-c2i compress` without --size): the sizes tried "
+                "on the evaluation sample, largest first, until accuracy falls below the base's "
+                "or the loss rises by more than the tolerance; the test split scores the last "
+                "size kept.\n\n"
+                + table(keep, [("model", "model"), ("task", "task"), ("steps", "sizes tried"),
+                               ("kept", "size kept"), ("cell", "test acc / loss"),
+                               ("base", "base")]))
+    if variants:
+        out += ("\n\nThe evidence for the defaults: other price rules and Gram shrinkages, "
+                "against the default (edge_c2i) at the same size.\n\n"
+                + table(variants, [("model", "model"), ("task", "task"), ("size", "size"),
+                                   ("method", "variant"), ("cell", "test acc / loss"),
+                                   ("default", "default")]))
+    if d.get("export"):
+        out += ("\n\nONNX Runtime, 1 thread, same run: the dense model and edge_c2i at 0.8 "
+                "(compressed on the task named), each in fp32, int8 and int4.\n\n"
+                + table(d["export"], [("model", "model"), ("task", "task"),
+                                      ("variant", "variant"), ("precision", "precision"),
+                                      ("file_mb", "MB"), ("prefill_ms", "prefill ms"),
+                                      ("ms_per_token", "ms/token")]))
+    if d.get("cost"):
+        out += ("\n\nWhat compress costs: `adapt` and `compress --size 0.8` of the same pair, "
+                "one after the other, alone on the machine (target: at most 3x).\n\n"
+                + table(d["cost"], [("model", "model"), ("task", "task"),
+                                    ("adapt_s", "adapt s"), ("compress_s", "compress s"),
+                                    ("ratio", "compress / adapt")]))
+    targets = (d.get("summary") or {}).get("targets")
+    if targets:
+        out += "\n\nIssue #15's targets, from these rows: `" + json.dumps(targets) + "`"
+    return out
+
+
 def section_contention(d: dict) -> str:
     return ("### A busy machine\n\n`python bench/bench_contention.py` -> "
             f"bench/results/contention.json: `edge-c2i scan` of {d['model']} on {d['task']} "
@@ -375,7 +444,8 @@ def main() -> None:
              "search_grid": section_search_grid, "export": section_export,
              "svd": section_svd, "scan": section_scan, "memory": section_memory,
              "device_arm64": section_device_arm64, "device_x86": section_device_x86,
-             "contention": section_contention, "runtime": section_runtime}
+             "contention": section_contention, "runtime": section_runtime,
+             "compress": section_compress}
     for name, render in known.items():
         d = load(name)
         if d:

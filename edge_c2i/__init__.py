@@ -1,9 +1,9 @@
 """edge-c2i: adapt an LLM to a task with one gradient pass (Compress to Impress), export it to ONNX.
 
 The public API (imported lazily, so that the ONNX runtime path stays free of torch):
-``load_model``, ``load_task``, ``adapt``, ``search``, ``apply_``, ``reduced``, ``save``,
-``evaluate``, and the plain values they take and return: ``SearchConfig``, ``Reduction``,
-``Trial``, ``AdaptReport``.
+``load_model``, ``load_task``, ``adapt``, ``compress``, ``search``, ``apply_``, ``reduced``,
+``save``, ``evaluate``, and the plain values they take and return: ``SearchConfig``,
+``CompressConfig``, ``Reduction``, ``Trial``, ``AdaptReport``.
 """
 
 import sys
@@ -13,10 +13,11 @@ _WHERE = {
     "adapt": "api", "save": "api", "search": "search", "apply_": "factorize",
     "reduced": "factorize", "load_model": "models", "load_task": "tasks",
     "evaluate": "evaluate", "SearchConfig": "config", "Reduction": "config", "Trial": "config",
-    "AdaptReport": "config",
+    "AdaptReport": "config", "compress": "compress", "CompressConfig": "config",
 }  # fmt: skip
-__all__ = ["AdaptReport", "Reduction", "SearchConfig", "Trial", "adapt", "apply_", "evaluate",
-           "load_model", "load_task", "reduced", "save", "search"]
+__all__ = ["AdaptReport", "CompressConfig", "Reduction", "SearchConfig", "Trial", "adapt",
+           "apply_", "compress", "evaluate", "load_model", "load_task", "reduced", "save",
+           "search"]
 
 
 def __getattr__(name):
@@ -28,7 +29,7 @@ def __getattr__(name):
 
 
 class _Package(types.ModuleType):
-    """Keeps ``edge_c2i.search`` and ``edge_c2i.evaluate`` the functions: importing the
+    """Keeps ``edge_c2i.search``, ``.evaluate`` and ``.compress`` the functions: importing the
     submodules of the same names would otherwise bind the modules there (they stay in
     ``sys.modules`` and ``from edge_c2i.search import ...`` works as ever)."""
 

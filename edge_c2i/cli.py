@@ -18,13 +18,17 @@ from pathlib import Path
 
 from . import errors
 from .config import (
+    BASES,
     CLUSTERINGS,
     DEFAULT_CLUSTERS,
+    DEFAULT_LOSS_TOLERANCE,
     DEFAULT_MODEL,
+    DEFAULT_PRICE,
     DEFAULT_SCORE,
     DEFAULT_SCREEN,
     DEFAULT_TASK,
     DEFAULT_TOP_K,
+    PRICES,
     SCORES,
 )
 from .errors import EdgeC2IError, note
@@ -57,6 +61,17 @@ def _screen(text: str) -> float | None:
             from None
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected a share in (0, 1) or none, not {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    """A share in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share like 0.8, not {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1], not {text}")
     return value
 
 
@@ -248,6 +263,47 @@ def cmd_adapt(args, method: str = "c2i") -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    """compress.py: whitened truncation of every matrix, priced by the calibration pass."""
+    from .adapted import output
+
+    dest = output(args.out, args.force)  # refused now, not after the work
+    task = _task(args)
+    from .config import CompressConfig
+
+    config = CompressConfig(size=args.size, params=args.params, price=args.price,
+                            basis=args.basis, allocation=args.allocation,
+                            loss_tolerance=args.loss_tolerance, n_calib=args.samples,
+                            n_eval=args.eval_samples, n_test=args.test_samples, seed=args.seed,
+                            layers=args.layers, types=args.types)
+    from .api import save
+    from .compress import compress, per_layer_table
+    from .models import load_model
+
+    dest.claim()
+    try:
+        _threads(args.threads)
+        model, tok = load_model(args.model)
+        report = compress(model, tok, task, config, model_name=args.model,
+                          progress=not args.quiet).to_dict()
+        out = save(model, tok, dest, report)
+    finally:
+        dest.abort()
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    b, c, bud = report["base"], report["compressed"], report["budget"]
+    print(f"compress ({report['mode']}) on {report['task']}: linear parameters "
+          f"{bud['linear_params_before']:,} -> {bud['linear_params_after']:,} "
+          f"({bud['size']:.3f}) in {report['timings']['total_s']:.1f}s")
+    print(f"  test accuracy {b['accuracy']:.3f} -> {c['accuracy']:.3f}, loss {b['loss']:.4f} -> "
+          f"{c['loss']:.4f}")
+    for line in per_layer_table(report):
+        print("  " + line)
+    print(f"  written: {out} (report.json inside)")
+    return 0
+
+
 def cmd_apply(args) -> int:
     """Rebuild an adapted folder from its base model and a recipe (recipe.py)."""
     from .adapted import output
@@ -401,6 +457,41 @@ def build_parser() -> argparse.ArgumentParser:
                                 "model's weights + 1.5 GB, or less if the machine has less)")
         a.set_defaults(func=lambda args, m=method: cmd_adapt(args, m))
 
+    c = command("compress", "the smallest model that keeps the task, or the best one within "
+                "a budget (whitened low-rank factors priced by one calibration pass)")
+    common(c)
+    c.add_argument("--out", required=True, help="the compressed model folder to write")
+    c.add_argument("--force", action="store_true",
+                   help="replace --out if it is a model folder edge-c2i wrote (never another "
+                        "folder)")
+    c.add_argument("--size", type=_share, default=None,
+                   help="budget mode: keep this share of the linear layers' parameters, e.g. "
+                        "0.8 (default: keep-accuracy mode, the smallest size that keeps the "
+                        "evaluation accuracy)")
+    c.add_argument("--params", type=_at_least(1), default=None,
+                   help="budget mode: at most this many linear-layer parameters")
+    c.add_argument("--price", choices=PRICES, default=DEFAULT_PRICE,
+                   help="how each singular component is priced (compress.py)")
+    c.add_argument("--basis", choices=BASES, default="whitened",
+                   help="truncate in the calibration inputs' basis, or W's own SVD")
+    c.add_argument("--allocation", choices=("global", "uniform"), default="global",
+                   help="ranks by price over all matrices, or one rank share for all")
+    c.add_argument("--loss-tolerance", type=float, default=DEFAULT_LOSS_TOLERANCE,
+                   help="keep-accuracy mode: the evaluation loss may rise this much")
+    c.add_argument("--samples", type=_at_least(1), default=100,
+                   help="calibration examples (inputs and gradients)")
+    c.add_argument("--eval-samples", type=_at_least(1), default=100,
+                   help="keep-accuracy mode: examples each size is checked on")
+    c.add_argument("--test-samples", type=_at_least(1), default=1000,
+                   help="at most this many held-out examples score the result")
+    c.add_argument("--layers", type=_ints, default=None,
+                   help="only these layers (default: all)")
+    c.add_argument("--types", type=_words, default=None,
+                   help="only these matrix types, e.g. gate,in,out (default: all)")
+    c.add_argument("--json", action="store_true",
+                   help="print the report as one JSON object on stdout")
+    c.set_defaults(func=cmd_compress)
+
     r = command("apply", "rebuild an adapted folder from its base model and a recipe")
     r.add_argument("--recipe", required=True, metavar="PATH",
                    help="an adapted folder, its edge_c2i.json, or a report.json")
@@ -432,7 +523,8 @@ PARAMETER_FLAGS = {"top_k": "--top-k", "n_calib": "--samples", "n_eval": "--eval
                    "clusters": "--clusters", "rate": "--rates", "rates": "--rates",
                    "layers": "--layers", "types": "--types", "score": "--score",
                    "clustering": "--clustering", "target_delimiter": "--target-delimiter",
-                   "screen": "--screen"}
+                   "screen": "--screen", "size": "--size", "params": "--params",
+                   "price": "--price", "loss_tolerance": "--loss-tolerance"}
 
 
 def with_flag(message: str) -> str:

@@ -36,6 +36,15 @@ CLUSTERINGS = ("kmeans", "blocks")
 # evaluations on the default grid.  Evidence: bench/bench_search.py, "halving" vs "full".
 DEFAULT_SCREEN = 0.25
 
+# compress (compress.py): how each matrix is truncated, how its components are priced.
+BASES = ("plain", "whitened")
+PRICES = ("output", "fisher", "task")
+DEFAULT_PRICE = "fisher"
+# keep-accuracy mode: the sizes tried, largest first, and the loss rise it tolerates
+KEEP_SIZES = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
+DEFAULT_LOSS_TOLERANCE = 0.05
+DEFAULT_SHRINK = 0.1
+
 # Weight-only int8 of the export: blockwise (MatMulNBits) or ONNX Runtime's quantize_dynamic.
 INT8_SCHEMES = ("blockwise", "dynamic")
 
@@ -94,8 +103,14 @@ class Reduction(_Matrix):
     ranks: list[int] | None = None
     group_sizes: list[int] | None = None
     name: str | None = None
+    # "plain": the best rank-k approximation of W, rebuilt from the base model alone;
+    # "whitened": truncated in the basis of the calibration inputs (compress), so it
+    # depends on that data and lives only in the folder's factors.
+    basis: str = "plain"
 
     def __post_init__(self):
+        if self.basis not in BASES:
+            raise EdgeC2IError(f"unknown basis {self.basis!r}: use one of {', '.join(BASES)}")
         if not 0 < self.rate <= 1:
             raise EdgeC2IError(f"rate {self.rate} out of range: a rate is the fraction of rank "
                                "kept, in (0, 1]")
@@ -222,6 +237,77 @@ class SearchConfig:
                 raise EdgeC2IError(f"{', '.join(moved)} do not apply to LASER (method='laser' "
                                    "tries every matrix at every rate, one subspace, no scan): "
                                    "leave them at their defaults")
+
+
+@dataclass
+class CompressConfig:
+    """What ``compress`` does (compress.py): a budget, or the keep-accuracy ladder.
+
+    Each field's ``metadata["help"]`` documents it.  Checked on construction.
+    """
+
+    size: float | None = _help(
+        "budget mode: the share of the linear layers' parameters to keep, in (0, 1]; None "
+        "(and no params): keep-accuracy mode, the smallest size of the ladder whose "
+        "evaluation accuracy is not below the unmodified model's")
+    params: int | None = _help("budget mode: at most this many linear-layer parameters")
+    price: str = _help('how a component is priced: "output" (its whitened output error over '
+                       'its matrix\'s output energy), "fisher" (output error x the matrix\'s '
+                       'mean squared output gradient) or "task" (fisher + the first-order '
+                       'change of the task loss)', DEFAULT_PRICE)
+    basis: str = _help('"whitened" (truncation in the calibration inputs\' basis, '
+                       'SVD-LLM) or "plain" (W\'s own SVD)', "whitened")
+    allocation: str = _help('"global" (ranks by price per parameter over all matrices) or '
+                            '"uniform" (one rank share for all)', "global")
+    shrink: float = _help("whitened basis: how far each input's Gram matrix is pulled toward "
+                          "a multiple of the identity, in [0, 1] (100 examples are a few "
+                          "thousand tokens, fewer than some inputs have dimensions)",
+                          DEFAULT_SHRINK)
+    sizes: tuple[float, ...] = _help("keep-accuracy mode: the sizes tried, largest first",
+                                     factory=lambda: KEEP_SIZES)
+    loss_tolerance: float = _help("keep-accuracy mode: a size fails when its evaluation loss "
+                                  "rises more than this above the unmodified model's",
+                                  DEFAULT_LOSS_TOLERANCE)
+    n_calib: int = _help("examples whose inputs and gradients price the components", 100)
+    n_eval: int = _help("keep-accuracy mode: examples each size is checked on", 100)
+    n_test: int | None = _help("at most this many held-out examples score the result "
+                               "(None: all the rest)", 1000)
+    seed: int = _help("seed of the sample splits", 0)
+    layers: tuple[int, ...] | None = _help("only these layers (None: all)")
+    types: tuple[str, ...] | None = _help("only these matrix types (None: all)")
+
+    def __post_init__(self):
+        for name in ("sizes", "layers", "types"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(value))
+        if self.size is not None and self.params is not None:
+            raise EdgeC2IError("size and params both set a budget: give one")
+        if self.size is not None and not 0 < self.size <= 1:
+            raise EdgeC2IError(f"size must be in (0, 1] (a share of the linear layers' "
+                               f"parameters), got {self.size}")
+        if self.params is not None and self.params < 1:
+            raise EdgeC2IError(f"params must be at least 1, got {self.params}")
+        if self.price not in PRICES:
+            raise EdgeC2IError(f"unknown price {self.price!r}: use one of {', '.join(PRICES)}")
+        if self.basis not in BASES:
+            raise EdgeC2IError(f"unknown basis {self.basis!r}: use one of {', '.join(BASES)}")
+        if self.allocation not in ("global", "uniform"):
+            raise EdgeC2IError(f"unknown allocation {self.allocation!r}: use global or uniform")
+        if not self.sizes or not all(0 < x <= 1 for x in self.sizes):
+            raise EdgeC2IError(f"sizes must be shares in (0, 1], got {list(self.sizes)}")
+        if not 0 <= self.shrink <= 1:
+            raise EdgeC2IError(f"shrink must be in [0, 1], got {self.shrink}")
+        if self.loss_tolerance < 0:
+            raise EdgeC2IError(f"loss_tolerance must be >= 0, got {self.loss_tolerance}")
+        for name in ("n_calib", "n_eval", "n_test"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EdgeC2IError(f"{name} must be at least 1, got {value}")
+
+    @property
+    def mode(self) -> str:
+        return "keep" if self.size is None and self.params is None else "budget"
 
 
 C2I_ONLY = ("top_k", "clusters", "clustering", "score", "screen", "n_calib", "max_memory")

@@ -286,6 +286,7 @@ class Scorer:
             "targets": torch.tensor(targets),
             "slots": torch.tensor(slots),
             "owner": owner,
+            "valid": seg >= 0,  # real tokens (not padding): what hooks that sum inputs keep
         }
 
     # -------------------------------------------------------------- forward passes
@@ -368,7 +369,9 @@ class Scorer:
         self.check_context(model)
         n = len(self.examples)
         total = 0.0
-        for batch in tqdm(self.batches, desc=desc, disable=desc is None, leave=False):
+        for bi, batch in enumerate(tqdm(self.batches, desc=desc, disable=desc is None,
+                                        leave=False)):
+            self._batch_index = bi  # hooks read the batch in flight (compress.calibrate)
             per_slot, _ = self._slot_logprobs(model, batch)
             keep, n_ans = [], []
             for k, (i, j) in enumerate(batch["owner"]):

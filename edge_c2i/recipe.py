@@ -77,6 +77,10 @@ def check_base(recipe: dict, where: Path | str) -> None:
 def apply_recipe(model: nn.Module, recipe: dict) -> list[Reduction]:
     """Replay the recipe's reductions on ``model`` in place; check they give the same ranks."""
     wanted = [Reduction.from_dict(r) for r in recipe["reductions"]]
+    if any(r.basis != "plain" for r in wanted):
+        raise EdgeC2IError("the recipe is a compressed model's: its factors were fitted to "
+                           "calibration data and live only in its folder; copy the folder, "
+                           "or run compress again")
     done = apply_(model, wanted)
     for want, got in zip(wanted, done):
         if list(got.ranks) != list(want.ranks) or list(got.group_sizes) != list(want.group_sizes):

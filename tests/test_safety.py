@@ -115,6 +115,12 @@ BAD_ARGS = {
     "no such task file": (["eval", "--task", "jsonl:nowhere.jsonl"], "nowhere.jsonl"),
     "unknown bigbench task": (["eval", "--task", "bigbench:no_such_task"], "no_such_task"),
     "--max-memory nonsense": (["scan", "--max-memory", "lots"], "lots"),
+    "compress --size 0": (["compress", "--out", "o", "--size", "0"], "--size"),
+    "compress --size 1.5": (["compress", "--out", "o", "--size", "1.5"], "--size"),
+    "compress --size and --params": (["compress", "--out", "o", "--size", "0.8", "--params",
+                                      "1000"], "--size"),
+    "compress --out user folder --force": (["compress", "--out", "notes", "--force"],
+                                           "notes"),
 }
 
 

@@ -1,0 +1,283 @@
+"""compress side by side (issue #15): which truncation keeps the task at a given size.
+
+    python bench/bench_compress.py --models smollm2-135m --tasks bigbench:qa_wikidata
+    python bench/bench_compress.py --export           # file sizes and ms/token, ONNX Runtime
+    python bench/bench_compress.py --resummarize      # tables from the saved rows
+
+For each (model, task), with the splits adapt uses (100 calibration, 100 evaluation
+examples, seed 0) and at most --test-samples held-out examples, one calibration pass and
+the decompositions in both bases, then on the test split:
+
+    svd            W's own SVD, the same share of every matrix's rank (uniform)
+    whitened_svd   whitened truncation (SVD-LLM), uniform
+    gradient_svd   W's own SVD, ranks allocated globally by the default price
+    edge_c2i       whitened truncation, ranks allocated globally by the default price
+    edge_c2i_keep  keep-accuracy mode (the ladder on the evaluation sample)
+    price:RULE     edge_c2i with another price rule (the evidence for the default)
+    shrink:A       edge_c2i with another shrinkage of the Gram matrices
+
+at --sizes of the linear layers' parameters (the variants at 0.8 only).  ``--export`` times
+``adapt`` and ``compress --size 0.8`` on the first task of each model (``cost``), and exports
+the dense model and edge_c2i at 0.8 (compressed on the first task) in fp32, int8 and int4, and
+measures each file's size and ONNX Runtime's ms/token (1 thread, 128-token prefill, 32
+greedy tokens, the best of 3, bench_export.py's child process), dense and compressed in
+the same run.  Rows are saved as each pair ends (``--resume`` skips saved pairs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from common import RESULTS, model_task_args, table, write_result
+
+NAME = "compress"
+SIZES = (0.9, 0.8, 0.6)
+VARIANT_SIZE = 0.8  # the other price rules and shrinkages are tried at this size only
+METHODS = {"svd": ("plain", "uniform"), "whitened_svd": ("whitened", "uniform"),
+           "gradient_svd": ("plain", "global"), "edge_c2i": ("whitened", "global")}
+COLUMNS = [("model", "model"), ("task", "task"), ("method", "method"), ("size", "size"),
+           ("accuracy", "test acc"), ("base_accuracy", "base acc"), ("loss", "test loss"),
+           ("base_loss", "base loss")]
+
+
+def load_rows() -> dict:
+    path = RESULTS / f"{NAME}.json"
+    return json.loads(path.read_text()) if path.is_file() else {"rows": [], "export": []}
+
+
+def run_pair(model, tok, model_name: str, task_name: str, sizes, n_test: int,
+             prices, shrinks) -> list[dict]:
+    C = importlib.import_module("edge_c2i.compress")
+    from edge_c2i.config import CompressConfig
+    from edge_c2i.evaluate import Scorer
+    from edge_c2i.targets import find_targets
+    from edge_c2i.tasks import load_task, split
+
+    config = CompressConfig()
+    task = load_task(task_name)
+    splits = split(task, config.n_calib, config.n_eval, n_test, config.seed)
+    targets = find_targets(model)
+    t0 = time.perf_counter()
+    cal = C.calibrate(model, tok, splits.calib, targets, progress=False)
+    t_cal = time.perf_counter() - t0
+    spectra = {}
+    for basis in ("plain", "whitened"):
+        t0 = time.perf_counter()
+        spectra[basis] = C.decompose_all(model, targets, cal, basis, False, config.shrink)
+        print(f"  {basis} decompositions {time.perf_counter() - t0:.0f}s", flush=True)
+    before = C.linear_params(spectra["plain"])
+    tests = Scorer(tok, splits.test)
+    evals = Scorer(tok, splits.eval)
+    base = tests.run(model)
+    common = {"model": model_name, "task": task_name, "base_accuracy": base.accuracy,
+              "base_loss": base.loss, "n_test": base.n, "linear_params_before": before,
+              "calibration_s": t_cal, "price_default": config.price, "shrink": config.shrink}
+    rows = []
+
+    def score(method, size, ranks, basis, **extra):
+        with C.compressed(model, spectra[basis], ranks):
+            res = tests.run(model)
+        after = C.linear_params(spectra[basis], ranks)
+        row = {**common, "method": method, "size": size, "params": after,
+               "kept": after / before, "accuracy": res.accuracy, "loss": res.loss, **extra}
+        print(f"  {method:>14} {size:<5} acc {res.accuracy:.3f} (base {base.accuracy:.3f}) "
+              f"loss {res.loss:.3f} (base {base.loss:.3f})", flush=True)
+        rows.append(row)
+
+    for size in sizes:
+        budget = int(size * before)
+        for method, (basis, allocation) in METHODS.items():
+            if allocation == "uniform":
+                ranks = C.uniform(spectra[basis], budget)
+            else:
+                ranks = C.allocate(spectra[basis], config.price, budget)
+            score(method, size, ranks, basis, price=config.price if allocation == "global"
+                  else None)
+        if size != VARIANT_SIZE:
+            continue
+        for rule in prices:
+            if rule != config.price:
+                score(f"price:{rule}", size, C.allocate(spectra["whitened"], rule, budget),
+                      "whitened", price=rule)
+        for shrink in shrinks:
+            other = C.decompose_all(model, targets, cal, "whitened", False, shrink)
+            with C.compressed(model, other, C.allocate(other, config.price, budget)):
+                res = tests.run(model)
+            rows.append({**common, "method": f"shrink:{shrink}", "size": size,
+                         "accuracy": res.accuracy, "loss": res.loss, "price": config.price})
+            del other
+    # keep-accuracy: the ladder on the evaluation sample, as compress runs it
+    eval_base = evals.run(model)
+    kept, ladder = None, []
+    for size in config.sizes:
+        ranks = C.allocate(spectra["whitened"], config.price, int(size * before))
+        with C.compressed(model, spectra["whitened"], ranks):
+            res = evals.run(model)
+        ok = C._ok(res, eval_base, config.loss_tolerance)
+        ladder.append({"size": size, "accuracy": res.accuracy, "loss": res.loss, "kept": ok})
+        if not ok:
+            break
+        kept = (size, ranks)
+    if kept is None:
+        rows.append({**common, "method": "edge_c2i_keep", "size": 1.0, "params": before,
+                     "kept": 1.0, "accuracy": base.accuracy, "loss": base.loss,
+                     "ladder": ladder})
+    else:
+        score("edge_c2i_keep", kept[0], kept[1], "whitened", ladder=ladder)
+    return rows
+
+
+def export_stage(data: dict, threads: int) -> list[dict]:
+    """Per model: dense and edge_c2i at 0.8 (first task), fp32/int8/int4; size, ms/token."""
+    import tempfile
+
+    from bench_export import run_child
+
+    C = importlib.import_module("edge_c2i.compress")
+    from edge_c2i.api import adapt, save
+    from edge_c2i.config import CompressConfig
+    from edge_c2i.export.onnx_export import export_model
+    from edge_c2i.models import load_model
+
+    out, costs = [], []
+    pairs = {}
+    for r in data["rows"]:
+        pairs.setdefault(r["model"], r["task"])
+    for model_name, task in pairs.items():
+        work = Path(tempfile.mkdtemp(prefix="bench-compress-"))
+        model, tok = load_model(model_name)
+        t0 = time.perf_counter()
+        adapt(model, tok, task, progress=False)
+        adapt_s = time.perf_counter() - t0
+        model, tok = load_model(model_name)
+        t0 = time.perf_counter()
+        report = C.compress(model, tok, task, CompressConfig(size=0.8), progress=False,
+                            model_name=model_name)
+        compress_s = time.perf_counter() - t0
+        costs.append({"model": model_name, "task": task, "adapt_s": adapt_s,
+                      "compress_s": compress_s, "ratio": compress_s / adapt_s,
+                      "timings": report.timings})
+        print(f"  {costs[-1]}", flush=True)
+        save(model, tok, work / "compressed", report.to_dict())
+        del model
+        for variant, source in (("dense", model_name), ("compressed", str(work / "compressed"))):
+            folder = work / f"onnx-{variant}"
+            export_model(source, folder, int8=True, int4=True, force=True)
+            for precision, file in (("fp32", "model.onnx"), ("int8", "model_int8.onnx"),
+                                    ("int4", "model_int4.onnx")):
+                size = sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith(file))
+                lat = run_child({"kind": "latency", "dir": str(folder), "file": file,
+                                 "threads": 1})
+                row = {"model": model_name, "task": task, "variant": variant,
+                       "precision": precision, "size": 1.0 if variant == "dense" else 0.8,
+                       "file_mb": size / 1e6, "ms_per_token": lat["per_token_ms"],
+                       "prefill_ms": lat["prefill_ms"]}
+                print(f"  {row}", flush=True)
+                out.append(row)
+    data["cost"] = costs
+    return out
+
+
+def summarize(data: dict) -> dict:
+    """#15's targets, from the rows: met / not met, with the counts they rest on."""
+    rows = data["rows"]
+    pairs = sorted({(r["model"], r["task"]) for r in rows})
+    best = {}
+    for r in rows:
+        if r["method"] in METHODS:
+            key = (r["model"], r["task"], r["size"])
+            if key not in best or r["loss"] < best[key]["loss"]:
+                best[key] = r
+    lowest = [{"model": m, "task": t, "size": s, "lowest_loss": r["method"]}
+              for (m, t, s), r in sorted(best.items())]
+    at_08 = [x for x in lowest if x["size"] == 0.8]
+    wins = sum(x["lowest_loss"] == "edge_c2i" for x in at_08)
+    keep = [r for r in rows if r["method"] == "edge_c2i_keep"]
+    kept = sum(r["kept"] <= 0.9 and r["accuracy"] >= r["base_accuracy"] for r in keep)
+
+    def find(model, task, method, size):
+        return next((r for r in rows if (r["model"], r["task"], r["method"], r["size"])
+                     == (model, task, method, size)), None)
+
+    wikidata = {}
+    for model, task in pairs:
+        if task.endswith("qa_wikidata"):
+            ours, white = find(model, task, "edge_c2i", 0.8), find(model, task, "whitened_svd", 0.8)
+            if ours and white:
+                wikidata[model] = {"edge_c2i": ours["accuracy"],
+                                   "whitened_svd": white["accuracy"],
+                                   "met": ours["accuracy"] > white["accuracy"]}
+    targets = {
+        "pairs_measured": len(pairs),
+        "keep_accuracy_at_0.9_or_less": {"pairs": kept, "of": len(keep), "need": 4,
+                                         "met": kept >= 4},
+        "lowest_loss_at_0.8": {"pairs": wins, "of": len(at_08), "need": 6, "met": wins >= 6},
+        "qa_wikidata_beats_whitened_svd": {**wikidata, "met": len(wikidata) == 2 and all(
+            w["met"] for w in wikidata.values())},
+    }
+    speed = {}
+    for e in data.get("export", []):
+        if e["precision"] == "fp32":
+            speed.setdefault(e["model"], {})[e["variant"]] = e["ms_per_token"]
+    for c in data.get("cost", []):
+        targets.setdefault("compress_within_3x_adapt", {})[c["model"]] = {
+            "ratio": c["ratio"], "met": c["ratio"] <= 3}
+    for model, v in speed.items():
+        if "dense" in v and "compressed" in v:
+            ratio = v["compressed"] / v["dense"]
+            targets.setdefault("ms_per_token_at_0.8", {})[model] = {
+                "ratio": ratio, "limit": 0.9, "met": ratio <= 0.9}
+    return {"lowest_loss": lowest, "targets": targets}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    model_task_args(ap)
+    ap.add_argument("--sizes", nargs="+", type=float, default=list(SIZES))
+    ap.add_argument("--test-samples", type=int, default=300)
+    ap.add_argument("--prices", nargs="+", default=["output", "fisher", "task"])
+    ap.add_argument("--shrinks", nargs="*", type=float, default=[0.01])
+    ap.add_argument("--resume", action="store_true", help="skip pairs already saved")
+    ap.add_argument("--export", action="store_true", help="the ONNX stage only")
+    ap.add_argument("--resummarize", action="store_true")
+    args = ap.parse_args()
+    # as the CLI does (cli.main): OpenMP threads that sleep soon rather than spin, so that a
+    # busy machine does not slow the decompositions down several times over
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    data = load_rows()
+    if args.export:
+        data["export"] = export_stage(data, 1)
+    elif not args.resummarize:
+        from edge_c2i.config import CompressConfig
+        from edge_c2i.models import load_model
+
+        data["config"] = asdict(CompressConfig())
+        for model_name in args.models:
+            model, tok = load_model(model_name)
+            for task in args.tasks:
+                if args.resume and any(r["model"] == model_name and r["task"] == task
+                                       for r in data["rows"]):
+                    continue
+                print(f"{model_name} {task}", flush=True)
+                data["rows"] = [r for r in data["rows"]
+                                if not (r["model"] == model_name and r["task"] == task)]
+                data["rows"] += run_pair(model, tok, model_name, task, args.sizes,
+                                         args.test_samples, args.prices, args.shrinks)
+                data["summary"] = summarize(data)
+                write_result(NAME, data)
+    data["summary"] = summarize(data)
+    write_result(NAME, data)
+    print(table(data["rows"], COLUMNS))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,516 @@
+"""Compress to impress: the smallest model that keeps the task, priced by the same gradients.
+
+One calibration pass (forward+backward over the calibration sample, as the scan's)
+collects, for every linear matrix y = W x:
+
+- C = sum_t x_t x_t^T over the real tokens of its input (matrices that read the same
+  input, q/k/v and gate/up, share one);
+- G = dL/dW, the gradient of the task loss (the gold answers');
+- D = sum_t |d_t|^2, the squared gradient of the loss w.r.t. its output.
+
+**Whitened truncation** (SVD-LLM).  With S the Cholesky factor of C (C = S S^T,
+regularised by a small multiple of its mean diagonal when needed) and W S = U diag(s) V^T,
+
+    W = sum_i s_i u_i b_i^T,    b_i^T = v_i^T S^{-1},
+
+and keeping the first k components leaves an output error on the calibration inputs of
+exactly sum_{i>=k} s_i^2: each whitened singular value prices its own removal.  The
+factors are A = U_k diag(s_k) and B = [b_1 .. b_k]^T, two MatMuls like any reduction.
+(``basis="plain"``: W's own SVD; the output error of component i is then
+s_i^2 v_i^T C v_i, cross terms aside.)
+
+**Prices** (per component, in the order they are cut: the smallest s first):
+
+- ``output``: e_i / sum_j e_j, the output error as a share of the matrix's output energy;
+- ``fisher``: (1/2) h e_i with h = N D / (m T) (N examples, T tokens, m outputs): the
+  output error weighted by how much the loss feels that matrix's output (an isotropic
+  empirical Fisher);
+- ``task``: the fisher price plus the first-order change of the task loss when the
+  component goes, -s_i u_i^T G b_i (negative: cutting it helps the task, as LASER's
+  reductions do).
+
+**Allocation.**  A rank-k pair costs k (m + n) parameters, fewer than W's m n only when
+k < k* = m n / (m + n); so each matrix is either dense or below k*.  ``global`` finds,
+by bisection on a multiplier lambda, the ranks minimising sum(price of what is cut) +
+lambda x parameters, then adds back the best-priced components the budget still has
+room for; ``uniform`` keeps the same share of every matrix's rank.  The budget counts
+the linear layers' parameters (embeddings and the LM head are not reduced).
+
+**Modes.**  Budget (``size`` or ``params``): the allocation for that budget.
+Keep accuracy (neither): the sizes of ``CompressConfig.sizes``, largest first, each
+checked on the evaluation sample; the smallest one whose accuracy is not below the
+unmodified model's and whose loss rises at most ``loss_tolerance`` is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .budget import eval_batch_tokens_for, lm_head_chunk_for, plan_scan
+from .config import CompressConfig, Reduction
+from .errors import EdgeC2IError
+from .evaluate import Result, Scorer
+from .factorize import LowRankLinear, count_params, swap
+from .targets import Target, find_targets, is_conv1d, weight_matrix
+from .tasks import Task, load_task, split
+from .verdict import paired_difference
+
+__all__ = ["Calibration", "CompressReport", "Spectrum", "allocate", "apply_ranks", "calibrate",
+           "compress", "compressed", "decompose_all", "linear_params", "per_layer_table",
+           "ranks_for", "restore", "spectrum", "uniform"]
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@dataclass
+class Calibration:
+    """What one forward+backward over the calibration sample gives each target (by key)."""
+
+    grams: dict[str, torch.Tensor]  # X^T X of the target's input (shared objects when shared)
+    grads: dict[str, torch.Tensor]  # dL/dW, m x n
+    out_grad_sq: dict[str, float]  # sum over tokens of |dL/dy_t|^2
+    tokens: int  # real tokens the sums ran over
+    examples: int
+    loss: float
+    seconds: float
+    shared: dict[str, str] = field(default_factory=dict)  # key -> key whose input it reads
+
+
+def calibrate(model: nn.Module, tokenizer, examples, targets: list[Target],
+              progress: bool = True) -> Calibration:
+    """One forward+backward over ``examples`` (gold answers), collecting C, G and D."""
+    t0 = time.perf_counter()
+    probe = Scorer(tokenizer, examples, gold_only=True)
+    plan = plan_scan(model, targets, probe.longest, None)
+    scorer = Scorer(tokenizer, examples, plan.batch_tokens, plan.lm_head_chunk, gold_only=True)
+    modules = {t.key: model.get_submodule(t.name) for t in targets}
+    grams: dict[str, torch.Tensor] = {}
+    shared: dict[str, str] = {}
+    dsq = dict.fromkeys(modules, 0.0)
+    last = {"x": None, "key": None}
+    tokens = [0]
+
+    def watch(key):
+        def hook(module, args, output):
+            x = args[0]
+            if key not in shared:  # first batch: who reads the same tensor as whom
+                shared[key] = last["key"] if x is last["x"] else key
+            last["x"], last["key"] = x, shared[key]
+            if shared[key] == key:
+                valid = scorer.batches[scorer._batch_index]["valid"]
+                xs = x.detach()[valid].float()
+                if key not in grams:
+                    grams[key] = torch.zeros(xs.shape[1], xs.shape[1])
+                grams[key].addmm_(xs.T, xs)
+                if key == first:
+                    tokens[0] += xs.shape[0]
+
+            def on_grad(d):
+                dsq[key] += float(d.float().pow(2).sum())
+
+            output.register_hook(on_grad)
+        return hook
+
+    first = targets[0].key
+    weights = [m.weight for m in modules.values()]
+    hooks = [m.register_forward_hook(watch(k)) for k, m in modules.items()]
+    try:
+        for w in weights:
+            w.requires_grad_(True)
+            w.grad = None
+        with torch.enable_grad():
+            loss = scorer.loss_and_backward(model, "calibration pass" if progress else None)
+        grads = {}
+        for k, m in modules.items():
+            g = m.weight.grad
+            grads[k] = (g.t() if is_conv1d(m) else g).detach().float().clone()
+    finally:
+        for h in hooks:
+            h.remove()
+        for w in weights:
+            w.requires_grad_(False)
+            w.grad = None
+    for k in modules:
+        grams[k] = grams[shared[k]]
+    return Calibration(grams, grads, dsq, tokens[0], len(examples), loss,
+                       time.perf_counter() - t0, shared)
+
+
+# --------------------------------------------------------------------------- decompositions
+
+
+@dataclass
+class Spectrum:
+    """One matrix, decomposed: W = A B with A = U diag(s) (m x p), B (p x n), and the
+    price of each component (cut from the last)."""
+
+    target: Target
+    m: int
+    n: int
+    s: torch.Tensor  # float64, descending
+    A: torch.Tensor  # float32, m x p
+    B: torch.Tensor  # float32, p x n
+    error: torch.Tensor  # output error on the calibration inputs when component i is cut
+    first_order: torch.Tensor  # first-order task-loss change when it is cut
+    scale: float  # h = N D / (m T)
+    basis: str
+
+    @property
+    def p(self) -> int:
+        return len(self.s)
+
+    @property
+    def key(self) -> str:
+        return self.target.key
+
+    @property
+    def dense_params(self) -> int:
+        return self.m * self.n
+
+    @property
+    def k_star(self) -> int:
+        """Ranks below this save parameters: k (m + n) < m n."""
+        return math.ceil(self.m * self.n / (self.m + self.n))
+
+    def params(self, k: int) -> int:
+        return self.dense_params if k >= self.p else k * (self.m + self.n)
+
+    def prices(self, rule: str) -> torch.Tensor:
+        if rule == "output":
+            return self.error / self.error.sum().clamp_min(1e-300)
+        quadratic = 0.5 * self.scale * self.error
+        return quadratic if rule == "fisher" else quadratic + self.first_order
+
+
+def cholesky(C: torch.Tensor, shrink: float = 0.0) -> tuple[torch.Tensor, float]:
+    """Lower S with S S^T = C + eps I (float64), eps growing from 0 until it factors.
+
+    ``shrink`` a: C is first pulled toward a multiple of the identity with the same trace,
+    (1 - a) C + a tr(C)/n I, as covariance estimates from fewer samples than dimensions
+    are (Ledoit-Wolf); a = 1 is plain SVD with isotropic inputs.
+    """
+    C = C.double()
+    if shrink:
+        C = (1 - shrink) * C + shrink * float(C.diagonal().mean()) * torch.eye(len(C),
+                                                                                 dtype=C.dtype)
+    mean = float(C.diagonal().mean()) or 1.0
+    eps = 0.0
+    while True:
+        S, info = torch.linalg.cholesky_ex(C + eps * torch.eye(len(C), dtype=C.dtype))
+        if int(info) == 0:
+            return S, eps
+        eps = mean * 1e-6 if eps == 0 else eps * 10
+        if eps > mean:
+            raise EdgeC2IError("the calibration inputs' Gram matrix does not factor; use more "
+                               "calibration examples")
+
+
+def spectrum(target: Target, W: torch.Tensor, cal: Calibration, basis: str = "whitened",
+             S: torch.Tensor | None = None, shrink: float = 0.0) -> Spectrum:
+    """The decomposition and prices of one matrix; ``S``: its input's Cholesky factor."""
+    W = W.detach().double()
+    m, n = W.shape
+    C = cal.grams[target.key].double()
+    if basis == "whitened":
+        S = cholesky(C, shrink)[0] if S is None else S
+        U, s, Vh = torch.linalg.svd(W @ S, full_matrices=False)
+        B = torch.linalg.solve_triangular(S, Vh, upper=False, left=False)  # Vh S^{-1}
+        error = s * s
+    else:
+        U, s, B = torch.linalg.svd(W, full_matrices=False)
+        error = s * s * ((B @ C) * B).sum(1)
+    G = cal.grads[target.key].double()
+    first_order = -s * ((U.T @ G) * B).sum(1)
+    scale = cal.examples * cal.out_grad_sq[target.key] / (m * max(cal.tokens, 1))
+    return Spectrum(target, m, n, s, (U * s).float(), B.float(), error, first_order, scale,
+                    basis)
+
+
+def decompose_all(model: nn.Module, targets: list[Target], cal: Calibration,
+                  basis: str = "whitened", progress: bool = True,
+                  shrink: float = 0.0) -> list[Spectrum]:
+    """Every target's Spectrum; one Cholesky per shared input."""
+    factors: dict[str, torch.Tensor] = {}
+    out = []
+    for t in tqdm(targets, desc=f"{basis} decompositions", disable=not progress, leave=False):
+        S = None
+        if basis == "whitened":
+            owner = cal.shared.get(t.key, t.key)
+            if owner not in factors:
+                factors[owner] = cholesky(cal.grams[t.key], shrink)[0]
+            S = factors[owner]
+        out.append(spectrum(t, weight_matrix(model.get_submodule(t.name)), cal, basis, S))
+    return out
+
+
+# --------------------------------------------------------------------------- allocation
+
+
+def linear_params(spectra: list[Spectrum], ranks: dict[str, int] | None = None) -> int:
+    """Parameters of the matrices at ``ranks`` (None: all dense)."""
+    if ranks is None:
+        return sum(sp.dense_params for sp in spectra)
+    return sum(sp.params(ranks[sp.key]) for sp in spectra)
+
+
+def _choose(sp: Spectrum, tail: torch.Tensor, lam: float) -> int:
+    """The rank minimising cut price + lam x parameters: dense, or some k < k*."""
+    top = min(sp.k_star, sp.p)  # candidates 1 .. top-1, and dense
+    if top <= 1:
+        return sp.p
+    ks = torch.arange(1, top, dtype=torch.float64)
+    obj = tail[1:top] + lam * ks * (sp.m + sp.n)
+    i = int(torch.argmin(obj))
+    return i + 1 if float(obj[i]) < lam * sp.dense_params else sp.p
+
+
+def allocate(spectra: list[Spectrum], rule: str, budget: int) -> dict[str, int]:
+    """Ranks (p: dense) within ``budget`` linear parameters, cheapest cuts first.
+
+    Bisection on the multiplier of the Lagrangian, then the leftover filled with the
+    components whose price per parameter is highest.  Raises when even rank 1 everywhere
+    does not fit.
+    """
+    floor_ = sum(sp.params(1) for sp in spectra)
+    if budget < floor_:
+        raise EdgeC2IError(f"a budget of {budget:,} linear parameters is below rank 1 in every "
+                           f"matrix ({floor_:,}): ask for a larger size")
+    tails = {}
+    for sp in spectra:
+        price = sp.prices(rule)
+        # tail[k] = price of cutting components k..p-1 (k = 0..p)
+        tails[sp.key] = torch.cat([price.flip(0).cumsum(0).flip(0), price.new_zeros(1)])
+
+    def ranks_at(lam):
+        return {sp.key: _choose(sp, tails[sp.key], lam) for sp in spectra}
+
+    if linear_params(spectra, ranks_at(0.0)) <= budget:
+        ranks = ranks_at(0.0)
+    else:
+        lo, hi = 0.0, 1e-12
+        while linear_params(spectra, ranks_at(hi)) > budget:
+            lo, hi = hi, hi * 4
+            if hi > 1e30:
+                ranks = {sp.key: 1 for sp in spectra}
+                break
+        else:
+            for _ in range(60):
+                mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
+                if linear_params(spectra, ranks_at(mid)) > budget:
+                    lo = mid
+                else:
+                    hi = mid
+            ranks = ranks_at(hi)
+    return _fill(spectra, rule, ranks, budget)
+
+
+def _fill(spectra: list[Spectrum], rule: str, ranks: dict[str, int], budget: int) -> dict:
+    """Add components back, best price per parameter first, while the budget has room."""
+    left = budget - linear_params(spectra, ranks)
+    heap = []
+    by_key = {sp.key: sp for sp in spectra}
+    prices = {sp.key: sp.prices(rule) for sp in spectra}
+
+    def push(key):
+        sp, k = by_key[key], ranks[key]
+        if k < min(sp.k_star, sp.p) - 1:  # one more component still saves parameters
+            heapq.heappush(heap, (-float(prices[key][k]) / (sp.m + sp.n), key))
+
+    for key in ranks:
+        push(key)
+    while heap:
+        _, key = heapq.heappop(heap)
+        sp = by_key[key]
+        if sp.m + sp.n <= left:
+            ranks[key] += 1
+            left -= sp.m + sp.n
+            push(key)
+    return ranks
+
+
+def uniform(spectra: list[Spectrum], budget: int) -> dict[str, int]:
+    """The same share of every matrix's rank (dense where that share saves nothing), the
+    largest share within ``budget``."""
+    def ranks_at(share):
+        out = {}
+        for sp in spectra:
+            k = max(1, math.floor(share * sp.p))
+            out[sp.key] = k if k < sp.k_star else sp.p
+        return out
+
+    if linear_params(spectra, ranks_at(1.0)) <= budget:
+        return ranks_at(1.0)
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if linear_params(spectra, ranks_at(mid)) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    ranks = ranks_at(lo)
+    if linear_params(spectra, ranks) > budget:
+        raise EdgeC2IError(f"a budget of {budget:,} linear parameters is below rank 1 in every "
+                           "matrix: ask for a larger size")
+    return ranks
+
+
+def apply_ranks(model: nn.Module, spectra: list[Spectrum], ranks: dict[str, int]
+                ) -> tuple[list[Reduction], dict[str, nn.Module]]:
+    """Swap in the factors of every matrix below full rank; returns the reductions and the
+    replaced modules (``restore`` puts them back)."""
+    done, originals = [], {}
+    for sp in spectra:
+        k = ranks[sp.key]
+        if k >= sp.p:
+            continue
+        old = model.get_submodule(sp.target.name)
+        new = LowRankLinear(sp.A[:, :k].contiguous(), sp.B[:k].contiguous(),
+                            getattr(old, "bias", None), is_conv1d(old))
+        originals[sp.target.name] = swap(model, sp.target.name, new)
+        done.append(Reduction(sp.target.layer, sp.target.type, k / sp.p, ranks=[k],
+                              group_sizes=[sp.m], name=sp.target.name, basis=sp.basis))
+    return done, originals
+
+
+def restore(model: nn.Module, originals: dict[str, nn.Module]) -> None:
+    for name, module in originals.items():
+        swap(model, name, module)
+
+
+@contextlib.contextmanager
+def compressed(model: nn.Module, spectra: list[Spectrum], ranks: dict[str, int]):
+    """Within the block ``model`` holds the factors at ``ranks``."""
+    reductions, originals = apply_ranks(model, spectra, ranks)
+    try:
+        yield reductions
+    finally:
+        restore(model, originals)
+
+
+def ranks_for(spectra: list[Spectrum], config: CompressConfig, budget: int) -> dict[str, int]:
+    if config.allocation == "uniform":
+        return uniform(spectra, budget)
+    return allocate(spectra, config.price, budget)
+
+
+# --------------------------------------------------------------------------- the verb
+
+
+@dataclass
+class CompressReport:
+    """What ``compress`` did; ``to_dict`` is report.json (its ``recipe`` lists the factors)."""
+
+    model: str
+    task: str
+    config: dict
+    mode: str
+    splits: dict
+    budget: dict  # size, linear_params_before, linear_params_after
+    reductions: list[Reduction]
+    ladder: list[dict]  # keep mode: each size tried on the evaluation sample
+    eval_base: dict
+    base: dict  # test split
+    compressed: dict
+    test_difference: dict | None
+    params: dict
+    timings: dict
+    task_notes: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "task": self.task, "method": "compress",
+                "config": self.config, "mode": self.mode, "splits": self.splits,
+                "budget": self.budget, "ranks": {r.key: r.ranks[0] for r in self.reductions},
+                "ladder": self.ladder, "eval_sample": {"base": self.eval_base},
+                "base": self.base, "compressed": self.compressed,
+                "test_difference": self.test_difference, "params": self.params,
+                "timings": self.timings, "task_notes": self.task_notes,
+                "recipe": {"base_model": self.model,
+                           "reductions": [r.to_dict() for r in self.reductions]}}
+
+
+def _ok(res: Result, base: Result, tolerance: float) -> bool:
+    return res.accuracy >= base.accuracy and res.loss <= base.loss + tolerance
+
+
+def compress(model: nn.Module, tokenizer, task: str | Task, config: CompressConfig | None = None,
+             *, progress: bool = True, model_name: str = "") -> CompressReport:
+    """Compress ``model`` in place (module docstring); returns the report."""
+    config = config or CompressConfig()
+    t0 = time.perf_counter()
+    task = load_task(task) if isinstance(task, str) else task
+    splits = split(task, config.n_calib, config.n_eval, config.n_test, config.seed)
+    targets = find_targets(model, config.layers, config.types)
+    params_before = count_params(model)
+    cal = calibrate(model, tokenizer, splits.calib, targets, progress)
+    t_cal = time.perf_counter()
+    spectra = decompose_all(model, targets, cal, config.basis, progress, config.shrink)
+    t_dec = time.perf_counter()
+    before = linear_params(spectra)
+    batch = eval_batch_tokens_for(None)
+    chunk = lm_head_chunk_for(model, None)
+    evals = Scorer(tokenizer, splits.eval, batch, chunk)
+    eval_base = evals.run(model, desc="evaluation: base" if progress else None)
+    ladder = []
+    if config.mode == "budget":
+        budget = config.params if config.params is not None else int(config.size * before)
+        ranks = ranks_for(spectra, config, budget)
+    else:
+        ranks = {sp.key: sp.p for sp in spectra}
+        for size in config.sizes:
+            trial = ranks_for(spectra, config, int(size * before))
+            with compressed(model, spectra, trial):
+                res = evals.run(model, desc=f"evaluation: size {size}" if progress else None)
+            ok = _ok(res, eval_base, config.loss_tolerance)
+            ladder.append({"size": size, "linear_params": linear_params(spectra, trial),
+                           "accuracy": res.accuracy, "loss": res.loss, "kept": ok})
+            if progress:
+                print(f"size {size}: evaluation accuracy {res.accuracy:.3f} (base "
+                      f"{eval_base.accuracy:.3f}), loss {res.loss:.4f} (base "
+                      f"{eval_base.loss:.4f}): {'kept' if ok else 'stop'}", file=sys.stderr)
+            if not ok:
+                break
+            ranks = trial
+    t_search = time.perf_counter()
+    tests = Scorer(tokenizer, splits.test, batch, chunk)
+    base_test = tests.run(model, desc="test: base" if progress else None)
+    reductions, _ = apply_ranks(model, spectra, ranks)
+    after = linear_params(spectra, ranks)
+    comp_test = tests.run(model, desc="test: compressed" if progress else None) \
+        if reductions else base_test
+    timings = {"calibration_s": t_cal - t0, "decompose_s": t_dec - t_cal,
+               "search_s": t_search - t_dec, "test_s": time.perf_counter() - t_search,
+               "total_s": time.perf_counter() - t0}
+    return CompressReport(
+        model=model_name, task=task.name, config=asdict(config), mode=config.mode,
+        splits=splits.sizes,
+        budget={"size": after / before, "linear_params_before": before,
+                "linear_params_after": after},
+        reductions=reductions, ladder=ladder, eval_base=eval_base.as_dict(),
+        base=base_test.as_dict(), compressed=comp_test.as_dict(),
+        test_difference=paired_difference(base_test, comp_test) if reductions else None,
+        params={"before": params_before, "after": count_params(model)}, timings=timings,
+        task_notes=task.notes)
+
+
+def per_layer_table(report: dict) -> list[str]:
+    """Lines of a console table: each layer's kept rank per matrix type ('-': dense)."""
+    ranks = report["ranks"]
+    if not ranks:
+        return ["no matrix reduced"]
+    layers = sorted({int(k.split(".")[0]) for k in ranks})
+    types = sorted({k.split(".")[1] for k in ranks})
+    lines = ["layer " + " ".join(f"{t:>6}" for t in types)]
+    for i in layers:
+        lines.append(f"{i:>5} " + " ".join(f"{ranks.get(f'{i}.{t}', '-'):>6}" for t in types))
+    return lines
+
