@@ -133,8 +133,9 @@ def run_pair(model, tok, model_name: str, task_name: str, sizes, n_test: int,
     return rows
 
 
-def export_stage(data: dict, threads: int) -> list[dict]:
-    """Per model: dense and edge_c2i at 0.8 (first task), fp32/int8/int4; size, ms/token."""
+def export_stage(data: dict, models: list[str]) -> None:
+    """Per model: ``adapt`` vs ``compress --size 0.8`` time, then the dense model and the
+    compressed one in fp32/int8/int4: file size, ms/token.  Saved after each model."""
     import tempfile
 
     from bench_export import run_child
@@ -145,11 +146,15 @@ def export_stage(data: dict, threads: int) -> list[dict]:
     from edge_c2i.export.onnx_export import export_model
     from edge_c2i.models import load_model
 
-    out, costs = [], []
     pairs = {}
     for r in data["rows"]:
         pairs.setdefault(r["model"], r["task"])
-    for model_name, task in pairs.items():
+    for model_name in models:
+        task = pairs.get(model_name)
+        if task is None:
+            continue
+        data["export"] = [e for e in data.get("export", []) if e["model"] != model_name]
+        data["cost"] = [c for c in data.get("cost", []) if c["model"] != model_name]
         work = Path(tempfile.mkdtemp(prefix="bench-compress-"))
         model, tok = load_model(model_name)
         t0 = time.perf_counter()
@@ -160,15 +165,15 @@ def export_stage(data: dict, threads: int) -> list[dict]:
         report = C.compress(model, tok, task, CompressConfig(size=0.8), progress=False,
                             model_name=model_name)
         compress_s = time.perf_counter() - t0
-        costs.append({"model": model_name, "task": task, "adapt_s": adapt_s,
-                      "compress_s": compress_s, "ratio": compress_s / adapt_s,
-                      "timings": report.timings})
-        print(f"  {costs[-1]}", flush=True)
+        data["cost"].append({"model": model_name, "task": task, "adapt_s": adapt_s,
+                             "compress_s": compress_s, "ratio": compress_s / adapt_s,
+                             "timings": report.timings})
+        print(f"  {data['cost'][-1]}", flush=True)
         save(model, tok, work / "compressed", report.to_dict())
         del model
         for variant, source in (("dense", model_name), ("compressed", str(work / "compressed"))):
             folder = work / f"onnx-{variant}"
-            export_model(source, folder, int8=True, int4=True, force=True)
+            manifest = export_model(source, folder, int8=True, int4=True, force=True)
             for precision, file in (("fp32", "model.onnx"), ("int8", "model_int8.onnx"),
                                     ("int4", "model_int4.onnx")):
                 size = sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith(file))
@@ -177,11 +182,13 @@ def export_stage(data: dict, threads: int) -> list[dict]:
                 row = {"model": model_name, "task": task, "variant": variant,
                        "precision": precision, "size": 1.0 if variant == "dense" else 0.8,
                        "file_mb": size / 1e6, "ms_per_token": lat["per_token_ms"],
-                       "prefill_ms": lat["prefill_ms"]}
+                       "prefill_ms": lat["prefill_ms"],
+                       # against the same PyTorch model (dense or compressed), at export
+                       "top1_vs_pytorch": manifest["parity"][file]["top1_agreement"]}
                 print(f"  {row}", flush=True)
-                out.append(row)
-    data["cost"] = costs
-    return out
+                data["export"].append(row)
+        data["summary"] = summarize(data)
+        write_result(NAME, data)
 
 
 def summarize(data: dict) -> dict:
@@ -255,7 +262,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = load_rows()
     if args.export:
-        data["export"] = export_stage(data, 1)
+        export_stage(data, args.models)
     elif not args.resummarize:
         from edge_c2i.config import CompressConfig
         from edge_c2i.models import load_model

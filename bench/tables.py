@@ -407,7 +407,8 @@ def section_compress(d: dict) -> str:
                 + table(d["export"], [("model", "model"), ("task", "task"),
                                       ("variant", "variant"), ("precision", "precision"),
                                       ("file_mb", "MB"), ("prefill_ms", "prefill ms"),
-                                      ("ms_per_token", "ms/token")]))
+                                      ("ms_per_token", "ms/token"),
+                                      ("top1_vs_pytorch", "top-1 vs its PyTorch model")]))
     if d.get("cost"):
         out += ("\n\nWhat compress costs: `adapt` and `compress --size 0.8` of the same pair, "
                 "one after the other, alone on the machine (target: at most 3x).\n\n"

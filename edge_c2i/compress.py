@@ -29,6 +29,13 @@ s_i^2 v_i^T C v_i, cross terms aside.)
   component goes, -s_i u_i^T G b_i (negative: cutting it helps the task, as LASER's
   reductions do).
 
+The default is ``fisher`` (config.DEFAULT_PRICE), chosen on bench/bench_compress.py's
+pairs at 0.8 of the linear parameters (README, "Compress to a size"): it had the lower
+test loss than ``output`` on the open task (qa_wikidata, both models) and on
+epistemic_reasoning, and kept the base's accuracy there; ``task`` broke SmolLM2 on every
+task (loss 10-16): a first-order prediction summed over hundreds of cut components is far
+outside the range where it holds.
+
 **Allocation.**  A rank-k pair costs k (m + n) parameters, fewer than W's m n only when
 k < k* = m n / (m + n); so each matrix is either dense or below k*.  ``global`` finds,
 by bisection on a multiplier lambda, the ranks minimising sum(price of what is cut) +

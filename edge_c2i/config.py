@@ -37,6 +37,9 @@ CLUSTERINGS = ("kmeans", "blocks")
 DEFAULT_SCREEN = 0.25
 
 # compress (compress.py): how each matrix is truncated, how its components are priced.
+# "fisher" from bench/bench_compress.py (compress.py's docstring says why).  The Gram
+# shrinkage: 0.01 and 0.1 were within noise of each other there (each ahead on some pairs);
+# 0.1, the more robust estimate from few tokens, is kept.
 BASES = ("plain", "whitened")
 PRICES = ("output", "fisher", "task")
 DEFAULT_PRICE = "fisher"
