@@ -30,6 +30,7 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -138,14 +139,6 @@ def export_stage(data: dict, models: list[str]) -> None:
     compressed one in fp32/int8/int4: file size, ms/token.  Saved after each model."""
     import tempfile
 
-    from bench_export import run_child
-
-    C = importlib.import_module("edge_c2i.compress")
-    from edge_c2i.api import adapt, save
-    from edge_c2i.config import CompressConfig
-    from edge_c2i.export.onnx_export import export_model
-    from edge_c2i.models import load_model
-
     pairs = {}
     for r in data["rows"]:
         pairs.setdefault(r["model"], r["task"])
@@ -156,39 +149,55 @@ def export_stage(data: dict, models: list[str]) -> None:
         data["export"] = [e for e in data.get("export", []) if e["model"] != model_name]
         data["cost"] = [c for c in data.get("cost", []) if c["model"] != model_name]
         work = Path(tempfile.mkdtemp(prefix="bench-compress-"))
-        model, tok = load_model(model_name)
-        t0 = time.perf_counter()
-        adapt(model, tok, task, progress=False)
-        adapt_s = time.perf_counter() - t0
-        model, tok = load_model(model_name)
-        t0 = time.perf_counter()
-        report = C.compress(model, tok, task, CompressConfig(size=0.8), progress=False,
-                            model_name=model_name)
-        compress_s = time.perf_counter() - t0
-        data["cost"].append({"model": model_name, "task": task, "adapt_s": adapt_s,
-                             "compress_s": compress_s, "ratio": compress_s / adapt_s,
-                             "timings": report.timings})
-        print(f"  {data['cost'][-1]}", flush=True)
-        save(model, tok, work / "compressed", report.to_dict())
-        del model
-        for variant, source in (("dense", model_name), ("compressed", str(work / "compressed"))):
-            folder = work / f"onnx-{variant}"
-            manifest = export_model(source, folder, int8=True, int4=True, force=True)
-            for precision, file in (("fp32", "model.onnx"), ("int8", "model_int8.onnx"),
-                                    ("int4", "model_int4.onnx")):
-                size = sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith(file))
-                lat = run_child({"kind": "latency", "dir": str(folder), "file": file,
-                                 "threads": 1})
-                row = {"model": model_name, "task": task, "variant": variant,
-                       "precision": precision, "size": 1.0 if variant == "dense" else 0.8,
-                       "file_mb": size / 1e6, "ms_per_token": lat["per_token_ms"],
-                       "prefill_ms": lat["prefill_ms"],
-                       # against the same PyTorch model (dense or compressed), at export
-                       "top1_vs_pytorch": manifest["parity"][file]["top1_agreement"]}
-                print(f"  {row}", flush=True)
-                data["export"].append(row)
+        try:
+            _export_model(data, model_name, task, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # a few GB of exports per model
         data["summary"] = summarize(data)
         write_result(NAME, data)
+
+
+def _export_model(data: dict, model_name: str, task: str, work: Path) -> None:
+    """One model's cost and export rows, appended to ``data``."""
+    from bench_export import run_child
+
+    C = importlib.import_module("edge_c2i.compress")
+    from edge_c2i.api import adapt, save
+    from edge_c2i.config import CompressConfig
+    from edge_c2i.export.onnx_export import export_model
+    from edge_c2i.models import load_model
+
+    model, tok = load_model(model_name)
+    t0 = time.perf_counter()
+    adapt(model, tok, task, progress=False)
+    adapt_s = time.perf_counter() - t0
+    model, tok = load_model(model_name)
+    t0 = time.perf_counter()
+    report = C.compress(model, tok, task, CompressConfig(size=0.8), progress=False,
+                        model_name=model_name)
+    compress_s = time.perf_counter() - t0
+    data["cost"].append({"model": model_name, "task": task, "adapt_s": adapt_s,
+                         "compress_s": compress_s, "ratio": compress_s / adapt_s,
+                         "timings": report.timings})
+    print(f"  {data['cost'][-1]}", flush=True)
+    save(model, tok, work / "compressed", report.to_dict())
+    del model
+    for variant, source in (("dense", model_name), ("compressed", str(work / "compressed"))):
+        folder = work / f"onnx-{variant}"
+        manifest = export_model(source, folder, int8=True, int4=True, force=True)
+        for precision, file in (("fp32", "model.onnx"), ("int8", "model_int8.onnx"),
+                                ("int4", "model_int4.onnx")):
+            size = sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith(file))
+            lat = run_child({"kind": "latency", "dir": str(folder), "file": file,
+                             "threads": 1})
+            row = {"model": model_name, "task": task, "variant": variant,
+                   "precision": precision, "size": 1.0 if variant == "dense" else 0.8,
+                   "file_mb": size / 1e6, "ms_per_token": lat["per_token_ms"],
+                   "prefill_ms": lat["prefill_ms"],
+                   # against the same PyTorch model (dense or compressed), at export
+                   "top1_vs_pytorch": manifest["parity"][file]["top1_agreement"]}
+            print(f"  {row}", flush=True)
+            data["export"].append(row)
 
 
 def summarize(data: dict) -> dict:

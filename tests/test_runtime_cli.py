@@ -251,10 +251,17 @@ def endless(export_dir, tmp_path) -> Path:
 
 def _start(folder: Path) -> tuple[subprocess.Popen, bytes]:
     """Start a --max-new-tokens 100000 run and wait for its first bytes on stdout."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_c2i.cli", "generate", "--onnx", str(folder), "--prompt",
-         "The capital", "--max-new-tokens", "100000", "--threads", "1"],
-        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A suite started in the background (`cmd &`) inherits SIGINT ignored, an ignored
+    # signal stays ignored across exec, and Python then leaves it so: while the child
+    # starts, catch it here (a caught signal is reset to the default in the child).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_c2i.cli", "generate", "--onnx", str(folder),
+             "--prompt", "The capital", "--max-new-tokens", "100000", "--threads", "1"],
+            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    finally:
+        signal.signal(signal.SIGINT, before)
     ready, _, _ = select.select([proc.stdout], [], [], 60)
     if not ready:
         proc.kill()
@@ -268,7 +275,11 @@ def test_ctrl_c_keeps_what_was_printed(endless):
     proc, first = _start(endless)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    rest, err = proc.communicate(timeout=60)
+    try:
+        rest, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # never leave it running for the rest of the suite
+        raise
     err = err.decode()
     assert proc.returncode == 130, err
     out = (first + rest).decode()
