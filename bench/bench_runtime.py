@@ -126,8 +126,17 @@ def c2i_pick(model: str) -> dict:
     return next(r["c2i_chosen"] for r in rows if r["model"] == model and r["task"] == TASK)
 
 
-def edge_exports(model: str, work: Path) -> dict[str, Path]:
-    """edge-c2i's exports (fp32, int8, int4) of the dense and the adapted model."""
+def _graph_kind(folder: Path) -> str | None:
+    """The graph an export folder holds (fused, optimum; None for an older export)."""
+    manifest = folder / "edge_c2i_export.json"
+    if not manifest.is_file():
+        return None
+    return (json.loads(manifest.read_text()).get("graph") or {}).get("kind")
+
+
+def edge_exports(model: str, work: Path, graph: str = "auto") -> dict[str, Path]:
+    """edge-c2i's exports (fp32, int8, int4) of the dense and the adapted model, made again
+    when the folder holds another graph than ``graph`` asks for."""
     from edge_c2i.adapted import save_adapted
     from edge_c2i.export.onnx_export import export_model
     from edge_c2i.factorize import reduce
@@ -144,10 +153,11 @@ def edge_exports(model: str, work: Path) -> dict[str, Path]:
         save_adapted(net, tok, source, [reduction], info={"base_model": model, "task": TASK,
                                                           "method": "c2i"})
     for variant, folder in folders.items():
-        if not (folder / FILES["int4"]).is_file():
-            print(f"exporting {model} {variant}", file=sys.stderr)
+        kind = _graph_kind(folder)
+        if not (folder / FILES["int4"]).is_file() or kind is None or graph not in ("auto", kind):
+            print(f"exporting {model} {variant} ({graph} graph)", file=sys.stderr)
             export_model(model if variant == "dense" else str(source), folder, int8=True,
-                         int4=True, force=True)
+                         int4=True, force=True, graph=graph)
     return folders
 
 
@@ -180,6 +190,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache/edge-c2i/bench_runtime")
     ap.add_argument("--builder", type=Path, default=Path("/work/builder"),
                     help="bench/genai_builder.sh's output: BUILDER/MODEL/PRECISION")
+    ap.add_argument("--graph", choices=("auto", "fused", "optimum"), default="auto",
+                    help="edge-c2i's graph (export --graph)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -187,7 +199,7 @@ def main() -> None:
         return
     rows, t_start = [], time.perf_counter()
     for model in args.models:
-        folders = edge_exports(model, args.work)
+        folders = edge_exports(model, args.work, args.graph)
         ids = token_ids(model, folders["dense"], args.work / model / "ids.json")
         runs = [("edge-c2i", variant, precision, folder, FILES[precision])
                 for variant, folder in folders.items() for precision in FILES]
@@ -203,6 +215,7 @@ def main() -> None:
             job.update({"save": str(ref)} if precision == "fp32" else {"reference": str(ref)})
             print(f"{model} {tool} {variant} {precision}", file=sys.stderr)
             row = {"model": model, "tool": tool, "precision": precision, "variant": variant,
+                   "graph": _graph_kind(folder) if tool == "edge-c2i" else "builder",
                    "mb": round(file_mb(folder, name), 1), **run_child(job)}
             if precision == "fp32":
                 row.update(top1_agreement=1.0, logit_corr=1.0)
@@ -256,7 +269,7 @@ def _version(package: str) -> str:
     return version(package)
 
 
-COLUMNS = ("model", "tool", "precision", "variant", "mb", "prefill_ms", "ms_per_token",
+COLUMNS = ("model", "tool", "precision", "variant", "graph", "mb", "prefill_ms", "ms_per_token",
            "peak_rss_mb", "top1_agreement", "logit_corr", "accuracy")
 
 

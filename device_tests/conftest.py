@@ -21,7 +21,7 @@ HERE = Path(__file__).parent
 ADAPT = ["--model", "smollm2-135m", "--task", "bigbench:fact_checker/fever", "--samples", "32",
          "--eval-samples", "32", "--top-k", "2", "--rates", "0.2,0.05", "--clusters", "1,4",
          "--test-samples", "20"]
-CACHE_KEY = "smollm2-fever-c2i-v3"  # v3: with model_int4.onnx, int8 sharing its LM head table
+CACHE_KEY = "smollm2-fever-c2i-v4"  # v4: the fused graph (export/graph.py), int4 at accuracy level 4
 
 
 def _run(*args: str) -> None:

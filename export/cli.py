@@ -27,11 +27,19 @@ def register(subparsers, command=None) -> None:
     e.add_argument("--int4", action="store_true",
                    help="also write model_int4.onnx: 4-bit weights in blocks of 32 (exact where "
                         "the model was 4-bit), LM head and embedding sharing one 8-bit table")
+    e.add_argument("--int4-accuracy-level", type=int, choices=(1, 4), default=4,
+                   help="MatMulNBits compute for --int4: 4 (default) rounds activations to int8 "
+                        "per block, ONNX Runtime's fast path; 1 keeps them fp32 (slower)")
     e.add_argument("--int8-scheme", choices=INT8_SCHEMES, default=INT8_SCHEMES[0],
                    help="blockwise: weight-only int8 (MatMulNBits); dynamic: quantize_dynamic")
     e.add_argument("--ort", action="store_true",
                    help="also write .ort files and required_operators.config (ORT Mobile)")
-    e.add_argument("--opset", type=int, default=None, help="ONNX opset (default: optimum's)")
+    e.add_argument("--graph", choices=("auto", "fused", "optimum"), default="auto",
+                   help="fused: ONNX Runtime's fused attention and norms, built from the model "
+                        "(Llama-style, Gemma-3); optimum: optimum's trace (any architecture it "
+                        "knows); auto (default): fused where supported")
+    e.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset (default: 17 for the fused graph, optimum's otherwise)")
     e.add_argument("--no-check", action="store_true", help="skip the PyTorch parity check")
     e.add_argument("--force", action="store_true",
                    help="replace --out if it is an export folder edge-c2i wrote (never "
@@ -78,9 +86,10 @@ def export_command(args) -> int:
 
     m = export_model(args.source, Path(args.out), int8=args.int8, ort=args.ort, force=args.force,
                      opset=args.opset, check=not args.no_check, int8_scheme=args.int8_scheme,
-                     int4=args.int4)
-    print(f"exported {args.source} -> {args.out} (opset {m['opset']}, "
-          f"{m['num_layers']} layers, KV cache)")
+                     int4=args.int4, graph=args.graph,
+                     int4_accuracy_level=args.int4_accuracy_level)
+    print(f"exported {args.source} -> {args.out} ({m['graph']['kind']} graph, "
+          f"{m['graph']['nodes']} nodes, opset {m['opset']}, {m['num_layers']} layers, KV cache)")
     for name, size in m["files"].items():
         if name.endswith((".onnx", ".ort", "_data")):
             print(f"  {name:<22} {_size(size):>10}")

@@ -1,11 +1,13 @@
 """genai_config.json: what onnxruntime-genai needs to run an edge-c2i export unchanged.
 
 onnxruntime-genai (``og.Model(folder)``) reads ``genai_config.json`` for the decoder's file,
-its input and output names and the search defaults.  Our decoder is optimum's
-decoder-with-past layout: ``input_ids``, ``attention_mask``, ``position_ids``,
-``past_key_values.%d.key/value`` -> ``logits``, ``present.%d.key/value``.  Its past and
-present have different lengths (the graph concatenates), so ``past_present_share_buffer`` is
-off.  Greedy search by default, as ``edge-c2i generate`` decodes.
+its input and output names and the search defaults.  Both of our layouts take
+``input_ids``, ``attention_mask``, ``past_key_values.%d.key/value`` and give ``logits``,
+``present.%d.key/value``; optimum's also takes ``position_ids``.  The fused graph's
+GroupQueryAttention writes the new keys and values into the past buffer in place, so
+``past_present_share_buffer`` is on (onnxruntime-genai allocates one buffer of
+``max_length`` per layer, as for its own builder's models); optimum's graph concatenates, so
+it is off there.  Greedy search by default, as ``edge-c2i generate`` decodes.
 
 The config names one model file (``decoder.filename``): the export's most compact file
 (int4, else int8, else fp32; .onnx before .ort).  Another file of the same folder runs with
@@ -35,6 +37,10 @@ def genai_config(config: dict, manifest: dict, filename: str) -> dict:
     """The genai_config.json of an export: ``config`` is its config.json, ``manifest`` ours."""
     facts = arch(config)
     eos = manifest["eos_token_id"]
+    inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
+    if "position_ids" in manifest.get("input_names", ["position_ids"]):
+        inputs["position_ids"] = "position_ids"
+    shared = (manifest.get("graph") or {}).get("kind") == "fused"
     pad = config.get("pad_token_id")
     return {
         "model": {
@@ -53,9 +59,7 @@ def genai_config(config: dict, manifest: dict, filename: str) -> dict:
                 "num_key_value_heads": manifest["num_kv_heads"],
                 "num_hidden_layers": manifest["num_layers"],
                 "inputs": {
-                    "input_ids": "input_ids",
-                    "attention_mask": "attention_mask",
-                    "position_ids": "position_ids",
+                    **inputs,
                     "past_key_names": "past_key_values.%d.key",
                     "past_value_names": "past_key_values.%d.value",
                 },
@@ -72,7 +76,7 @@ def genai_config(config: dict, manifest: dict, filename: str) -> dict:
             "num_return_sequences": 1,
             "max_length": context_length(config) or 2048,
             "min_length": 0,
-            "past_present_share_buffer": False,
+            "past_present_share_buffer": shared,
             "repetition_penalty": 1.0,
             "temperature": 1.0,
             "top_k": 1,

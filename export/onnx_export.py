@@ -1,8 +1,11 @@
 """Export a model to an ONNX decoder with KV cache; optionally int8 and ORT format.
 
-The graph work is optimum's: ``onnx_export_from_model`` with task
-``text-generation-with-past`` traces the loaded model (applying its mask patches for this
-transformers version).  An adapted folder loads with its factor modules in place, so a
+Two graphs (``graph=``): ``fused`` (export/graph.py, the default where the architecture is
+supported: Llama-style and Gemma-3) builds the decoder from the model's modules with ONNX
+Runtime's fused operators (GroupQueryAttention with rotary embedding, RMS norms with the
+residual add); ``optimum`` traces the loaded model with ``onnx_export_from_model`` (task
+``text-generation-with-past``), for every architecture optimum knows.  ``auto`` takes the
+fused graph where it can.  An adapted folder loads with its factor modules in place, so a
 reduced matrix is exported as the MatMuls of its factors (multi-subspace: one MatMul with
 the stacked B's, one per group with A_g, a Gather back to the original row order), never as
 a dense product.
@@ -10,7 +13,7 @@ a dense product.
 The output folder is written to a temp folder next to it and swapped in at the end
 (edge_c2i.io.OutputDir):
 
-    model.onnx               fp32 decoder: input_ids, attention_mask, position_ids,
+    model.onnx               fp32 decoder: input_ids, attention_mask, (optimum: position_ids,)
                              past_key_values.{i}.key/value -> logits, present.{i}.key/value
     model_int8.onnx          --int8: 8-bit weights, on top of the factors
     model_int4.onnx          --int4: 4-bit weights (export/int4.py), on top of the factors
@@ -34,11 +37,13 @@ from edge_c2i.errors import EdgeC2IError
 from edge_c2i.gguf_tokenizer import fix_byte_level_bpe
 from edge_c2i.io import OutputDir
 
+from . import graph as fused
 from . import parity
 from .genai import write_genai_config
-from .int4 import quantize_int4
+from .int4 import ACCURACY_LEVEL, ACCURACY_LEVELS, quantize_int4
 from .postprocess import (
     INT8_SCHEMES,
+    LARGE,
     convert_to_ort,
     is_large,
     out_matmul_prefixes,
@@ -48,12 +53,14 @@ from .postprocess import (
 from .runtime import MANIFEST, OnnxLM
 
 EXPORT_TASK = "text-generation-with-past"
+GRAPHS = ("auto", "fused", "optimum")
 REPORT = "report.json"  # written by edge-c2i adapt beside the manifest
 
 
 def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, ort: bool = False,
                  force: bool = False, opset: int | None = None, check: bool = True,
-                 int8_scheme: str = "blockwise", int4: bool = False) -> dict:
+                 int8_scheme: str = "blockwise", int4: bool = False, graph: str = "auto",
+                 int4_accuracy_level: int = ACCURACY_LEVEL) -> dict:
     """Export ``source`` (packaged name, HF folder, .gguf or adapted folder) to ``out``.
 
     Returns the manifest.  Raises EdgeC2IError if ``out`` exists without ``force`` (or is
@@ -65,6 +72,11 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
 
     if int8_scheme not in INT8_SCHEMES:
         raise EdgeC2IError(f"unknown int8 scheme {int8_scheme!r}: use {' or '.join(INT8_SCHEMES)}")
+    if int4_accuracy_level not in ACCURACY_LEVELS:
+        raise EdgeC2IError(f"int4 accuracy level {int4_accuracy_level} is not one of "
+                           f"{', '.join(map(str, ACCURACY_LEVELS))}")
+    if graph not in GRAPHS:
+        raise EdgeC2IError(f"unknown graph {graph!r}: use {', '.join(GRAPHS)}")
     dest = out if isinstance(out, OutputDir) else OutputDir(
         out, force, has_manifest(MANIFEST), "an ONNX export folder")
     out = dest.out
@@ -75,8 +87,9 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
     with dest as tmp:  # claimed now: a second run on the same --out is refused
         model, tokenizer = load_model(source)
         clock.lap("load")
-        opset = export_graph(model, tokenizer, tmp, opset)
+        opset, built = export_graph(model, tokenizer, tmp, opset, graph)
         manifest = describe(source, where, model, tokenizer, tmp, opset)
+        manifest["graph"] = built
         clock.lap("export")
         manifest["timings"] = clock.laps  # filled in as the stages finish
         _write_manifest(tmp, manifest)
@@ -86,7 +99,8 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
             clock.lap("int8")
         if int4:
             manifest["int4"] = quantize_int4(tmp / "model.onnx", tmp / "model_int4.onnx",
-                                             large=is_large(tmp / "model.onnx"))
+                                             large=is_large(tmp / "model.onnx"),
+                                             accuracy_level=int4_accuracy_level)
             clock.lap("int4")
         if ort:
             manifest["ort"] = convert_to_ort(tmp)
@@ -99,8 +113,46 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
     return manifest
 
 
-def export_graph(model, tokenizer, folder: Path, opset: int | None = None) -> int:
-    """optimum's decoder-with-past export of ``model`` into ``folder``; returns the opset."""
+def export_graph(model, tokenizer, folder: Path, opset: int | None = None,
+                 graph: str = "auto") -> tuple[int, dict]:
+    """The decoder-with-past of ``model`` and its tokenizer into ``folder``.
+
+    Returns the opset and what the manifest records of the graph (``kind``: fused or optimum,
+    its node count).  ``graph="fused"`` on an architecture export/graph.py does not build is
+    an EdgeC2IError naming why; ``auto`` falls back to optimum then.
+    """
+    import onnx
+
+    why = fused.unsupported(model) if graph != "optimum" else "optimum was asked for"
+    if why and graph == "fused":
+        raise EdgeC2IError(f"no fused graph for this model: {why}; use --graph optimum")
+    if why:
+        opset = _optimum_export(model, folder, opset)
+        share_tied_weights(folder / "model.onnx")
+        proto = onnx.load(folder / "model.onnx", load_external_data=False)
+        built = {"kind": "optimum", "nodes": len(proto.graph.node),
+                 "why_not_fused": why if graph == "auto" else None}
+    else:
+        if opset is not None and opset < fused.OPSET:
+            raise EdgeC2IError(f"the fused graph needs opset >= {fused.OPSET}; drop --opset or "
+                               "use --graph optimum")
+        built = fused.write(model, folder / "model.onnx", LARGE, opset or fused.OPSET)
+        opset = opset or fused.OPSET
+        model.config.save_pretrained(folder)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(folder)
+    # an adapted model has no hub name to fetch it from; a byte-level BPE is written without
+    # byte fallback, as onnxruntime-genai's tokenizer reads it (same ids in transformers)
+    fix_byte_level_bpe(tokenizer)
+    tokenizer.save_pretrained(folder)
+    _drop_null_chat_template(folder / "tokenizer_config.json")
+    if not (folder / "tokenizer.json").is_file():
+        raise EdgeC2IError("the model's tokenizer has no tokenizer.json (a fast tokenizer is needed)")
+    return opset, built
+
+
+def _optimum_export(model, folder: Path, opset: int | None) -> int:
+    """optimum's trace of ``model`` into ``folder``/model.onnx (+ config files); the opset."""
     import onnx
     from optimum.exporters.onnx import onnx_export_from_model
     from optimum.utils import logging as optimum_logging
@@ -116,14 +168,6 @@ def export_graph(model, tokenizer, folder: Path, opset: int | None = None) -> in
         raise EdgeC2IError(f"optimum cannot export this model: {e}") from None
     finally:
         optimum_logging.set_verbosity(verbosity)
-    share_tied_weights(folder / "model.onnx")
-    # an adapted model has no hub name to fetch it from; a byte-level BPE is written without
-    # byte fallback, as onnxruntime-genai's tokenizer reads it (same ids in transformers)
-    fix_byte_level_bpe(tokenizer)
-    tokenizer.save_pretrained(folder)
-    _drop_null_chat_template(folder / "tokenizer_config.json")
-    if not (folder / "tokenizer.json").is_file():
-        raise EdgeC2IError("the model's tokenizer has no tokenizer.json (a fast tokenizer is needed)")
     graph = onnx.load(folder / "model.onnx", load_external_data=False)
     return next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
 

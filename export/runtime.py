@@ -1,9 +1,10 @@
 """Run an exported decoder in ONNX Runtime: tokenizer, KV cache, greedy generation, task scores.
 
 Torch-free on purpose (onnxruntime, tokenizers and numpy only), so this is what a device or
-a server without PyTorch runs.  The graph is optimum's decoder-with-past layout: inputs
-``input_ids``, ``attention_mask``, ``position_ids`` and ``past_key_values.{i}.key/value``;
-outputs ``logits`` and ``present.{i}.key/value``, which become the next step's past.
+a server without PyTorch runs.  The graph is a decoder with past: inputs ``input_ids``,
+``attention_mask``, ``past_key_values.{i}.key/value`` (and ``position_ids`` in optimum's
+layout, export --graph optimum); outputs ``logits`` and ``present.{i}.key/value``, which
+become the next step's past.
 
 ``evaluate_onnx`` scores a task as ``edge_c2i.evaluate`` does (LASER's metrics): a choice
 task takes the choice with the highest summed log-probability, the loss is

@@ -9,9 +9,10 @@ import java.nio.FloatBuffer
 import java.nio.LongBuffer
 
 /**
- * The exported decoder (optimum's decoder-with-past layout) on ONNX Runtime: inputs input_ids,
- * attention_mask, position_ids and past_key_values.{i}.key/value; outputs logits and
- * present.{i}.key/value, which become the next step's past. Not thread-safe: use one thread.
+ * The exported decoder on ONNX Runtime: inputs input_ids, attention_mask,
+ * past_key_values.{i}.key/value (and position_ids in optimum's layout, export --graph optimum);
+ * outputs logits and present.{i}.key/value, which become the next step's past. Not
+ * thread-safe: use one thread.
  */
 class OrtDecoder(modelPath: String, private val spec: ModelSpec, threads: Int = 4) : DecoderStep, AutoCloseable {
     private val env = OrtEnvironment.getEnvironment()
