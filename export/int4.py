@@ -258,13 +258,16 @@ def quantize_int4(src: Path, dst: Path, large: bool = False,
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     inits = _initializers(graph)
+    remainders = [n.name for n in graph.node if n.name.endswith("_remainder_MatMul")]
     rest = [n.name for n in graph.node if _weight(n, inits) is not None
-            and not n.name.endswith("_remainder_MatMul")]
+            and n.name not in remainders]
     if rest:  # everything off a grid: ONNX Runtime's round-to-nearest, asymmetric
+        # (nodes_to_include does not narrow op_types_to_quantize: the remainder products,
+        # which keep the grid matrices exact, must be excluded by name or they are rounded)
         quantizer = MatMulNBitsQuantizer(model, bits=BITS, block_size=BLOCK, is_symmetric=False,
                                          accuracy_level=accuracy_level,
                                          op_types_to_quantize=("MatMul",),
-                                         nodes_to_include=rest)
+                                         nodes_to_include=rest, nodes_to_exclude=remainders)
         quantizer.process()
         model = quantizer.model.model
     onnx.save(model, dst, save_as_external_data=large, all_tensors_to_one_file=True,

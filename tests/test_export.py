@@ -143,6 +143,8 @@ def test_int4_keeps_the_4bit_model_and_the_factors(exported, adapted):
     assert not [n for n in graph.node if n.op_type == "MatMul"
                 and not n.name.endswith("_remainder_MatMul")
                 and n.input[1] in {t.name for t in graph.initializer}]
+    # the remainders that keep the grid exact stay fp32 beside the rounded factors
+    assert {n.op_type for n in graph.node if "remainder" in n.name} == {"MatMul"}
 
 
 def test_ort_format_loads_and_gives_the_same_greedy_tokens(exported):

@@ -72,3 +72,34 @@ def test_int4_of_a_grid_matrix_is_exact_and_of_others_is_rounded(smol_weight, tm
     err = np.abs(_run(tmp_path / "off4.onnx", x) - x @ off).max() / np.abs(x @ off).max()
     assert max(1e-4, 2 * fast) < err < 0.2
     assert (tmp_path / "grid4.onnx").stat().st_size < 0.2 * (tmp_path / "grid.onnx").stat().st_size
+
+
+def test_a_grid_matrix_stays_exact_beside_a_rounded_one(smol_weight, tmp_path):
+    """One model with both kinds: the rounding of the off-grid matrix must not reach the grid
+    matrix's remainder product (ONNX Runtime's quantizer rounds every MatMul it is not told
+    to leave alone)."""
+    k, n = smol_weight.shape
+    rng = np.random.default_rng(1)
+    off = rng.standard_normal((k, n)).astype(np.float32) * 0.02
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "grid"], ["y"], name="/grid/MatMul"),
+         helper.make_node("MatMul", ["x", "off"], ["z"], name="/off/MatMul")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None, n]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, None, n])],
+        [numpy_helper.from_array(smol_weight, "grid"), numpy_helper.from_array(off, "off")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]),
+              tmp_path / "both.onnx")
+    info = quantize_int4(tmp_path / "both.onnx", tmp_path / "both4.onnx", accuracy_level=1)
+    assert (info["matmuls_exact_grid"], info["matmuls_round_to_nearest"]) == (1, 1)
+    q = onnx.load(tmp_path / "both4.onnx").graph
+    assert [n.op_type for n in q.node if "remainder" in n.name] == ["MatMul"]
+    x = rng.standard_normal((1, 5, k)).astype(np.float32)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(tmp_path / "both4.onnx"), options,
+                                   providers=["CPUExecutionProvider"])
+    y, z = session.run(None, {"x": x})
+    want = x @ smol_weight
+    assert np.abs(y - want).max() <= 1e-5 * np.abs(want).max()
+    assert np.abs(z - x @ off).max() > 1e-4 * np.abs(x @ off).max()
