@@ -340,7 +340,8 @@ def section_runtime(d: dict) -> str:
             "The 'vs builder' columns divide by the builder's file of the same model and "
             "precision.\n\n"
             + table(rows, [("model", "model"), ("tool", "tool"), ("precision", "precision"),
-                           ("variant", "variant"), ("mb", "MB"), ("prefill_ms", "prefill ms"),
+                           ("variant", "variant"), ("graph", "graph"), ("mb", "MB"),
+                           ("prefill_ms", "prefill ms"),
                            ("ms_per_token", "ms/token"), ("peak_rss_mb", "peak RSS MB"),
                            ("top1_agreement", "top-1 vs fp32"), ("logit_corr", "logit corr"),
                            ("accuracy", "accuracy"), ("vs_builder_ms", "ms/token vs builder"),

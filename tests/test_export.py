@@ -128,7 +128,7 @@ def test_int4_keeps_the_4bit_model_and_the_factors(exported, adapted):
     # exactly (q/k/v and gate/up as one product each: 4 per layer); the factors of the two
     # reductions are rounded on their own statistics
     assert info["matmuls_exact_grid"] == 4 * 30 - 2
-    assert info["matmuls_round_to_nearest"] == 2 + 1 + 4  # B, A of c=1; stacked B's, 4 A's
+    assert info["matmuls_fitted"] == 2 + 1 + 4  # B, A of c=1; stacked B's, 4 A's
     assert info["lm_head_and_embedding"] == "shared 8-bit table"
     # int8 activations (accuracy level 4) on top of two rounded reductions: over the
     # parity prompts' ~15 positions one flip is 0.07

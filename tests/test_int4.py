@@ -56,7 +56,7 @@ def test_int4_of_a_grid_matrix_is_exact_and_of_others_is_rounded(smol_weight, tm
     _one_matmul(smol_weight, tmp_path / "grid.onnx")
     # accuracy level 1 (fp32 activations): the weights are exact, float rounding only
     info = quantize_int4(tmp_path / "grid.onnx", tmp_path / "grid4.onnx", accuracy_level=1)
-    assert (info["matmuls_exact_grid"], info["matmuls_round_to_nearest"]) == (1, 0)
+    assert (info["matmuls_exact_grid"], info["matmuls_fitted"]) == (1, 0)
     got = _run(tmp_path / "grid4.onnx", x)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
     # the default, level 4, rounds the activations to int8 per block: a small error only
@@ -68,7 +68,7 @@ def test_int4_of_a_grid_matrix_is_exact_and_of_others_is_rounded(smol_weight, tm
     off = smol_weight + rng.standard_normal(smol_weight.shape).astype(np.float32) * 1e-3
     _one_matmul(off, tmp_path / "off.onnx")
     info = quantize_int4(tmp_path / "off.onnx", tmp_path / "off4.onnx")
-    assert (info["matmuls_exact_grid"], info["matmuls_round_to_nearest"]) == (0, 1)
+    assert (info["matmuls_exact_grid"], info["matmuls_fitted"]) == (0, 1)
     err = np.abs(_run(tmp_path / "off4.onnx", x) - x @ off).max() / np.abs(x @ off).max()
     assert max(1e-4, 2 * fast) < err < 0.2
     assert (tmp_path / "grid4.onnx").stat().st_size < 0.2 * (tmp_path / "grid.onnx").stat().st_size
@@ -91,7 +91,7 @@ def test_a_grid_matrix_stays_exact_beside_a_rounded_one(smol_weight, tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]),
               tmp_path / "both.onnx")
     info = quantize_int4(tmp_path / "both.onnx", tmp_path / "both4.onnx", accuracy_level=1)
-    assert (info["matmuls_exact_grid"], info["matmuls_round_to_nearest"]) == (1, 1)
+    assert (info["matmuls_exact_grid"], info["matmuls_fitted"]) == (1, 1)
     q = onnx.load(tmp_path / "both4.onnx").graph
     assert [n.op_type for n in q.node if "remainder" in n.name] == ["MatMul"]
     x = rng.standard_normal((1, 5, k)).astype(np.float32)
