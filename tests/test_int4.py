@@ -103,3 +103,27 @@ def test_a_grid_matrix_stays_exact_beside_a_rounded_one(smol_weight, tmp_path):
     want = x @ smol_weight
     assert np.abs(y - want).max() <= 1e-5 * np.abs(want).max()
     assert np.abs(z - x @ off).max() > 1e-4 * np.abs(x @ off).max()
+
+
+def test_fitted_codes_are_never_worse_than_round_to_nearest(smol_weight):
+    """Off-grid blocks (the packaged matrix plus noise, and a factor-like matrix whose K is
+    not a multiple of 32): per block, the fitted codes' squared error is at most plain
+    round-to-nearest's (its first candidate), and clearly lower overall."""
+    from edge_c2i.export.int4 import fitted_codes
+
+    rng = np.random.default_rng(2)
+    for w in (smol_weight + rng.standard_normal(smol_weight.shape).astype(np.float32) * 1e-3,
+              rng.standard_t(4, (50, 96)).astype(np.float32)):
+        k, n = w.shape
+        codes, step, zero = fitted_codes(w)
+        padded = np.pad(w, ((0, -k % 32), (0, 0)), mode="edge")
+        blocks = padded.T.reshape(n, -1, 32).astype(np.float64)
+        fit = (((codes.astype(np.float64) - zero[..., None]) * step[..., None] - blocks) ** 2).sum(-1)
+        lo, hi = blocks.min(-1), blocks.max(-1)
+        s = np.maximum((hi - lo) / 15, 1e-30)
+        z = np.clip(np.rint(-lo / s), 0, 15)
+        q = np.clip(np.rint(blocks / s[..., None] + z[..., None]), 0, 15)
+        rtn = (((q - z[..., None]) * s[..., None] - blocks) ** 2).sum(-1)
+        assert np.all(fit <= rtn * (1 + 1e-5) + 1e-12)
+        assert fit.sum() < 0.9 * rtn.sum()
+        assert codes.max() <= 15 and zero.max() <= 15
