@@ -28,6 +28,7 @@ from .config import (
     DEFAULT_SCREEN,
     DEFAULT_TASK,
     DEFAULT_TOP_K,
+    FILE_PRECISIONS,
     PRICES,
     SCORES,
 )
@@ -72,6 +73,17 @@ def _share(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a share like 0.8, not {text!r}") from None
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"expected a share in (0, 1], not {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """A positive finite number (a size in MB)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number like 120, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive size, not {text}")
     return value
 
 
@@ -271,7 +283,8 @@ def cmd_compress(args) -> int:
     task = _task(args)
     from .config import CompressConfig
 
-    config = CompressConfig(size=args.size, params=args.params, price=args.price,
+    config = CompressConfig(size=args.size, params=args.params, file_mb=args.file_mb,
+                            file_precision=args.file_precision, price=args.price,
                             basis=args.basis, allocation=args.allocation,
                             loss_tolerance=args.loss_tolerance, n_calib=args.samples,
                             n_eval=args.eval_samples, n_test=args.test_samples, seed=args.seed,
@@ -298,6 +311,8 @@ def cmd_compress(args) -> int:
           f"({bud['size']:.3f}) in {report['timings']['total_s']:.1f}s")
     print(f"  test accuracy {b['accuracy']:.3f} -> {c['accuracy']:.3f}, loss {b['loss']:.4f} -> "
           f"{c['loss']:.4f}")
+    files = bud.get("file_mb_estimate") or {}
+    print("  estimated export: " + ", ".join(f"{p} {mb:.1f} MB" for p, mb in files.items()))
     for line in per_layer_table(report):
         print("  " + line)
     print(f"  written: {out} (report.json inside)")
@@ -470,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluation accuracy)")
     c.add_argument("--params", type=_at_least(1), default=None,
                    help="budget mode: at most this many linear-layer parameters")
+    c.add_argument("--file-mb", type=_positive, default=None,
+                   help="budget mode: the exported file (--file-precision) at most this many "
+                        "MB, estimated from the bytes per parameter of that file")
+    c.add_argument("--file-precision", choices=FILE_PRECISIONS, default="fp32",
+                   help="the file --file-mb budgets: fp32 (model.onnx), int8 or int4 "
+                        "(default: fp32)")
     c.add_argument("--price", choices=PRICES, default=DEFAULT_PRICE,
                    help="how each singular component is priced (compress.py)")
     c.add_argument("--basis", choices=BASES, default="whitened",
@@ -524,6 +545,7 @@ PARAMETER_FLAGS = {"top_k": "--top-k", "n_calib": "--samples", "n_eval": "--eval
                    "layers": "--layers", "types": "--types", "score": "--score",
                    "clustering": "--clustering", "target_delimiter": "--target-delimiter",
                    "screen": "--screen", "size": "--size", "params": "--params",
+                   "file_mb": "--file-mb",
                    "price": "--price", "loss_tolerance": "--loss-tolerance"}
 
 

@@ -44,7 +44,8 @@ lambda x parameters, then adds back the best-priced components the budget still 
 room for; ``uniform`` keeps the same share of every matrix's rank.  The budget counts
 the linear layers' parameters (embeddings and the LM head are not reduced).
 
-**Modes.**  Budget (``size`` or ``params``): the allocation for that budget.
+**Modes.**  Budget (``size``, ``params``, or ``file_mb``: the exported file of a precision,
+turned into linear parameters by FILE_BYTES): the allocation for that budget.
 Keep accuracy (neither): the sizes of ``CompressConfig.sizes``, largest first, each
 checked on the evaluation sample; the smallest one whose accuracy is not below the
 unmodified model's and whose loss rises at most ``loss_tolerance`` is kept.
@@ -450,6 +451,37 @@ class CompressReport:
                            "reductions": [r.to_dict() for r in self.reductions]}}
 
 
+# bytes per parameter in each exported file (export/): (linear layers, everything else).
+# fp32: 4.  int8: an 8-bit code and 1/32 of an fp32 scale (MatMulNBits in blocks of 32; the
+# embedding and a tied head share one such table).  int4, linear: a 4-bit code, 1/32 of an
+# fp32 scale, of a 4-bit zero point and of an fp32 remainder (a matrix on a 4-bit grid; a
+# factor has none, so the estimate errs on the small side); the table stays 8-bit.  Checked
+# against the packaged SmolLM2's exports: 538.2 / 151.6 / 113.6 MB, estimated 538.3 / 151.5
+# / 113.4 (with FILE_OVERHEAD_MB).
+FILE_BYTES = {"fp32": (4.0, 4.0), "int8": (1 + 4 / 32, 1 + 4 / 32),
+              "int4": (0.5 + 4 / 32 + 0.5 / 32 + 4 / 32, 1 + 4 / 32)}
+FILE_OVERHEAD_MB = 0.25  # the graph itself (nodes, names, small constants): ~0.1 for SmolLM2
+
+
+def file_mb(linear: int, other: int, precision: str) -> float:
+    """Estimated MB (1e6 bytes) of the ``precision`` file of a model with ``linear``
+    parameters in its compressible matrices and ``other`` elsewhere."""
+    per_linear, per_other = FILE_BYTES[precision]
+    return (linear * per_linear + other * per_other) / 1e6 + FILE_OVERHEAD_MB
+
+
+def params_for_file(mb: float, other: int, precision: str) -> int:
+    """The linear-parameter budget that keeps the ``precision`` file within ``mb``."""
+    per_linear, per_other = FILE_BYTES[precision]
+    budget = int(((mb - FILE_OVERHEAD_MB) * 1e6 - other * per_other) / per_linear)
+    if budget < 1:
+        floor = file_mb(0, other, precision)
+        raise EdgeC2IError(f"the {precision} file cannot be {mb:g} MB: the embedding and the "
+                           f"other parts compress does not reduce take {floor:.1f} MB alone; "
+                           "give a larger --file-mb")
+    return budget
+
+
 def _ok(res: Result, base: Result, tolerance: float) -> bool:
     return res.accuracy >= base.accuracy and res.loss <= base.loss + tolerance
 
@@ -463,6 +495,11 @@ def compress(model: nn.Module, tokenizer, task: str | Task, config: CompressConf
     splits = split(task, config.n_calib, config.n_eval, config.n_test, config.seed)
     targets = find_targets(model, config.layers, config.types)
     params_before = count_params(model)
+    # embedding, norms, matrices not targeted; a file budget too small for them is refused now
+    other = params_before - sum(p.numel() for t in targets
+                                for p in model.get_submodule(t.name).parameters())
+    if config.file_mb is not None:
+        params_for_file(config.file_mb, other, config.file_precision)
     cal = calibrate(model, tokenizer, splits.calib, targets, progress)
     t_cal = time.perf_counter()
     spectra = decompose_all(model, targets, cal, config.basis, progress, config.shrink)
@@ -474,7 +511,12 @@ def compress(model: nn.Module, tokenizer, task: str | Task, config: CompressConf
     eval_base = evals.run(model, desc="evaluation: base" if progress else None)
     ladder = []
     if config.mode == "budget":
-        budget = config.params if config.params is not None else int(config.size * before)
+        if config.file_mb is not None:
+            budget = params_for_file(config.file_mb, other, config.file_precision)
+        elif config.params is not None:
+            budget = config.params
+        else:
+            budget = int(config.size * before)
         ranks = ranks_for(spectra, config, budget)
     else:
         ranks = {sp.key: sp.p for sp in spectra}
@@ -506,7 +548,9 @@ def compress(model: nn.Module, tokenizer, task: str | Task, config: CompressConf
         model=model_name, task=task.name, config=asdict(config), mode=config.mode,
         splits=splits.sizes,
         budget={"size": after / before, "linear_params_before": before,
-                "linear_params_after": after},
+                "linear_params_after": after,
+                "file_mb_estimate": {p: round(file_mb(after, other, p), 1)
+                                     for p in FILE_BYTES}},
         reductions=reductions, ladder=ladder, eval_base=eval_base.as_dict(),
         base=base_test.as_dict(), compressed=comp_test.as_dict(),
         test_difference=paired_difference(base_test, comp_test) if reductions else None,

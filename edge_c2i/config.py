@@ -242,6 +242,9 @@ class SearchConfig:
                                    "leave them at their defaults")
 
 
+FILE_PRECISIONS = ("fp32", "int8", "int4")
+
+
 @dataclass
 class CompressConfig:
     """What ``compress`` does (compress.py): a budget, or the keep-accuracy ladder.
@@ -254,6 +257,11 @@ class CompressConfig:
         "(and no params): keep-accuracy mode, the smallest size of the ladder whose "
         "evaluation accuracy is not below the unmodified model's")
     params: int | None = _help("budget mode: at most this many linear-layer parameters")
+    file_mb: float | None = _help(
+        "budget mode: the exported model file of ``file_precision`` at most this many MB "
+        "(1e6 bytes), estimated from the bytes each parameter takes in that file")
+    file_precision: str = _help('the file ``file_mb`` budgets: "fp32" (model.onnx), "int8" '
+                                'or "int4"', "fp32")
     price: str = _help('how a component is priced: "output" (its whitened output error over '
                        'its matrix\'s output energy), "fisher" (output error x the matrix\'s '
                        'mean squared output gradient) or "task" (fisher + the first-order '
@@ -284,8 +292,14 @@ class CompressConfig:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, tuple(value))
-        if self.size is not None and self.params is not None:
-            raise EdgeC2IError("size and params both set a budget: give one")
+        budgets = [n for n in ("size", "params", "file_mb") if getattr(self, n) is not None]
+        if len(budgets) > 1:
+            raise EdgeC2IError(f"{' and '.join(budgets)} each set a budget: give one")
+        if self.file_mb is not None and not self.file_mb > 0:
+            raise EdgeC2IError(f"file_mb must be a positive size in MB, got {self.file_mb}")
+        if self.file_precision not in FILE_PRECISIONS:
+            raise EdgeC2IError(f"unknown file_precision {self.file_precision!r}: use one of "
+                               f"{', '.join(FILE_PRECISIONS)}")
         if self.size is not None and not 0 < self.size <= 1:
             raise EdgeC2IError(f"size must be in (0, 1] (a share of the linear layers' "
                                f"parameters), got {self.size}")
@@ -310,7 +324,8 @@ class CompressConfig:
 
     @property
     def mode(self) -> str:
-        return "keep" if self.size is None and self.params is None else "budget"
+        budget = (self.size, self.params, self.file_mb)
+        return "keep" if all(b is None for b in budget) else "budget"
 
 
 C2I_ONLY = ("top_k", "clusters", "clustering", "score", "screen", "n_calib", "max_memory")

@@ -190,3 +190,27 @@ def test_compress_cli_writes_a_folder_that_loads_exports_and_refuses_apply(tmp_p
                              capture_output=True, text=True, check=False)
     assert refused.returncode == 2 and "compressed model" in refused.stderr
     assert not (tmp_path / "again").exists()
+
+
+def test_a_file_budget_holds_when_exported(tmp_path):
+    """--file-mb: the fp32 export of the result is within the budget and close to it (the
+    budget is turned into linear parameters by the bytes each takes in that file)."""
+    from edge_c2i.api import save
+    from edge_c2i.export.onnx_export import export_model
+    from edge_c2i.models import load_model
+
+    model, tok = load_model("smollm2-135m")
+    budget = 530.0  # MB; the dense model.onnx is 538.2
+    report = C.compress(model, tok, "bigbench:qa_wikidata",
+                           CompressConfig(file_mb=budget, layers=(18, 19, 20), n_calib=16,
+                                          n_test=10), progress=False)
+    assert report.mode == "budget" and report.reductions
+    estimate = report.budget["file_mb_estimate"]
+    assert estimate["fp32"] <= budget and estimate["int8"] < estimate["fp32"] / 3
+    save(model, tok, tmp_path / "small", report.to_dict())
+    manifest = export_model(str(tmp_path / "small"), tmp_path / "onnx", check=False)
+    mb = manifest["files"]["model.onnx"] / 1e6
+    assert 0.99 * budget <= mb <= budget
+    with pytest.raises(EdgeC2IError, match="--file-mb"):  # refused before any work
+        C.compress(model, tok, "bigbench:qa_wikidata", CompressConfig(file_mb=50.0),
+                      progress=False)

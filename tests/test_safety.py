@@ -119,6 +119,11 @@ BAD_ARGS = {
     "compress --size 1.5": (["compress", "--out", "o", "--size", "1.5"], "--size"),
     "compress --size and --params": (["compress", "--out", "o", "--size", "0.8", "--params",
                                       "1000"], "--size"),
+    "compress --file-mb 0": (["compress", "--out", "o", "--file-mb", "0"], "--file-mb"),
+    "compress --file-mb and --size": (["compress", "--out", "o", "--file-mb", "100", "--size",
+                                       "0.8"], "--size"),
+    "compress --file-mb too small": (["compress", "--out", "o", "--file-mb", "20"],
+                                     "--file-mb"),
     "compress --out user folder --force": (["compress", "--out", "notes", "--force"],
                                            "notes"),
 }
