@@ -1,9 +1,10 @@
-"""The exported model under test.
+"""The exported models under test.
 
-By default: the packaged smollm2-135m adapted by C2I to fact_checker/fever
-(a small search, so CI stays quick), exported with int8, int4 and the ORT format,
-plus PyTorch reference outputs; built once with the edge-c2i CLI and cached
-under $EDGE_C2I_HOME/device_export.  Set EDGE_C2I_DEVICE_DIR to test another
+By default two, each exported with int8, int4 and the ORT format, plus PyTorch reference
+outputs, built once with the edge-c2i CLI and cached under $EDGE_C2I_HOME/device_export:
+the packaged smollm2-135m adapted by C2I to fact_checker/fever (a small search, so CI
+stays quick), and the same model compressed to 0.8 of its linear parameters on that task
+(every matrix two factor products).  Set EDGE_C2I_DEVICE_DIR to test another
 export (it needs device_reference.json: python device_tests/make_reference.py).
 """
 
@@ -22,25 +23,30 @@ ADAPT = ["--model", "smollm2-135m", "--task", "bigbench:fact_checker/fever", "--
          "--eval-samples", "32", "--top-k", "2", "--rates", "0.2,0.05", "--clusters", "1,4",
          "--test-samples", "20"]
 CACHE_KEY = "smollm2-fever-c2i-v4"  # v4: the fused graph (export/graph.py), int4 at accuracy level 4
+COMPRESS = ["--model", "smollm2-135m", "--task", "bigbench:fact_checker/fever", "--size", "0.8",
+            "--samples", "32", "--test-samples", "20"]
+EXPORTS = {"adapted": (CACHE_KEY, "adapt", ADAPT),
+           "compressed": ("smollm2-fever-compress-v1", "compress", COMPRESS)}
 
 
 def _run(*args: str) -> None:
-    r = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, *args], check=False, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{r.stderr[-3000:]}")
 
 
-def build_default_export() -> Path:
+def build_export(kind: str = "adapted") -> Path:
     from edge_c2i.paths import home
 
-    final = home() / "device_export" / CACHE_KEY
+    key, command, args = EXPORTS[kind]
+    final = home() / "device_export" / key
     if (final / "onnx" / "device_reference.json").is_file():
         return final / "onnx"
     work = final.with_name(final.name + ".tmp")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     cli = ["-m", "edge_c2i.cli"]
-    _run(*cli, "adapt", *ADAPT, "--out", str(work / "adapted"))
+    _run(*cli, command, *args, "--out", str(work / "adapted"))
     _run(*cli, "export", str(work / "adapted"), "--out", str(work / "onnx"), "--int8", "--int4",
          "--ort")
     _run(str(HERE / "make_reference.py"), str(work / "onnx"), "--model", str(work / "adapted"))
@@ -49,7 +55,9 @@ def build_default_export() -> Path:
     return final / "onnx"
 
 
-@pytest.fixture(scope="session")
-def onnx_dir() -> Path:
-    given = os.environ.get("EDGE_C2I_DEVICE_DIR")
-    return Path(given) if given else build_default_export()
+GIVEN = os.environ.get("EDGE_C2I_DEVICE_DIR")
+
+
+@pytest.fixture(scope="session", params=["given"] if GIVEN else list(EXPORTS))
+def onnx_dir(request) -> Path:
+    return Path(GIVEN) if GIVEN else build_export(request.param)

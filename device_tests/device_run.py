@@ -40,7 +40,8 @@ def main() -> None:
     from edge_c2i.export.runtime import OnnxLM, score_examples
     from edge_c2i.tasks import load_task, split
 
-    ref = json.load(open(f"{args.onnx_dir}/device_reference.json"))
+    with open(f"{args.onnx_dir}/device_reference.json") as f:
+        ref = json.load(f)
     t = time.perf_counter()
     lm = OnnxLM(args.onnx_dir, args.threads, args.model_file)
     load_s = time.perf_counter() - t

@@ -19,8 +19,9 @@ from edge_c2i.evaluate import evaluate
 from edge_c2i.models import load_model
 from edge_c2i.tasks import load_task, split
 
-PROMPTS = ["The capital of France is", "On June 2017, the following claim was made: The Eiffel "
-           "Tower is in Paris.\nQ: Was this claim true or false?\nA:", "One, two, three,"]
+PROMPTS = ["The capital of France is",
+           ("On June 2017, the following claim was made: The Eiffel Tower is in Paris.\n"
+            "Q: Was this claim true or false?\nA:"), "One, two, three,"]
 TASK = "bigbench:fact_checker/fever"
 NEW_TOKENS = 12
 

@@ -27,15 +27,16 @@ _results: dict = {}
 
 
 def device_run(onnx_dir: Path, model_file: str) -> dict:
-    if model_file not in _results:
+    key = f"{onnx_dir.parent.name}/{model_file}"
+    if key not in _results:
         r = subprocess.run([sys.executable, str(HERE / "device_run.py"), str(onnx_dir), model_file,
                             "--threads", "1", "--max-memory-mb", str(CAP_MB)],
                            check=False, capture_output=True, text=True, timeout=1800)
         assert r.returncode == 0, r.stderr[-3000:]
-        _results[model_file] = json.loads(r.stdout.strip().splitlines()[-1])
+        _results[key] = json.loads(r.stdout.strip().splitlines()[-1])
         report = {"machine": platform.machine(), "runs": _results}
         REPORT.write_text(json.dumps(report, indent=2))
-    return _results[model_file]
+    return _results[key]
 
 
 def reference(onnx_dir: Path) -> dict:
