@@ -112,20 +112,24 @@ def _array(t) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def linear(b: _Builder, x: str, module, path: str) -> str:
-    """The MatMuls of ``module`` (nn.Linear or a factor module) applied to ``x``.
+def _prefix(path: str) -> str:
+    return "/" + path.replace(".", "/").replace("/layers/", "/layers.") + "/"
 
-    Node names follow the tracer's ("/model/layers.3/mlp/down_proj/MatMul"), which
-    postprocess.out_matmul_prefixes relies on.
-    """
+
+def _is_factored(module) -> bool:
     from edge_c2i.factorize import LowRankLinear, MultiSubspaceLinear
 
-    prefix = "/" + path.replace(".", "/").replace("/layers/", "/layers.") + "/"
+    return isinstance(module, (LowRankLinear, MultiSubspaceLinear))
+
+
+def _second_stage(b: _Builder, z: str, module, path: str) -> str:
+    """A factor module's products after its first (x B^T = ``z``), and its bias."""
+    from edge_c2i.factorize import LowRankLinear
+
+    prefix = _prefix(path)
     if isinstance(module, LowRankLinear):
-        z = b.one("MatMul", [x, b.const(f"{path}.B_t", _array(module.B).T)], prefix + "MatMul")
         y = b.one("MatMul", [z, b.const(f"{path}.A_t", _array(module.A).T)], prefix + "MatMul_1")
-    elif isinstance(module, MultiSubspaceLinear):
-        z = b.one("MatMul", [x, b.const(f"{path}.B_t", _array(module.B).T)], prefix + "MatMul")
+    else:  # MultiSubspaceLinear: per-group A's, then the rows back in their order
         ranks = b.const(f"{path}.ranks", np.array(module.ranks, np.int64))
         parts = b.op("Split", [z, ranks], prefix + "Split", len(module.ranks), axis=-1)
         ys = [b.one("MatMul", [p, b.const(f"{path}.As.{g}_t", _array(a).T)],
@@ -133,17 +137,33 @@ def linear(b: _Builder, x: str, module, path: str) -> str:
         y = b.one("Concat", ys, prefix + "Concat", axis=-1)
         y = b.one("Gather", [y, b.const(f"{path}.inverse", module.inverse.cpu().numpy())],
                   prefix + "Gather", axis=-1)
-    elif type(module).__name__ == "Linear":
-        y = b.one("MatMul", [x, b.const(f"{path}.weight_t", _array(module.weight).T)],
-                  prefix + "MatMul")
-    else:
+    return _bias(b, y, module, path)
+
+
+def _bias(b: _Builder, y: str, module, path: str) -> str:
+    bias = getattr(module, "bias", None)
+    return y if bias is None else b.one("Add", [y, b.const(f"{path}.bias", _array(bias))],
+                                        _prefix(path) + "Add")
+
+
+def linear(b: _Builder, x: str, module, path: str) -> str:
+    """The MatMuls of ``module`` (nn.Linear or a factor module) applied to ``x``.
+
+    Node names follow the tracer's ("/model/layers.3/mlp/down_proj/MatMul"), which
+    postprocess.out_matmul_prefixes relies on.
+    """
+    prefix = _prefix(path)
+    if _is_factored(module):
+        z = b.one("MatMul", [x, b.const(f"{path}.B_t", _array(module.B).T)], prefix + "MatMul")
+        return _second_stage(b, z, module, path)
+    if type(module).__name__ != "Linear":
         from edge_c2i.errors import EdgeC2IError
 
         raise EdgeC2IError(f"{path} is a {type(module).__name__}; the fused graph knows nn.Linear "
                            "and edge-c2i's factor modules (export with --graph optimum)")
-    bias = getattr(module, "bias", None)
-    return y if bias is None else b.one("Add", [y, b.const(f"{path}.bias", _array(bias))],
-                                        prefix + "Add")
+    y = b.one("MatMul", [x, b.const(f"{path}.weight_t", _array(module.weight).T)],
+              prefix + "MatMul")
+    return _bias(b, y, module, path)
 
 
 def _plain(module) -> bool:
@@ -158,7 +178,7 @@ def fused_linear(b: _Builder, x: str, modules: list, paths: list[str], name: str
     MatMuls.  Fewer, larger products cut the per-operator cost of a decoding step, which at
     int4/int8 is a large part of it."""
     if not all(_plain(m) for m in modules):
-        return [linear(b, x, m, p) for m, p in zip(modules, paths)]
+        return _fused_factors(b, x, modules, paths, name)
     prefix = "/" + name.replace(".", "/").replace("/layers/", "/layers.") + "/"
     w = np.concatenate([_array(m.weight) for m in modules], 0)
     y = b.one("MatMul", [x, b.const(f"{name}.weight_t", w.T)], prefix + "MatMul")
@@ -170,6 +190,24 @@ def fused_linear(b: _Builder, x: str, modules: list, paths: list[str], name: str
         return [y]
     sizes = b.const(f"{name}.sizes", np.array([m.out_features for m in modules], np.int64))
     return b.op("Split", [y, sizes], prefix + "Split", len(modules), axis=-1)
+
+
+def _fused_factors(b: _Builder, x: str, modules: list, paths: list[str], name: str) -> list[str]:
+    """Modules reading the same ``x`` where some are reduced: the first products of all
+    factor modules side by side in one MatMul (their B's stacked; a Split gives each its
+    share), then each one's own A's; dense modules keep their own product (on a 4-bit grid
+    they stay exact in int4, which a product shared with factors would not be)."""
+    factored = [m for m in modules if _is_factored(m)]
+    if len(factored) < 2:
+        return [linear(b, x, m, p) for m, p in zip(modules, paths)]
+    prefix = _prefix(name) + "factors/"
+    stacked = np.concatenate([_array(m.B) for m in factored], 0)
+    z = b.one("MatMul", [x, b.const(f"{name}.factors.B_t", stacked.T)], prefix + "MatMul")
+    widths = b.const(f"{name}.factors.widths", np.array([m.B.shape[0] for m in factored],
+                                                        np.int64))
+    firsts = iter(b.op("Split", [z, widths], prefix + "Split", len(factored), axis=-1))
+    return [_second_stage(b, next(firsts), m, p) if _is_factored(m) else linear(b, x, m, p)
+            for m, p in zip(modules, paths)]
 
 
 def _norm_weight(norm, gemma: bool) -> np.ndarray:

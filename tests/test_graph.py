@@ -146,3 +146,39 @@ def test_export_refuses_a_fused_graph_it_cannot_build(tmp_path):
     model = _tiny("gpt2")
     with pytest.raises(EdgeC2IError, match="--graph optimum"):
         export_graph(model, None, tmp_path, graph="fused")
+
+
+def test_factors_reading_one_input_share_their_first_product(tmp_path):
+    """q/k/v all reduced (and gate/up, one of them multi-subspace): their B's are one MatMul
+    split among them, then each its own A's; the logits still match PyTorch."""
+    import onnx
+
+    model = _tiny("llama")
+    layer = model.model.layers[2]
+
+    def low_rank(lin, k):
+        u, s, vh = torch.linalg.svd(lin.weight.detach(), full_matrices=False)
+        return LowRankLinear(u[:, :k] * s[:k], vh[:k], None)
+
+    with torch.no_grad():
+        for name, k in (("q_proj", 8), ("k_proj", 4), ("v_proj", 6)):
+            setattr(layer.self_attn, name, low_rank(getattr(layer.self_attn, name), k))
+        layer.mlp.gate_proj = low_rank(layer.mlp.gate_proj, 10)
+        w = layer.mlp.up_proj.weight.detach()
+        rows = [torch.arange(0, 96, 2), torch.arange(1, 96, 2)]
+        parts = [torch.linalg.svd(w[r], full_matrices=False) for r in rows]
+        layer.mlp.up_proj = MultiSubspaceLinear(
+            [p[0][:, :5] * p[1][:5] for p in parts], [p[2][:5] for p in parts], rows, None)
+    got, want = _run(model, tmp_path)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    graph = onnx.load(tmp_path / "model.onnx").graph
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+
+    def first(prefix):
+        node = next(n for n in graph.node if n.name == prefix + "factors/MatMul")
+        return shapes[node.input[1]]
+
+    assert first("/model/layers.2/self_attn/qkv_proj/") == (64, 8 + 4 + 6)
+    assert first("/model/layers.2/mlp/gate_up_proj/") == (64, 10 + 5 + 5)
+    assert not any(n.name.startswith("/model/layers.2/self_attn/q_proj/MatMul") and
+                   n.name.endswith("/MatMul") for n in graph.node)
