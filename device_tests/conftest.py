@@ -26,7 +26,7 @@ CACHE_KEY = "smollm2-fever-c2i-v4"  # v4: the fused graph (export/graph.py), int
 COMPRESS = ["--model", "smollm2-135m", "--task", "bigbench:fact_checker/fever", "--size", "0.8",
             "--samples", "32", "--test-samples", "20"]
 EXPORTS = {"adapted": (CACHE_KEY, "adapt", ADAPT),
-           "compressed": ("smollm2-fever-compress-v1", "compress", COMPRESS)}
+           "compressed": ("smollm2-fever-compress-v2", "compress", COMPRESS)}
 
 
 def _run(*args: str) -> None:
