@@ -39,6 +39,7 @@ from common import RESULTS, model_task_args, table, write_result
 
 NAME = "compress"
 SIZES = (0.9, 0.8, 0.6)
+ROUNDS = 3  # export stage: latency rounds over the six files of a model
 VARIANT_SIZE = 0.8  # the other price rules and shrinkages are tried at this size only
 METHODS = {"svd": ("plain", "uniform"), "whitened_svd": ("whitened", "uniform"),
            "gradient_svd": ("plain", "global"), "edge_c2i": ("whitened", "global")}
@@ -182,22 +183,30 @@ def _export_model(data: dict, model_name: str, task: str, work: Path) -> None:
     print(f"  {data['cost'][-1]}", flush=True)
     save(model, tok, work / "compressed", report.to_dict())
     del model
+    files = []
     for variant, source in (("dense", model_name), ("compressed", str(work / "compressed"))):
         folder = work / f"onnx-{variant}"
         manifest = export_model(source, folder, int8=True, int4=True, force=True)
         for precision, file in (("fp32", "model.onnx"), ("int8", "model_int8.onnx"),
                                 ("int4", "model_int4.onnx")):
             size = sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith(file))
+            files.append(({"model": model_name, "task": task, "variant": variant,
+                           "precision": precision, "size": 1.0 if variant == "dense" else 0.8,
+                           "file_mb": size / 1e6, "ms_per_token": float("inf"),
+                           "prefill_ms": float("inf"), "rounds": ROUNDS,
+                           # against the same PyTorch model (dense or compressed), at export
+                           "top1_vs_pytorch": manifest["parity"][file]["top1_agreement"]},
+                          folder, file))
+    # every file timed in turn, ROUNDS times, best kept: a slow spell hits all of them
+    for _ in range(ROUNDS):
+        for row, folder, file in files:
             lat = run_child({"kind": "latency", "dir": str(folder), "file": file,
                              "threads": 1})
-            row = {"model": model_name, "task": task, "variant": variant,
-                   "precision": precision, "size": 1.0 if variant == "dense" else 0.8,
-                   "file_mb": size / 1e6, "ms_per_token": lat["per_token_ms"],
-                   "prefill_ms": lat["prefill_ms"],
-                   # against the same PyTorch model (dense or compressed), at export
-                   "top1_vs_pytorch": manifest["parity"][file]["top1_agreement"]}
-            print(f"  {row}", flush=True)
-            data["export"].append(row)
+            row["ms_per_token"] = min(row["ms_per_token"], lat["per_token_ms"])
+            row["prefill_ms"] = min(row["prefill_ms"], lat["prefill_ms"])
+    for row, _, _ in files:
+        print(f"  {row}", flush=True)
+        data["export"].append(row)
 
 
 def summarize(data: dict) -> dict:

@@ -405,11 +405,13 @@ def section_compress(d: dict) -> str:
                                    ("default", "default")]))
     if d.get("export"):
         out += ("\n\nONNX Runtime, 1 thread, same run: the dense model and edge_c2i at 0.8 "
-                "(compressed on the task named), each in fp32, int8 and int4.\n\n"
+                "(compressed on the task named), each in fp32, int8 and int4; ms/token over 32 "
+                "greedy steps, best of 3 in each of 'rounds' rounds that time the six files of "
+                "a model in turn.\n\n"
                 + table(d["export"], [("model", "model"), ("task", "task"),
                                       ("variant", "variant"), ("precision", "precision"),
                                       ("file_mb", "MB"), ("prefill_ms", "prefill ms"),
-                                      ("ms_per_token", "ms/token"),
+                                      ("ms_per_token", "ms/token"), ("rounds", "rounds"),
                                       ("top1_vs_pytorch", "top-1 vs its PyTorch model")]))
     if d.get("cost"):
         out += ("\n\nWhat compress costs: `adapt` and `compress --size 0.8` of the same pair, "
