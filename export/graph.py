@@ -156,7 +156,7 @@ def linear(b: _Builder, x: str, module, path: str) -> str:
     if _is_factored(module):
         z = b.one("MatMul", [x, b.const(f"{path}.B_t", _array(module.B).T)], prefix + "MatMul")
         return _second_stage(b, z, module, path)
-    if type(module).__name__ != "Linear":
+    if not _plain(module):
         from edge_c2i.errors import EdgeC2IError
 
         raise EdgeC2IError(f"{path} is a {type(module).__name__}; the fused graph knows nn.Linear "
@@ -179,7 +179,7 @@ def fused_linear(b: _Builder, x: str, modules: list, paths: list[str], name: str
     int4/int8 is a large part of it."""
     if not all(_plain(m) for m in modules):
         return _fused_factors(b, x, modules, paths, name)
-    prefix = "/" + name.replace(".", "/").replace("/layers/", "/layers.") + "/"
+    prefix = _prefix(name)
     w = np.concatenate([_array(m.weight) for m in modules], 0)
     y = b.one("MatMul", [x, b.const(f"{name}.weight_t", w.T)], prefix + "MatMul")
     if any(m.bias is not None for m in modules):
@@ -277,7 +277,7 @@ def build(model, opset: int = OPSET):
     def norm(h: str, module, path: str, skip: str | None = None) -> tuple[str, str | None]:
         """RMS norm of h (+ skip): (normalized, the sum h + skip when skip is given)."""
         w = b.const(f"{path}.weight", _norm_weight(module, gemma))
-        pre = "/" + path.replace(".", "/").replace("/layers/", "/layers.")
+        pre = _prefix(path)[:-1]
         if skip is None:
             return b.one("SimplifiedLayerNormalization", [h, w], pre + "/SimplifiedLayerNorm",
                          axis=-1, epsilon=_eps(module), stash_type=1), None
@@ -288,7 +288,7 @@ def build(model, opset: int = OPSET):
 
     def head_norm(h: str, module, path: str, n: int) -> str:
         """Gemma-3's per-head RMS norm of q or k (B x S x n*head_dim)."""
-        pre = "/" + path.replace(".", "/").replace("/layers/", "/layers.")
+        pre = _prefix(path)[:-1]
         split = b.one("Reshape", [h, b.const(f"{path}.shape", np.array([0, 0, n, head_dim], np.int64))],
                       pre + "/Reshape")
         normed, _ = norm(split, module, path)
@@ -329,8 +329,8 @@ def build(model, opset: int = OPSET):
         # the same count in both (tests/test_graph.py: w - 1 and w + 1 differ from transformers)
         window = int(sliding) if sliding else -1
         a = b.op("GroupQueryAttention", [q, k, v, *past, seqlens, total, cos, sin],
-                 f"/{p}/self_attn/GroupQueryAttention".replace("/model.layers.", "/model/layers."),
-                 [f"/{p}/self_attn/attention_out", *present], domain="com.microsoft",
+                 _prefix(f"{p}.self_attn") + "GroupQueryAttention",
+                 [_prefix(f"{p}.self_attn") + "attention_out", *present], domain="com.microsoft",
                  num_heads=heads, kv_num_heads=kv_heads, scale=float(attn.scaling), do_rotary=1,
                  rotary_interleaved=0, local_window_size=window, softcap=float(softcap))
         o = linear(b, a[0], attn.o_proj, f"{p}.self_attn.o_proj")
@@ -344,7 +344,7 @@ def build(model, opset: int = OPSET):
         mlp = layer.mlp
         gate, up = fused_linear(b, h, [mlp.gate_proj, mlp.up_proj],
                                 [f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"], f"{p}.mlp.gate_up_proj")
-        mp = f"/{p}/mlp".replace("/model.layers.", "/model/layers.")
+        mp = _prefix(f"{p}.mlp")[:-1]
         if act == "silu":
             gate = b.one("Mul", [gate, b.one("Sigmoid", [gate], mp + "/act_fn/Sigmoid")],
                          mp + "/act_fn/Mul")
@@ -357,7 +357,7 @@ def build(model, opset: int = OPSET):
     h, _ = norm(pending, decoder.norm, "model.norm", residual)
 
     head = model.lm_head
-    tied = head.weight.data_ptr() == embed.weight.data_ptr() and type(head).__name__ == "Linear"
+    tied = head.weight.data_ptr() == embed.weight.data_ptr() and _plain(head)
     if tied:  # the embedding table, read transposed in place
         logits = b.op("FusedMatMul", [h, table], "/lm_head/FusedMatMul", ["logits"],
                       domain="com.microsoft", alpha=1.0, transB=1)[0]

@@ -16,7 +16,6 @@ import torch
 
 from edge_c2i.errors import EdgeC2IError
 from edge_c2i.export import graph as fused
-from edge_c2i.factorize import LowRankLinear, MultiSubspaceLinear
 
 PROMPT = 12
 
@@ -54,6 +53,14 @@ def _tiny(kind: str, **extra):
             if "norm" in name:
                 p.add_(0.3 * torch.randn_like(p))
     return model.eval()
+
+
+def _reduce(model, layer: int, kind: str, rate: float, clusters: int = 1) -> None:
+    """One matrix replaced by its factors, as adapt and compress do (factorize.reduce)."""
+    from edge_c2i.factorize import reduce
+    from edge_c2i.targets import get_target
+
+    reduce(model, get_target(model, layer, kind), rate, clusters=clusters)
 
 
 def _run(model, tmp_path) -> tuple[np.ndarray, np.ndarray]:
@@ -110,16 +117,8 @@ def test_reduced_matrices_stay_factored_and_exact(tmp_path):
     import onnx
 
     model = _tiny("llama")
-    layer = model.model.layers[1]
-    with torch.no_grad():
-        w = layer.mlp.down_proj.weight  # 64 x 96
-        u, s, vh = torch.linalg.svd(w, full_matrices=False)
-        layer.mlp.down_proj = LowRankLinear(u[:, :8] * s[:8], vh[:8], None)
-        rows = [torch.arange(0, 64, 2), torch.arange(1, 64, 2)]
-        q = layer.self_attn.q_proj.weight
-        parts = [torch.linalg.svd(q[r], full_matrices=False) for r in rows]
-        layer.self_attn.q_proj = MultiSubspaceLinear(
-            [p[0][:, :6] * p[1][:6] for p in parts], [p[2][:6] for p in parts], rows, None)
+    _reduce(model, 1, "out", 0.125)  # down_proj 64 x 96 at rank 8
+    _reduce(model, 1, "q", 0.1875, clusters=2)  # q_proj: two groups of rows, rank 6 each
     got, want = _run(model, tmp_path)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     graph = onnx.load(tmp_path / "model.onnx").graph
@@ -154,21 +153,9 @@ def test_factors_reading_one_input_share_their_first_product(tmp_path):
     import onnx
 
     model = _tiny("llama")
-    layer = model.model.layers[2]
-
-    def low_rank(lin, k):
-        u, s, vh = torch.linalg.svd(lin.weight.detach(), full_matrices=False)
-        return LowRankLinear(u[:, :k] * s[:k], vh[:k], None)
-
-    with torch.no_grad():
-        for name, k in (("q_proj", 8), ("k_proj", 4), ("v_proj", 6)):
-            setattr(layer.self_attn, name, low_rank(getattr(layer.self_attn, name), k))
-        layer.mlp.gate_proj = low_rank(layer.mlp.gate_proj, 10)
-        w = layer.mlp.up_proj.weight.detach()
-        rows = [torch.arange(0, 96, 2), torch.arange(1, 96, 2)]
-        parts = [torch.linalg.svd(w[r], full_matrices=False) for r in rows]
-        layer.mlp.up_proj = MultiSubspaceLinear(
-            [p[0][:, :5] * p[1][:5] for p in parts], [p[2][:5] for p in parts], rows, None)
+    for kind, rate in (("q", 0.125), ("k", 0.125), ("v", 0.1875), ("gate", 0.15625)):
+        _reduce(model, 2, kind, rate)  # ranks 8 of 64, 4 and 6 of 32, 10 of 64
+    _reduce(model, 2, "in", 0.15625, clusters=2)  # up_proj: two groups of 48 rows, rank 7 each
     got, want = _run(model, tmp_path)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     graph = onnx.load(tmp_path / "model.onnx").graph
@@ -179,6 +166,6 @@ def test_factors_reading_one_input_share_their_first_product(tmp_path):
         return shapes[node.input[1]]
 
     assert first("/model/layers.2/self_attn/qkv_proj/") == (64, 8 + 4 + 6)
-    assert first("/model/layers.2/mlp/gate_up_proj/") == (64, 10 + 5 + 5)
+    assert first("/model/layers.2/mlp/gate_up_proj/") == (64, 10 + 7 + 7)
     assert not any(n.name.startswith("/model/layers.2/self_attn/q_proj/MatMul") and
                    n.name.endswith("/MatMul") for n in graph.node)
