@@ -1,4 +1,4 @@
-"""Peak memory and time of ``scan`` and ``adapt`` with and without --max-memory.
+"""Peak memory and time of ``scan``, ``adapt`` and ``compress`` with and without --max-memory.
 
     python bench/bench_memory.py                      # gemma3-270m, writes bench/results/memory.json
     python bench/bench_memory.py --models smollm2-135m gemma3-270m --baseline 9e9c085
@@ -8,7 +8,8 @@ Each command runs in a fresh process started by a small wrapper that reads
 of that command as the kernel counts it (file-backed pages of the memory-mapped
 weights included).  ``adapt`` runs a reduced grid (--top-k 2 --rates 0.2,0.05
 --clusters 1, 200 test examples) so that the run stays short; its peak is set by
-the scan, which is the same as the full grid's.
+the scan, which is the same as the full grid's.  ``compress`` (``--commands compress``)
+runs ``--size 0.8`` with 200 test examples.
 
 ``none`` runs without --max-memory, that is with the default plan (the weights + 1.5 GB,
 budget.default_budget).  ``--baseline REV`` also runs each command without a budget in
@@ -98,17 +99,24 @@ def main() -> None:
                     if command == "adapt":
                         cmd += ["--top-k", "2", "--rates", "0.2,0.05", "--clusters", "1",
                                 "--test-samples", "200", "--force"]
+                    if command == "compress":
+                        cmd += ["--size", "0.8", "--test-samples", "200", "--force"]
                     if budget and not baseline:
                         cmd += ["--max-memory", budget]
                     res = measure(cmd)
                     row = {"model": model, "command": command, "budget": budget or "none", **res,
-                           "peak_rss_gb": res["peak_rss_bytes"] / 1e9}
+                           "peak_rss_gb": res["peak_rss_bytes"] / 1e9, "threads": args.threads}
                     if command == "scan" and res["rc"] == 0:
                         scan = json.loads(Path(str(out) + ".json").read_text())
                         row["passes"] = scan["timings"].get("passes")
                         row["batch_tokens"] = scan["timings"].get("batch_tokens")
                         row["top5"] = [f"{m['layer']}.{m['type']}" for m in scan["matrices"][:5]]
                         row["plan"] = scan["timings"].get("plan")
+                    if command == "compress" and res["rc"] == 0:
+                        report = json.loads((out / "report.json").read_text())
+                        row["size"] = report["budget"]["size"]
+                        row["accuracy"] = report["compressed"]["accuracy"]
+                        row["plan"] = report["timings"].get("plan")
                     if command == "adapt" and res["rc"] == 0:
                         report = json.loads((out / "report.json").read_text())
                         row["chosen"] = report["chosen"] and {
@@ -135,7 +143,7 @@ def targets(rows: list[dict]) -> list[dict]:
 
     out = []
     for r in rows:
-        if r["budget"] != "none" or r["rc"] != 0:
+        if r["budget"] != "none" or r["rc"] != 0 or r["command"] not in ("scan", "adapt"):
             continue
         weights = sum(f.stat().st_size for f in Path(resolve(r["model"])).glob("*.safetensors"))
         t = {"model": r["model"], "command": r["command"], "weights_bytes": weights,

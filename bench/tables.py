@@ -256,7 +256,7 @@ def section_memory(d: dict) -> str:
                                       ("limit_gb", "peak limit GB"), ("peak", "peak"),
                                       ("time_ratio", "time / earlier unbudgeted"),
                                       ("time", "time")])) if targets else ""
-    return ("### Peak memory of scan and adapt\n\n`python bench/bench_memory.py --models "
+    return ("### Peak memory of scan, adapt and compress\n\n`python bench/bench_memory.py --models "
             "smollm2-135m gemma3-270m --budgets none,2GB --baseline REV` -> "
             f"bench/results/memory.json ({d['task']}, 100 calibration examples, 2 threads, "
             f"{d.get('date', '')}, alone on the machine; peak RSS "
@@ -265,12 +265,14 @@ def section_memory(d: dict) -> str:
             f"{(d.get('runtime_rss_bytes') or 0) / 1e9:.2f} GB). 'none' runs the default plan; "
             "'REV unbudgeted' is the same command in the code of that earlier revision "
             "(2048-token batches, no plan). adapt runs a reduced grid (--top-k 2 --rates "
-            "0.2,0.05 --clusters 1, 200 test examples).\n\n"
+            "0.2,0.05 --clusters 1, 200 test examples); compress runs --size 0.8 with 200 test "
+            "examples (`--commands compress`). 'threads' blank: 2.\n\n"
             + table(rows, [("model", "model"), ("command", "command"), ("budget", "--max-memory"),
                            ("peak_rss_gb", "peak RSS GB"), ("within_budget", "within budget"),
                            ("passes", "passes"), ("batch_tokens", "batch tokens"),
-                           ("seconds", "s"), ("top5", "top 5 of the ranking"),
-                           ("pick", "adapt chose")]) + target_table)
+                           ("seconds", "s"), ("threads", "threads"),
+                           ("top5", "top 5 of the ranking"), ("pick", "adapt chose"),
+                           ("size", "compress kept")]) + target_table)
 
 
 def section_scan(d: dict) -> str:
@@ -428,10 +430,12 @@ def section_compress(d: dict) -> str:
 def section_contention(d: dict) -> str:
     return ("### A busy machine\n\n`python bench/bench_contention.py` -> "
             f"bench/results/contention.json: `edge-c2i scan` of {d['model']} on {d['task']} "
-            f"({d['samples']} examples), torch's default threads, idle and then beside "
+            f"({d['samples']} examples), idle and then beside "
             f"{d['busy_processes']} CPU-bound processes (one per core), each in a fresh process; "
-            "target: loaded <= 2.5x idle. 'short spin' (GOMP_SPINCOUNT=10000) is what the CLI "
-            "sets unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is already set.\n\n"
+            "target: loaded <= 2.5x idle. The first four settings pin torch's default thread "
+            "count and vary the OpenMP wait policy; 'auto (CLI default)' is the command with "
+            "no flag: GOMP_SPINCOUNT=10000 (unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is "
+            "already set) and the threads the other processes leave free.\n\n"
             + table(d["rows"], CONTENTION_COLUMNS))
 
 

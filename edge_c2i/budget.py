@@ -38,7 +38,7 @@ from torch import nn
 from .arch import arch
 from .errors import EdgeC2IError
 from .evaluate import LM_HEAD_CHUNK
-from .svd import format_size, workspace_bytes
+from .svd import _exact_bytes, format_size, workspace_bytes
 from .targets import Target, weight_matrix
 
 # RSS of a process that has imported torch, transformers and edge_c2i, before any model is
@@ -253,6 +253,142 @@ def _plan(model, targets, longest, budget, exact_svd: bool) -> ScanPlan:
     estimate = {**fixed, "activations": tokens * per_token, "factors": largest_group,
                 "svd": svd_need}
     return ScanPlan(asked, tokens, groups, svd_need, estimate, lm_chunk)
+
+
+# --------------------------------------------------------------------------- compress
+
+# matrices that read one input share one Gram matrix (compress.calibrate finds the sharing
+# from the tensors themselves; the plan assumes only these, which errs on the large side)
+SHARED_INPUTS = {"q": "attention input", "k": "attention input", "v": "attention input",
+                 "gate": "mlp input", "in": "mlp input"}
+
+
+def k_star(m: int, n: int) -> int:
+    """Ranks below this save parameters: k (m + n) < m n."""
+    return -(-m * n // (m + n))
+
+
+def compress_bytes(shapes: dict[Target, tuple[int, int]], grads: bool) -> dict[str, int]:
+    """What ``compress`` holds beyond the model (float32 unless said):
+
+    grams     one n x n Gram matrix per distinct input (calibration -> decompositions,
+              each freed once the matrices reading it are decomposed)
+    grads     dL/dW of every matrix, with ``grads`` (the ``task`` price)
+    factors   every matrix's decomposition up to its k* components: A (m x k*), B (k* x n);
+              a trial's factor modules are views of them
+    decompose one whitened SVD's float64 transient: W S, S and C, then U, s, V^T and
+              LAPACK's workspace
+    """
+    inputs = {}
+    for t, (m, n) in shapes.items():
+        inputs[(t.layer, SHARED_INPUTS.get(t.type, t.type), n)] = 4 * n * n
+    factors = sum(4 * min(k_star(m, n), min(m, n)) * (m + n) for m, n in shapes.values())
+    transient = max((8 * (m * n + 2 * n * n) + 2 * _exact_bytes(m, n)
+                     for m, n in shapes.values()), default=0)
+    return {"grams": sum(inputs.values()),
+            "grads": sum(4 * m * n for m, n in shapes.values()) if grads else 0,
+            "factors": factors, "decompose": transient}
+
+
+@dataclass
+class CompressPlan:
+    """``compress``'s memory plan: the batches and, per phase, what it holds."""
+
+    budget: int | None
+    batch_tokens: int  # the calibration pass's batches
+    lm_head_chunk: int
+    eval_batch_tokens: int  # the evaluations' (no-grad) batches
+    phases: dict[str, dict[str, int]]  # phase -> component -> bytes
+    default: str | None = None  # no budget was asked for: the one planned for, and why
+
+    @property
+    def peak(self) -> int:
+        return max(sum(p.values()) for p in self.phases.values())
+
+    def describe(self) -> str:
+        phase = max(self.phases, key=lambda p: sum(self.phases[p].values()))
+        parts = ", ".join(f"{k} {format_size(v)}" for k, v in self.phases[phase].items() if v)
+        within = f"{self.default}: " if self.default else ""
+        return (f"{within}calibration batches of <= {self.batch_tokens} tokens; estimated "
+                f"peak {format_size(self.peak)} in the {phase} ({parts})")
+
+
+def plan_compress(model: nn.Module, targets: list[Target], longest: int, budget: int | None,
+                  grads: bool = False) -> CompressPlan:
+    """The batches of ``compress`` within ``budget`` bytes, or an EdgeC2IError before any
+    heavy work.  Its three phases peak apart:
+
+    calibration   fixed + grams (+ grads) + the pass's activations (its batch)
+    decomposition fixed + the larger of grams and factors (+ grads) + one SVD's transient
+    evaluation    fixed + factors + a no-grad batch's activations (about one block's)
+
+    (fixed: runtime, weights, one LM-head chunk).  The calibration batch shrinks to fit,
+    and the evaluation batches drop to BUDGET_EVAL_BATCH_TOKENS if they must; when the
+    phases still do not fit, the message says how much they need.  Without a budget the
+    plan fits ``default_budget`` where it can, as the scan's does, and runs unbudgeted
+    (2048-token calibration batches) where it cannot, saying so.
+    """
+    shapes = {t: tuple(weight_matrix(model.get_submodule(t.name)).shape) for t in targets}
+    held = compress_bytes(shapes, grads)
+    per_token = activation_bytes_per_token(model.config, longest)
+    per_block = per_token // max(1, arch(model.config).num_layers)
+    vocab = model.get_output_embeddings().weight.shape[0]
+
+    def phases(cal_tokens: int, eval_tokens: int, lm_chunk: int) -> dict:
+        fixed = {"runtime": RUNTIME_BYTES, "weights": model_bytes(model),
+                 "lm head": LM_HEAD_BYTES * lm_chunk * vocab}
+        return {"calibration": {**fixed, "grams": held["grams"], "grads": held["grads"],
+                                "activations": cal_tokens * per_token},
+                "decomposition": {**fixed, "grams or factors": max(held["grams"],
+                                                                   held["factors"]),
+                                  "grads": held["grads"], "svd": held["decompose"]},
+                "evaluation": {**fixed, "factors": held["factors"],
+                               "activations": eval_tokens * per_block}}
+
+    asked, why = budget, None
+    if budget is None:
+        budget, why = default_budget(model)
+    limit = int(SAFETY * budget)
+    lm_chunk = lm_head_chunk_for(model, budget)
+    room = limit - sum(phases(0, 0, lm_chunk)["calibration"].values())
+    tokens = int(min(DEFAULT_BATCH_TOKENS, max(0, room) // per_token))
+    for eval_tokens in (eval_batch_tokens_for(asked), BUDGET_EVAL_BATCH_TOKENS):
+        plan = CompressPlan(asked, tokens, lm_chunk, eval_tokens,
+                            phases(max(tokens, longest), eval_tokens, lm_chunk))
+        if sum(plan.phases["evaluation"].values()) <= limit:
+            break
+    if tokens >= longest and plan.peak <= limit:
+        if asked is None:
+            plan.default = f"default budget {format_size(budget)} ({why})"
+        return plan
+    if asked is not None:
+        parts = ", ".join(f"{k} {format_size(v)}" for k, v in held.items() if v)
+        raise EdgeC2IError(f"compress needs at least ~{format_size(plan.peak / SAFETY)} (the "
+                           f"model {format_size(model_bytes(model))}; {parts}; "
+                           f"{1 - SAFETY:.0%} headroom); --max-memory is "
+                           f"{format_size(asked)}: raise it")
+    # nothing asked for and the default does not hold it: run as the data needs, say so
+    tokens = max(DEFAULT_BATCH_TOKENS, longest)
+    return CompressPlan(None, tokens, LM_HEAD_CHUNK, DEFAULT_EVAL_BATCH_TOKENS,
+                        phases(tokens, DEFAULT_EVAL_BATCH_TOKENS, LM_HEAD_CHUNK),
+                        f"unbudgeted: the default budget {format_size(budget)} is too small "
+                        f"({why})")
+
+
+def release_freed_memory() -> None:
+    """Hand the memory a finished phase freed back to the system.
+
+    glibc's malloc keeps freed blocks of the heap for later use, so the resident set of a
+    process stays at its high-water mark after a pass frees its activations, and the next
+    phase (compress's decompositions) would add on top of it.  ``malloc_trim(0)`` returns
+    them; elsewhere (macOS, musl) this does nothing.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def eval_batch_tokens_for(budget: int | None) -> int:

@@ -129,10 +129,20 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _threads(n: int | None) -> None:
+    """``--threads N``: N; no flag: the cores other processes leave free, followed
+    between batches (threads.py)."""
+    from . import threads
+
     if n:
         import torch
 
+        threads.disable()
         torch.set_num_threads(n)
+        return
+    got = threads.enable()
+    if got is not None and got < threads.cores():
+        note(f"threads: {got} of {threads.cores()}: other processes keep the rest busy "
+             "(followed as the run goes; --threads N fixes the count)")
 
 
 def _budget(text: str | None) -> int | None:
@@ -288,7 +298,8 @@ def cmd_compress(args) -> int:
                             basis=args.basis, allocation=args.allocation,
                             loss_tolerance=args.loss_tolerance, n_calib=args.samples,
                             n_eval=args.eval_samples, n_test=args.test_samples, seed=args.seed,
-                            layers=args.layers, types=args.types)
+                            layers=args.layers, types=args.types,
+                            max_memory=_budget(args.max_memory))
     from .api import save
     from .compress import compress, per_layer_table
     from .models import load_model
@@ -296,7 +307,7 @@ def cmd_compress(args) -> int:
     dest.claim()
     try:
         _threads(args.threads)
-        model, tok = load_model(args.model)
+        model, tok = load_model(args.model, max_memory=config.max_memory)
         report = compress(model, tok, task, config, model_name=args.model,
                           progress=not args.quiet).to_dict()
         out = save(model, tok, dest, report)
@@ -397,8 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int, default=0, help="seed of the sample splits")
         if threads:
             sp.add_argument("--threads", type=_at_least(1), default=None,
-                            help="torch threads (default: torch's; 1 is fastest on a busy "
-                                 "machine)")
+                            help="torch threads (default: the cores that other processes "
+                                 "leave free, measured at the start and again between "
+                                 "batches, at least 1)")
 
     e = command("eval", "accuracy and loss of a model on a task")
     common(e)
@@ -509,6 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these layers (default: all)")
     c.add_argument("--types", type=_words, default=None,
                    help="only these matrix types, e.g. gate,in,out (default: all)")
+    c.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="peak memory budget, e.g. 2GB: the calibration batch shrinks to fit, "
+                        "or compress says what it needs before any heavy work (default: the "
+                        "model's weights + 1.5 GB where that fits)")
     c.add_argument("--json", action="store_true",
                    help="print the report as one JSON object on stdout")
     c.set_defaults(func=cmd_compress)

@@ -44,6 +44,13 @@ lambda x parameters, then adds back the best-priced components the budget still 
 room for; ``uniform`` keeps the same share of every matrix's rank.  The budget counts
 the linear layers' parameters (embeddings and the LM head are not reduced).
 
+**Memory** (budget.plan_compress, ``max_memory``).  The calibration pass holds the Gram
+matrices and its batch's activations (no weight gradient unless the ``task`` price asks);
+the decompositions hold each matrix's factors up to k* while each Gram matrix goes once the
+matrices reading it are done; the evaluations hold the factors (a trial's factor modules are
+views of them).  The calibration batch is sized to the budget, and the freed memory of each
+phase is handed back to the system before the next (budget.release_freed_memory).
+
 **Modes.**  Budget (``size``, ``params``, or ``file_mb``: the exported file of a precision,
 turned into linear parameters by FILE_BYTES): the allocation for that budget.
 Keep accuracy (neither): the sizes of ``CompressConfig.sizes``, largest first, each
@@ -64,10 +71,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .budget import eval_batch_tokens_for, lm_head_chunk_for, plan_scan
+from . import threads
+from .budget import CompressPlan, k_star, plan_compress, release_freed_memory
 from .config import CompressConfig, Reduction
 from .errors import EdgeC2IError
-from .evaluate import Result, Scorer
+from .evaluate import Result, Scorer, grad_from
 from .factorize import LowRankLinear, count_params, swap
 from .targets import Target, find_targets, is_conv1d, weight_matrix
 from .tasks import Task, load_task, split
@@ -86,7 +94,7 @@ class Calibration:
     """What one forward+backward over the calibration sample gives each target (by key)."""
 
     grams: dict[str, torch.Tensor]  # X^T X of the target's input (shared objects when shared)
-    grads: dict[str, torch.Tensor]  # dL/dW, m x n
+    grads: dict[str, torch.Tensor] | None  # dL/dW, m x n (only the ``task`` price needs it)
     out_grad_sq: dict[str, float]  # sum over tokens of |dL/dy_t|^2
     tokens: int  # real tokens the sums ran over
     examples: int
@@ -96,11 +104,15 @@ class Calibration:
 
 
 def calibrate(model: nn.Module, tokenizer, examples, targets: list[Target],
-              progress: bool = True) -> Calibration:
-    """One forward+backward over ``examples`` (gold answers), collecting C, G and D."""
+              progress: bool = True, grads: bool = True,
+              plan: CompressPlan | None = None) -> Calibration:
+    """One forward+backward over ``examples`` (gold answers), collecting C, D and, with
+    ``grads``, G (the weights' gradients: as much memory as the matrices themselves, and
+    only the ``task`` price reads them).  ``plan``: batch sizes (budget.plan_compress)."""
     t0 = time.perf_counter()
-    probe = Scorer(tokenizer, examples, gold_only=True)
-    plan = plan_scan(model, targets, probe.longest, None)
+    if plan is None:
+        probe = Scorer(tokenizer, examples, gold_only=True)
+        plan = plan_compress(model, targets, probe.longest, None, grads=grads)
     scorer = Scorer(tokenizer, examples, plan.batch_tokens, plan.lm_head_chunk, gold_only=True)
     modules = {t.key: model.get_submodule(t.name) for t in targets}
     grams: dict[str, torch.Tensor] = {}
@@ -131,18 +143,22 @@ def calibrate(model: nn.Module, tokenizer, examples, targets: list[Target],
         return hook
 
     first = targets[0].key
-    weights = [m.weight for m in modules.values()]
+    weights = [m.weight for m in modules.values()] if grads else []
     hooks = [m.register_forward_hook(watch(k)) for k, m in modules.items()]
+    lowest = min(t.layer for t in targets)
     try:
         for w in weights:
             w.requires_grad_(True)
             w.grad = None
-        with torch.enable_grad():
+        # without weight gradients the backward starts at the lowest target's block
+        with torch.enable_grad(), grad_from(model, lowest):
             loss = scorer.loss_and_backward(model, "calibration pass" if progress else None)
-        grads = {}
-        for k, m in modules.items():
-            g = m.weight.grad
-            grads[k] = (g.t() if is_conv1d(m) else g).detach().float().clone()
+        G = None
+        if grads:
+            G = {}
+            for k, m in modules.items():
+                g = m.weight.grad
+                G[k] = (g.t() if is_conv1d(m) else g).detach().float().clone()
     finally:
         for h in hooks:
             h.remove()
@@ -151,7 +167,7 @@ def calibrate(model: nn.Module, tokenizer, examples, targets: list[Target],
             w.grad = None
     for k in modules:
         grams[k] = grams[shared[k]]
-    return Calibration(grams, grads, dsq, tokens[0], len(examples), loss,
+    return Calibration(grams, G, dsq, tokens[0], len(examples), loss,
                        time.perf_counter() - t0, shared)
 
 
@@ -160,17 +176,17 @@ def calibrate(model: nn.Module, tokenizer, examples, targets: list[Target],
 
 @dataclass
 class Spectrum:
-    """One matrix, decomposed: W = A B with A = U diag(s) (m x p), B (p x n), and the
-    price of each component (cut from the last)."""
+    """One matrix, decomposed: W = sum_i A[:, i] B[i] over its p components (the first
+    min(p, k*) stored), and the price of each component (cut from the last)."""
 
     target: Target
     m: int
     n: int
     s: torch.Tensor  # float64, descending
-    A: torch.Tensor  # float32, m x p
-    B: torch.Tensor  # float32, p x n
+    A: torch.Tensor  # float32, m x min(p, k*): U diag(s)^(1/2), the columns a factor keeps
+    B: torch.Tensor  # float32, min(p, k*) x n: diag(s)^(1/2) [b_1 .. b_p]^T
     error: torch.Tensor  # output error on the calibration inputs when component i is cut
-    first_order: torch.Tensor  # first-order task-loss change when it is cut
+    first_order: torch.Tensor | None  # first-order task-loss change when it is cut (with G)
     scale: float  # h = N D / (m T)
     basis: str
 
@@ -189,7 +205,7 @@ class Spectrum:
     @property
     def k_star(self) -> int:
         """Ranks below this save parameters: k (m + n) < m n."""
-        return math.ceil(self.m * self.n / (self.m + self.n))
+        return k_star(self.m, self.n)
 
     def params(self, k: int) -> int:
         return self.dense_params if k >= self.p else k * (self.m + self.n)
@@ -198,7 +214,12 @@ class Spectrum:
         if rule == "output":
             return self.error / self.error.sum().clamp_min(1e-300)
         quadratic = 0.5 * self.scale * self.error
-        return quadratic if rule == "fisher" else quadratic + self.first_order
+        if rule == "fisher":
+            return quadratic
+        if self.first_order is None:
+            raise ValueError("the task price needs the weights' gradients: calibrate with "
+                             "grads=True")
+        return quadratic + self.first_order
 
 
 def cholesky(C: torch.Tensor, shrink: float = 0.0) -> tuple[torch.Tensor, float]:
@@ -238,27 +259,48 @@ def spectrum(target: Target, W: torch.Tensor, cal: Calibration, basis: str = "wh
     else:
         U, s, B = torch.linalg.svd(W, full_matrices=False)
         error = s * s * ((B @ C) * B).sum(1)
-    G = cal.grads[target.key].double()
-    first_order = -s * ((U.T @ G) * B).sum(1)
+    if cal.grads is None:
+        first_order = None
+    else:
+        G = cal.grads[target.key].double()
+        first_order = -s * ((U.T @ G) * B).sum(1)
     scale = cal.examples * cal.out_grad_sq[target.key] / (m * max(cal.tokens, 1))
-    return Spectrum(target, m, n, s, (U * s).float(), B.float(), error, first_order, scale,
-                    basis)
+    # components from k* on are never kept in factor form (a matrix that keeps them stays
+    # dense), so only the first k* columns of A and rows of B are stored; sqrt(s) on each
+    # side, not all of s in A: the same product, but the rows of A then span a narrower
+    # range, which int4's blocks of 32 hold better (a trial on SmolLM2 at 0.8: higher int4
+    # top-1 agreement than A = U diag(s) or A = U)
+    keep = min(k_star(m, n), len(s))
+    half = s[:keep].sqrt()
+    return Spectrum(target, m, n, s, (U[:, :keep] * half).float().contiguous(),
+                    (B[:keep] * half[:, None]).float().contiguous(), error, first_order,
+                    scale, basis)
 
 
 def decompose_all(model: nn.Module, targets: list[Target], cal: Calibration,
                   basis: str = "whitened", progress: bool = True,
-                  shrink: float = 0.0) -> list[Spectrum]:
-    """Every target's Spectrum; one Cholesky per shared input."""
+                  shrink: float = 0.0, release: bool = False) -> list[Spectrum]:
+    """Every target's Spectrum; one Cholesky per shared input.  ``release``: each input's
+    Gram matrix leaves ``cal`` once the last matrix reading it is decomposed (the spectra
+    grow as the Gram matrices go: compress's plan counts the larger of the two)."""
     factors: dict[str, torch.Tensor] = {}
+    owner = {t.key: cal.shared.get(t.key, t.key) for t in targets}
+    last = {owner[t.key]: i for i, t in enumerate(targets)}
     out = []
-    for t in tqdm(targets, desc=f"{basis} decompositions", disable=not progress, leave=False):
+    for i, t in enumerate(tqdm(targets, desc=f"{basis} decompositions", disable=not progress,
+                               leave=False)):
+        threads.rebalance()
         S = None
         if basis == "whitened":
-            owner = cal.shared.get(t.key, t.key)
-            if owner not in factors:
-                factors[owner] = cholesky(cal.grams[t.key], shrink)[0]
-            S = factors[owner]
+            if owner[t.key] not in factors:
+                factors[owner[t.key]] = cholesky(cal.grams[t.key], shrink)[0]
+            S = factors[owner[t.key]]
         out.append(spectrum(t, weight_matrix(model.get_submodule(t.name)), cal, basis, S))
+        if release and last[owner[t.key]] == i:
+            factors.pop(owner[t.key], None)
+            for key in [k for k in cal.grams if owner.get(k, k) == owner[t.key]]:
+                del cal.grams[key]
+            release_freed_memory()  # or the spectra would grow beside the freed Grams
     return out
 
 
@@ -373,22 +415,25 @@ def uniform(spectra: list[Spectrum], budget: int) -> dict[str, int]:
     return ranks
 
 
-def apply_ranks(model: nn.Module, spectra: list[Spectrum], ranks: dict[str, int]
-                ) -> tuple[list[Reduction], dict[str, nn.Module]]:
+def apply_ranks(model: nn.Module, spectra: list[Spectrum], ranks: dict[str, int],
+                keep: bool = False) -> tuple[list[Reduction], dict[str, nn.Module]]:
     """Swap in the factors of every matrix below full rank; returns the reductions and the
-    replaced modules (``restore`` puts them back)."""
+    replaced modules (``restore`` puts them back).
+
+    The factor modules are views of the spectra (a trial costs no memory); ``keep``: the
+    model keeps them, so each gets its own copy and its spectrum lets its A and B go (one
+    matrix at a time: the peak stays one matrix above the spectra's)."""
     done, originals = [], {}
     for sp in spectra:
         k = ranks[sp.key]
         if k >= sp.p:
             continue
         old = model.get_submodule(sp.target.name)
-        # sqrt(s) on each side, not all of s in A: the same product, but the rows of A then
-        # span a narrower range, which int4's blocks of 32 hold better (a trial on SmolLM2 at
-        # 0.8: higher int4 top-1 agreement than A = U diag(s) or A = U)
-        half = sp.s[:k].sqrt().float().clamp_min(1e-30)
-        new = LowRankLinear((sp.A[:, :k] / half).contiguous(), (sp.B[:k] * half[:, None]).contiguous(),
-                            getattr(old, "bias", None), is_conv1d(old))
+        A, B = sp.A[:, :k], sp.B[:k]
+        if keep:
+            A, B = A.clone(memory_format=torch.contiguous_format), B.clone()
+            sp.A = sp.B = None
+        new = LowRankLinear(A, B, getattr(old, "bias", None), is_conv1d(old))
         originals[sp.target.name] = swap(model, sp.target.name, new)
         done.append(Reduction(sp.target.layer, sp.target.type, k / sp.p, ranks=[k],
                               group_sizes=[sp.m], name=sp.target.name, basis=sp.basis))
@@ -500,13 +545,21 @@ def compress(model: nn.Module, tokenizer, task: str | Task, config: CompressConf
                                 for p in model.get_submodule(t.name).parameters())
     if config.file_mb is not None:
         params_for_file(config.file_mb, other, config.file_precision)
-    cal = calibrate(model, tokenizer, splits.calib, targets, progress)
+    grads = config.price == "task"  # the other prices need no weight gradient
+    longest = Scorer(tokenizer, splits.calib, gold_only=True).longest
+    plan = plan_compress(model, targets, longest, config.max_memory, grads=grads)
+    if progress:
+        print(f"memory plan: {plan.describe()}", file=sys.stderr)
+    cal = calibrate(model, tokenizer, splits.calib, targets, progress, grads=grads, plan=plan)
+    release_freed_memory()  # the pass's activations: the decompositions come on top
     t_cal = time.perf_counter()
-    spectra = decompose_all(model, targets, cal, config.basis, progress, config.shrink)
+    spectra = decompose_all(model, targets, cal, config.basis, progress, config.shrink,
+                            release=True)
+    del cal  # the gradients, if any: the spectra hold what is left to use
+    release_freed_memory()
     t_dec = time.perf_counter()
     before = linear_params(spectra)
-    batch = eval_batch_tokens_for(None)
-    chunk = lm_head_chunk_for(model, None)
+    batch, chunk = plan.eval_batch_tokens, plan.lm_head_chunk
     evals = Scorer(tokenizer, splits.eval, batch, chunk)
     eval_base = evals.run(model, desc="evaluation: base" if progress else None)
     ladder = []
@@ -537,11 +590,11 @@ def compress(model: nn.Module, tokenizer, task: str | Task, config: CompressConf
     t_search = time.perf_counter()
     tests = Scorer(tokenizer, splits.test, batch, chunk)
     base_test = tests.run(model, desc="test: base" if progress else None)
-    reductions, _ = apply_ranks(model, spectra, ranks)
     after = linear_params(spectra, ranks)
+    reductions, _ = apply_ranks(model, spectra, ranks, keep=True)
     comp_test = tests.run(model, desc="test: compressed" if progress else None) \
         if reductions else base_test
-    timings = {"calibration_s": t_cal - t0, "decompose_s": t_dec - t_cal,
+    timings = {"plan": plan.describe(), "calibration_s": t_cal - t0, "decompose_s": t_dec - t_cal,
                "search_s": t_search - t_dec, "test_s": time.perf_counter() - t_search,
                "total_s": time.perf_counter() - t0}
     return CompressReport(

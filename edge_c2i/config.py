@@ -286,8 +286,15 @@ class CompressConfig:
     seed: int = _help("seed of the sample splits", 0)
     layers: tuple[int, ...] | None = _help("only these layers (None: all)")
     types: tuple[str, ...] | None = _help("only these matrix types (None: all)")
+    max_memory: int | None = _help("peak memory budget in bytes (budget.plan_compress): the "
+                                   "calibration batch shrinks to fit, or compress refuses "
+                                   "before any heavy work; None: the default budget where "
+                                   "it fits")
 
     def __post_init__(self):
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise EdgeC2IError(f"max_memory must be a positive number of bytes, got "
+                               f"{self.max_memory}")
         for name in ("sizes", "layers", "types"):
             value = getattr(self, name)
             if value is not None:

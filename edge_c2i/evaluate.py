@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from . import arch
+from . import arch, threads
 from .errors import EdgeC2IError
 from .targets import decoder_layers
 from .tasks import Example
@@ -348,6 +348,7 @@ class Scorer:
             for bi, batch in enumerate(tqdm(self.batches, desc=desc, disable=desc is None,
                                             leave=False)):
                 self._batch_index = bi
+                threads.rebalance()
                 per_slot, argmax = self._slot_logprobs(model, batch)
                 first_entry = 0
                 for k, (i, j) in enumerate(batch["owner"]):
@@ -372,6 +373,7 @@ class Scorer:
         for bi, batch in enumerate(tqdm(self.batches, desc=desc, disable=desc is None,
                                         leave=False)):
             self._batch_index = bi  # hooks read the batch in flight (compress.calibrate)
+            threads.rebalance()
             per_slot, _ = self._slot_logprobs(model, batch)
             keep, n_ans = [], []
             for k, (i, j) in enumerate(batch["owner"]):
@@ -410,6 +412,7 @@ class Scorer:
             try:
                 for bi, batch in enumerate(self.batches):
                     self._batch_index = bi
+                    threads.rebalance()
                     try:
                         body(model)(input_ids=batch["input_ids"],
                                     attention_mask=batch["attention_mask"].to(model.dtype),
@@ -481,6 +484,25 @@ class Scorer:
             hook.remove()
             for i, block in enumerate(originals):
                 blocks[i] = block
+
+
+@contextlib.contextmanager
+def grad_from(model: nn.Module, layer: int):
+    """Within the block, the hidden states entering block ``layer`` are a leaf that needs a
+    gradient: with every weight frozen, a backward then runs from the loss down to that
+    block, and the blocks below keep no activations."""
+
+    def start_grad(module, args, kwargs):
+        if args:
+            return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
+        kwargs["hidden_states"] = kwargs["hidden_states"].detach().requires_grad_(True)
+        return args, kwargs
+
+    hook = decoder_layers(model)[layer].register_forward_pre_hook(start_grad, with_kwargs=True)
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 def evaluate(model: nn.Module, tokenizer, examples: list[Example], generation: bool = False,

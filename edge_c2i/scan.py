@@ -38,10 +38,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import threads
 from .config import DEFAULT_SCORE, SCORES
-from .evaluate import Scorer
+from .evaluate import Scorer, grad_from
 from .factorize import rank_for
-from .targets import LASER_RATES, Target, decoder_layers, weight_matrix
+from .targets import LASER_RATES, Target, weight_matrix
 
 
 @dataclass
@@ -158,18 +159,9 @@ def _scan_group(model, scorer: Scorer, targets: list[Target], progress,
     # all weights are frozen: the gradient flows from the hidden states entering the lowest
     # target block on (the blocks below keep no activations)
     lowest = min(t.layer for t in targets)
-
-    def start_grad(module, args, kwargs):
-        if args:
-            return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
-        kwargs["hidden_states"] = kwargs["hidden_states"].detach().requires_grad_(True)
-        return args, kwargs
-
-    hooks.append(decoder_layers(model)[lowest].register_forward_pre_hook(start_grad,
-                                                                         with_kwargs=True))
     t1 = time.perf_counter()
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), grad_from(model, lowest):
             desc = f"gradients (layers {lowest}-{max(t.layer for t in targets)})"
             timings["loss"] = scorer.loss_and_backward(model, desc if progress else None)
     finally:
@@ -180,6 +172,7 @@ def _scan_group(model, scorer: Scorer, targets: list[Target], progress,
     t0 = time.perf_counter()
     scans = {}
     for t in tqdm(targets, desc="singular vectors", disable=not progress, leave=False):
+        threads.rebalance()
         _, Q, S = spectral_basis(weight_matrix(model.get_submodule(t.name)))
         Q = Q.double()
         sg = ((Q.T @ M.pop(t.key).double()) * Q.T).sum(1)
