@@ -143,3 +143,14 @@ def test_compress_plan_shrinks_the_calibration_batch_or_refuses_with_its_need(sm
     monkeypatch.setattr(budget_module, "available_bytes", lambda: 10**9)
     none = plan_compress(model, targets, 200, None)
     assert none.default.startswith("unbudgeted") and none.batch_tokens == 2048
+
+
+def test_compress_cli_refuses_a_budget_it_cannot_meet_in_one_line(tmp_path):
+    out = tmp_path / "small"
+    proc = subprocess.run([sys.executable, "-m", "edge_c2i.cli", "compress", "--size", "0.8",
+                           "--max-memory", "1.2GB", "--out", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("edge-c2i: error")]
+    assert len(lines) == 1 and "compress needs at least" in lines[0] and "--max-memory" in lines[0]
+    assert "Traceback" not in proc.stderr and not out.exists()
