@@ -55,6 +55,9 @@ MIN_LM_HEAD_CHUNK = 8
 # SmolLM2 and Gemma-3 within it, at the unbudgeted time; #17)
 DEFAULT_HEADROOM = 1_500_000_000
 CACHE_BYTES = 512 * 2**20  # cached hidden states of the search (search._score_grid)
+# RSS of a loaded tokenizer per vocabulary entry (transformers' fast tokenizers, measured:
+# SmolLM2 80 MB for 49k entries, Gemma-3 357 MB for 262k; rounded up)
+TOKENIZER_BYTES_PER_ENTRY = 1600
 
 
 def model_bytes(model: nn.Module) -> int:
@@ -313,20 +316,26 @@ class CompressPlan:
                 f"peak {format_size(self.peak)} in the {phase} ({parts})")
 
 
+def tokenizer_bytes(model: nn.Module) -> int:
+    """What the loaded tokenizer holds: TOKENIZER_BYTES_PER_ENTRY per vocabulary entry."""
+    return TOKENIZER_BYTES_PER_ENTRY * model.get_output_embeddings().weight.shape[0]
+
+
 def plan_compress(model: nn.Module, targets: list[Target], longest: int, budget: int | None,
                   grads: bool = False) -> CompressPlan:
     """The batches of ``compress`` within ``budget`` bytes, or an EdgeC2IError before any
-    heavy work.  Its three phases peak apart:
+    heavy work.  Its three phases peak apart (budget.release_freed_memory between them):
 
     calibration   fixed + grams (+ grads) + the pass's activations (its batch)
     decomposition fixed + the larger of grams and factors (+ grads) + one SVD's transient
     evaluation    fixed + factors + a no-grad batch's activations (about one block's)
 
-    (fixed: runtime, weights, one LM-head chunk).  The calibration batch shrinks to fit,
-    and the evaluation batches drop to BUDGET_EVAL_BATCH_TOKENS if they must; when the
-    phases still do not fit, the message says how much they need.  Without a budget the
-    plan fits ``default_budget`` where it can, as the scan's does, and runs unbudgeted
-    (2048-token calibration batches) where it cannot, saying so.
+    (fixed: runtime, tokenizer, weights, one LM-head chunk).  The calibration batch shrinks
+    to fit, and the evaluation batches drop to BUDGET_EVAL_BATCH_TOKENS if they must; when
+    the phases still do not fit, the message says how much they need.  Without a budget the
+    plan fits ``default_budget``, raised in 10% steps within 90% of what the machine has
+    available when the longest example needs it (as the scan's), and runs unbudgeted
+    (2048-token calibration batches) only when nothing there fits, saying so.
     """
     shapes = {t: tuple(weight_matrix(model.get_submodule(t.name)).shape) for t in targets}
     held = compress_bytes(shapes, grads)
@@ -335,8 +344,8 @@ def plan_compress(model: nn.Module, targets: list[Target], longest: int, budget:
     vocab = model.get_output_embeddings().weight.shape[0]
 
     def phases(cal_tokens: int, eval_tokens: int, lm_chunk: int) -> dict:
-        fixed = {"runtime": RUNTIME_BYTES, "weights": model_bytes(model),
-                 "lm head": LM_HEAD_BYTES * lm_chunk * vocab}
+        fixed = {"runtime": RUNTIME_BYTES, "tokenizer": tokenizer_bytes(model),
+                 "weights": model_bytes(model), "lm head": LM_HEAD_BYTES * lm_chunk * vocab}
         return {"calibration": {**fixed, "grams": held["grams"], "grads": held["grads"],
                                 "activations": cal_tokens * per_token},
                 "decomposition": {**fixed, "grams or factors": max(held["grams"],
@@ -345,34 +354,46 @@ def plan_compress(model: nn.Module, targets: list[Target], longest: int, budget:
                 "evaluation": {**fixed, "factors": held["factors"],
                                "activations": eval_tokens * per_block}}
 
-    asked, why = budget, None
-    if budget is None:
-        budget, why = default_budget(model)
-    limit = int(SAFETY * budget)
-    lm_chunk = lm_head_chunk_for(model, budget)
-    room = limit - sum(phases(0, 0, lm_chunk)["calibration"].values())
-    tokens = int(min(DEFAULT_BATCH_TOKENS, max(0, room) // per_token))
-    for eval_tokens in (eval_batch_tokens_for(asked), BUDGET_EVAL_BATCH_TOKENS):
-        plan = CompressPlan(asked, tokens, lm_chunk, eval_tokens,
-                            phases(max(tokens, longest), eval_tokens, lm_chunk))
-        if sum(plan.phases["evaluation"].values()) <= limit:
-            break
-    if tokens >= longest and plan.peak <= limit:
-        if asked is None:
-            plan.default = f"default budget {format_size(budget)} ({why})"
-        return plan
-    if asked is not None:
+    def fit(budget: int, eval_tokens: int) -> tuple[bool, CompressPlan]:
+        limit = int(SAFETY * budget)
+        lm_chunk = lm_head_chunk_for(model, budget)
+        room = limit - sum(phases(0, 0, lm_chunk)["calibration"].values())
+        tokens = int(min(DEFAULT_BATCH_TOKENS, max(0, room) // per_token))
+        for ev in (eval_tokens, BUDGET_EVAL_BATCH_TOKENS):
+            plan = CompressPlan(budget, tokens, lm_chunk, ev,
+                                phases(max(tokens, longest), ev, lm_chunk))
+            if sum(plan.phases["evaluation"].values()) <= limit:
+                break
+        return tokens >= longest and plan.peak <= limit, plan
+
+    if budget is not None:
+        ok, plan = fit(budget, BUDGET_EVAL_BATCH_TOKENS)
+        if ok:
+            return plan
         parts = ", ".join(f"{k} {format_size(v)}" for k, v in held.items() if v)
         raise EdgeC2IError(f"compress needs at least ~{format_size(plan.peak / SAFETY)} (the "
                            f"model {format_size(model_bytes(model))}; {parts}; "
                            f"{1 - SAFETY:.0%} headroom); --max-memory is "
-                           f"{format_size(asked)}: raise it")
-    # nothing asked for and the default does not hold it: run as the data needs, say so
+                           f"{format_size(budget)}: raise it")
+    default, why = default_budget(model)
+    avail = available_bytes()
+    cap = max(default, int(0.9 * avail) if avail is not None else 4 * default)
+    budget = default
+    while True:
+        ok, plan = fit(budget, DEFAULT_EVAL_BATCH_TOKENS)
+        if ok:
+            raised = (f", raised to {format_size(budget)} for the longest example"
+                      if budget > default else "")
+            plan.budget, plan.default = None, f"default budget {format_size(budget)} ({why}{raised})"
+            return plan
+        if budget >= cap:
+            break
+        budget = min(cap, int(budget * 1.1))
+    # nothing asked for and the machine cannot hold a plan: run as the data needs, say so
     tokens = max(DEFAULT_BATCH_TOKENS, longest)
     return CompressPlan(None, tokens, LM_HEAD_CHUNK, DEFAULT_EVAL_BATCH_TOKENS,
                         phases(tokens, DEFAULT_EVAL_BATCH_TOKENS, LM_HEAD_CHUNK),
-                        f"unbudgeted: the default budget {format_size(budget)} is too small "
-                        f"({why})")
+                        f"unbudgeted: no budget within the machine holds it ({why})")
 
 
 def release_freed_memory() -> None:
