@@ -266,7 +266,8 @@ def section_memory(d: dict) -> str:
             "'REV unbudgeted' is the same command in the code of that earlier revision "
             "(2048-token batches, no plan). adapt runs a reduced grid (--top-k 2 --rates "
             "0.2,0.05 --clusters 1, 200 test examples); compress runs --size 0.8 with 200 test "
-            "examples (`--commands compress`). 'threads' blank: 2.\n\n"
+            "examples (`--commands compress`; those rows ran at 1 thread beside other work: "
+            "their peaks hold, their seconds are not comparable). 'threads' blank: 2.\n\n"
             + table(rows, [("model", "model"), ("command", "command"), ("budget", "--max-memory"),
                            ("peak_rss_gb", "peak RSS GB"), ("within_budget", "within budget"),
                            ("passes", "passes"), ("batch_tokens", "batch tokens"),
