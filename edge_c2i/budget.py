@@ -38,7 +38,7 @@ from torch import nn
 from .arch import arch
 from .errors import EdgeC2IError
 from .evaluate import LM_HEAD_CHUNK
-from .svd import _exact_bytes, format_size, workspace_bytes
+from .svd import format_size, workspace_bytes
 from .targets import Target, weight_matrix
 
 # RSS of a process that has imported torch, transformers and edge_c2i, before any model is
@@ -286,7 +286,7 @@ def compress_bytes(shapes: dict[Target, tuple[int, int]], grads: bool) -> dict[s
     for t, (m, n) in shapes.items():
         inputs[(t.layer, SHARED_INPUTS.get(t.type, t.type), n)] = 4 * n * n
     factors = sum(4 * min(k_star(m, n), min(m, n)) * (m + n) for m, n in shapes.values())
-    transient = max((8 * (m * n + 2 * n * n) + 2 * _exact_bytes(m, n)
+    transient = max((8 * (m * n + 2 * n * n) + 2 * workspace_bytes(m, n, "exact")
                      for m, n in shapes.values()), default=0)
     return {"grams": sum(inputs.values()),
             "grads": sum(4 * m * n for m, n in shapes.values()) if grads else 0,

@@ -1,14 +1,14 @@
-"""torch threads that leave the cores other processes hold (the CLI's ``--threads auto``).
+"""torch threads that leave the cores other processes hold (the CLI without --threads).
 
 On a machine where another CPU-bound process holds a core, torch's worker threads wait
 for the one that was descheduled, and a scan can take several times longer than with
-fewer threads (bench/bench_contention.py).  ``auto`` therefore measures, from Linux's
+fewer threads (bench/bench_contention.py).  ``enable`` therefore measures, from Linux's
 /proc/stat, how many cores the *other* processes keep busy (all busy time minus this
 process's own CPU time, over the last interval) and gives torch the rest, at least one.
 It looks at the start (over ``FIRST_LOOK_S``) and again, between batches, at most every
 ``INTERVAL_S``, so a load that starts or ends during a long pass is followed.
 
-Where /proc/stat is missing (macOS, Windows) ``auto`` leaves torch's default.
+Where /proc/stat is missing (macOS, Windows) torch's default count stays.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def enable() -> int | None:
 
 
 def cores() -> int | None:
-    """The most threads ``auto`` gives torch (torch's default count), once enabled."""
+    """The most threads ``enable`` gives torch (torch's default count), once enabled."""
     return None if _state is None else _state["cores"]
 
 
