@@ -8,7 +8,8 @@ both tools target; one thread), each in a fresh process that imports no torch:
 
 - edge-c2i: ``edge-c2i export --int8 --int4`` of the packaged model (variant ``dense``) and of
   the model adapted to qa_wikidata with C2I's pick in bench/results/search.json
-  (``adapted``);
+  (``adapted``), and the dense model's int4 with ``--int4-remainder product`` (exact; the
+  default folds the remainders into the 4-bit product);
 - genai-builder: ``onnxruntime_genai.models.builder -p fp32/int8/int4 -e cpu`` of the same
   converted model (bench/genai_builder.sh), when its folder exists.
 
@@ -40,6 +41,9 @@ TASK = "bigbench:qa_wikidata"
 N_PROMPTS, N_ACCURACY, PREFILL, NEW_TOKENS, REPEATS = 200, 100, 128, 32, 3
 MAX_LENGTH = 1024
 FILES = {"fp32": "model.onnx", "int8": "model_int8.onnx", "int4": "model_int4.onnx"}
+# the dense model's int4 with the grid's remainders in an fp32 product (export
+# --int4-remainder product: exact), beside the default folded one, in the same run
+PRODUCT_FILE = "model_int4_product.onnx"
 
 
 # ---------------------------------------------------------------- child side (no torch)
@@ -132,17 +136,29 @@ def c2i_pick(model: str) -> dict:
 
 def _graph_kind(folder: Path) -> str | None:
     """The graph an export folder holds (fused, optimum; None for an older export)."""
+    return (_manifest(folder).get("graph") or {}).get("kind")
+
+
+def _manifest(folder: Path) -> dict:
     manifest = folder / "edge_c2i_export.json"
-    if not manifest.is_file():
-        return None
-    return (json.loads(manifest.read_text()).get("graph") or {}).get("kind")
+    return json.loads(manifest.read_text()) if manifest.is_file() else {}
+
+
+def _remainder(folder: Path, name: str) -> str | None:
+    """How an edge-c2i int4 file adds a 4-bit grid's remainders (folded, product)."""
+    if name == PRODUCT_FILE:
+        return "product"
+    return (_manifest(folder).get("int4") or {}).get("remainder") if name == FILES["int4"] \
+        else None
 
 
 def edge_exports(model: str, work: Path, graph: str = "auto") -> dict[str, Path]:
     """edge-c2i's exports (fp32, int8, int4) of the dense and the adapted model, made again
     when the folder holds another graph than ``graph`` asks for."""
     from edge_c2i.adapted import save_adapted
+    from edge_c2i.export.int4 import REMAINDERS, quantize_int4
     from edge_c2i.export.onnx_export import export_model
+    from edge_c2i.export.postprocess import is_large
     from edge_c2i.factorize import reduce
     from edge_c2i.models import load_model
     from edge_c2i.targets import get_target
@@ -158,10 +174,17 @@ def edge_exports(model: str, work: Path, graph: str = "auto") -> dict[str, Path]
                                                           "method": "c2i"})
     for variant, folder in folders.items():
         kind = _graph_kind(folder)
-        if not (folder / FILES["int4"]).is_file() or kind is None or graph not in ("auto", kind):
+        if (not (folder / FILES["int4"]).is_file() or kind is None
+                or graph not in ("auto", kind)
+                or _remainder(folder, FILES["int4"]) != REMAINDERS[0]):
             print(f"exporting {model} {variant} ({graph} graph)", file=sys.stderr)
+            (folder / PRODUCT_FILE).unlink(missing_ok=True)  # of an older export
             export_model(model if variant == "dense" else str(source), folder, int8=True,
                          int4=True, force=True, graph=graph)
+    dense = folders["dense"]
+    if not (dense / PRODUCT_FILE).is_file():
+        quantize_int4(dense / "model.onnx", dense / PRODUCT_FILE, remainder="product",
+                      large=is_large(dense / "model.onnx"))
     return folders
 
 
@@ -210,10 +233,12 @@ def main() -> None:
         ids = token_ids(model, folders["dense"], args.work / model / "ids.json")
         runs = [("edge-c2i", variant, precision, folder, FILES[precision])
                 for variant, folder in folders.items() for precision in FILES]
+        runs.append(("edge-c2i", "dense", "int4", folders["dense"], PRODUCT_FILE))
         builder = [("genai-builder", "dense", precision, args.builder / model / precision,
                     "model.onnx") for precision in FILES]
-        runs += [r for r in builder if (r[3] / "model.onnx").is_file()]
-        if len(runs) < 9:
+        builder = [r for r in builder if (r[3] / "model.onnx").is_file()]
+        runs += builder
+        if len(builder) < len(FILES):
             print(f"no builder folders under {args.builder / model}: run "
                   "bench/genai_builder.sh first", file=sys.stderr)
         for tool, variant, precision, folder, name in runs:
@@ -223,6 +248,7 @@ def main() -> None:
             print(f"{model} {tool} {variant} {precision}", file=sys.stderr)
             row = {"model": model, "tool": tool, "precision": precision, "variant": variant,
                    "graph": _graph_kind(folder) if tool == "edge-c2i" else "builder",
+                   "int4_remainder": _remainder(folder, name) if tool == "edge-c2i" else None,
                    "mb": round(file_mb(folder, name), 1), **run_child(job)}
             if precision == "fp32":
                 row.update(top1_agreement=1.0, logit_corr=1.0)
@@ -251,7 +277,8 @@ def targets(rows: list[dict]) -> list[dict]:
         ("int4 ms/token vs the builder's int4", "int4", ratio("ms_per_token"), "<=", 0.9),
         ("int4 file MB vs the builder's int4", "int4", ratio("mb"), "<=", 1.0),
         ("int4 peak RSS vs the builder's int4", "int4", ratio("peak_rss_mb"), "<=", 1.0)]
-    dense = {(r["model"], r["tool"], r["precision"]): r for r in rows if r["variant"] == "dense"}
+    dense = {(r["model"], r["tool"], r["precision"]): r for r in rows
+             if r["variant"] == "dense" and r.get("int4_remainder") != "product"}
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         for name, precision, measured, op, bound in checks:
@@ -285,7 +312,7 @@ def _version(package: str) -> str:
     return version(package)
 
 
-COLUMNS = ("model", "tool", "precision", "variant", "graph", "mb", "prefill_ms", "ms_per_token",
+COLUMNS = ("model", "tool", "precision", "int4_remainder", "variant", "graph", "mb", "prefill_ms", "ms_per_token",
            "peak_rss_mb", "top1_agreement", "logit_corr", "accuracy")
 
 

@@ -342,8 +342,11 @@ def section_runtime(d: dict) -> str:
             f"{d['task']} prompts against the same tool's fp32 of the same variant; accuracy on "
             f"{d['n_accuracy']} test examples. adapted = C2I's qa_wikidata pick (search.json). "
             "The 'vs builder' columns divide by the builder's file of the same model and "
-            "precision.\n\n"
+            "precision. 'int4 remainder': how an edge-c2i int4 adds a 4-bit grid's remainders "
+            "(folded, the default, or product: `export --int4-remainder product`, exact; the "
+            "targets use the default).\n\n"
             + table(rows, [("model", "model"), ("tool", "tool"), ("precision", "precision"),
+                           ("int4_remainder", "int4 remainder"),
                            ("variant", "variant"), ("graph", "graph"), ("mb", "MB"),
                            ("prefill_ms", "prefill ms"),
                            ("ms_per_token", "ms/token"), ("peak_rss_mb", "peak RSS MB"),

@@ -18,6 +18,9 @@ SPLITS = ("test", "eval", "calib", "all")
 def register(subparsers, command=None) -> None:
     """Add the ``export`` and ``generate`` subcommands (``command(name, help)`` makes one)."""
     from edge_c2i.config import INT8_SCHEMES
+
+    from .int4 import REMAINDERS
+
     command = command or (lambda name, help: subparsers.add_parser(name, help=help))
 
     e = command("export", "export a model or adapted folder to ONNX Runtime")
@@ -30,6 +33,10 @@ def register(subparsers, command=None) -> None:
     e.add_argument("--int4-accuracy-level", type=int, choices=(1, 4), default=4,
                    help="MatMulNBits compute for --int4: 4 (default) rounds activations to int8 "
                         "per block, ONNX Runtime's fast path; 1 keeps them fp32 (slower)")
+    e.add_argument("--int4-remainder", choices=REMAINDERS, default=REMAINDERS[0],
+                   help="how --int4 keeps a 4-bit model's grid: folded (default) adds each "
+                        "block's offset inside the 4-bit product (near exact, smaller, faster); "
+                        "product adds it in fp32 by a second product (exact)")
     e.add_argument("--int8-scheme", choices=INT8_SCHEMES, default=INT8_SCHEMES[0],
                    help="blockwise: weight-only int8 (MatMulNBits); dynamic: quantize_dynamic")
     e.add_argument("--ort", action="store_true",
@@ -87,7 +94,8 @@ def export_command(args) -> int:
     m = export_model(args.source, Path(args.out), int8=args.int8, ort=args.ort, force=args.force,
                      opset=args.opset, check=not args.no_check, int8_scheme=args.int8_scheme,
                      int4=args.int4, graph=args.graph,
-                     int4_accuracy_level=args.int4_accuracy_level)
+                     int4_accuracy_level=args.int4_accuracy_level,
+                     int4_remainder=args.int4_remainder)
     print(f"exported {args.source} -> {args.out} ({m['graph']['kind']} graph, "
           f"{m['graph']['nodes']} nodes, opset {m['opset']}, {m['num_layers']} layers, KV cache)")
     for name, size in m["files"].items():

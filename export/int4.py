@@ -8,10 +8,19 @@ codes, one fp32 scale and one 4-bit zero point per block of 32 inputs of one out
   Gemma-3's attention outputs and half of its MLP down matrices): every block holds
   ``d * q + m`` with q in 0..15, which a 4-bit code reproduces only up to the
   fraction of ``m / d`` that an integer zero point cannot hold.  That remainder is one
-  number per block, so it is added back exactly by a second, small product:
-  ``y = MatMulNBits(x) + blocksum(x) @ R`` where ``blocksum`` sums x over each block of 32
-  inputs and R (K/32 x N, fp32) holds the remainders.  The result equals W to float
-  rounding (checked per matrix); it costs one fp32 number per 32 weights (1 bit/weight).
+  number per block and output, R (K/32 x N), and it multiplies ``blocksum(x)`` (x summed
+  over each block of 32 inputs).  Two ways to add it back (``remainder``):
+
+  - ``folded`` (default): one MatMulNBits over ``[x, blocksum(x)]`` (K + K/32 inputs), R
+    appended to the codes as rows fitted to 4 bits on their own (an error of about a
+    thirtieth of a step per block, where rounding the zero point costs up to half a step).
+    Three small operators per group of matrices sharing an input (Reshape, ReduceSum,
+    Concat), about 4.6 bits per weight.
+  - ``product``: MatMulNBits plus ``blocksum(x) @ R`` with R in fp32: W to float rounding
+    (checked per matrix), four small operators per group and a second product per matrix,
+    about 5 bits per weight.
+
+  Measured on the dense SmolLM2 (bench/bench_runtime.py, one thread): see the README.
 - **Anything else** (factors of a reduced matrix, Q5/Q6/Q8 GGUF matrices, fp16/bf16
   checkpoints): codes, step and integer zero point fitted per block (``fitted_codes``: a
   few candidate steps, each refined by least squares; never worse than round-to-nearest),
@@ -46,6 +55,7 @@ BITS = 4
 # falls to 0.595 on the dense SmolLM2: the remainders are what keep the grid exact.
 ACCURACY_LEVEL = 4
 ACCURACY_LEVELS = (1, 4)
+REMAINDERS = ("folded", "product")  # how a grid matrix's remainders are added (docstring)
 HEAD_ACCURACY_LEVEL = 4
 # a block is on the grid if it is rebuilt within GRID_RTOL of its step, or within float32
 # rounding of its values (a few ulps)
@@ -164,14 +174,19 @@ def _nbits_node(node, w_name: str, codes, step, zero, k: int, n: int, output: st
                             bits=BITS, block_size=BLOCK, accuracy_level=level), inits
 
 
+def _zero_and_remainder(step, lo) -> tuple[np.ndarray, np.ndarray]:
+    """The integer zero points of a grid's blocks, and what they leave out (R, N x K/32):
+    ``w = step * code + lo = step * (code - zero) + (lo + step * zero)``."""
+    zero = np.clip(np.rint(-lo / np.where(step > 0, step, 1.0)), 0, 15).astype(np.uint8)
+    return zero, (lo + step * zero).astype(np.float32)
+
+
 def _grid_nodes(node, w_name: str, codes, step, lo, blocksum: str, k: int, n: int,
                 level: int = ACCURACY_LEVEL):
     """MatMulNBits with the grid's codes, plus blocksum @ R for the remainders."""
     from onnx import helper, numpy_helper
 
-    zero = np.clip(np.rint(-lo / np.where(step > 0, step, 1.0)), 0, 15).astype(np.uint8)
-    # w = step * code + lo = step * (code - zero) + (lo + step * zero): the last term is R
-    remainder = (lo + step * zero).astype(np.float32)  # N x K/32
+    zero, remainder = _zero_and_remainder(step, lo)
     base = node.name or w_name
     main = f"{base}_q4_output"
     matmul, inits = _nbits_node(node, w_name, codes, step, zero, k, n, main, level)
@@ -184,6 +199,29 @@ def _grid_nodes(node, w_name: str, codes, step, lo, blocksum: str, k: int, n: in
                          name=f"{base}_Add"),
     ]
     return nodes, inits
+
+
+def _folded_nodes(node, w_name: str, codes, step, lo, augmented: str, k: int, n: int,
+                  level: int = ACCURACY_LEVEL):
+    """One MatMulNBits over ``[x, blocksum(x)]`` (K + K/32 inputs): the grid's codes for x,
+    and the remainders R (K/32 x N) as 4-bit codes fitted on their own per block."""
+    zero, remainder = _zero_and_remainder(step, lo)
+    r_codes, r_step, r_zero = fitted_codes(np.ascontiguousarray(remainder.T))
+    codes = np.concatenate([codes, r_codes], 1)
+    step = np.concatenate([step.astype(np.float32), r_step], 1)
+    zero = np.concatenate([zero, r_zero], 1)
+    matmul, inits = _nbits_node(node, w_name, codes, step, zero, k + k // BLOCK, n,
+                                node.output[0], level)
+    matmul.input[0] = augmented
+    return [matmul], inits
+
+
+def _augment_nodes(x: str, blocksum: str, tag: str):
+    """``[x, blocksum(x)]`` along the last axis."""
+    from onnx import helper
+
+    out = f"{tag}_augmented"
+    return [helper.make_node("Concat", [x, blocksum], [out], name=f"{tag}_Concat", axis=-1)], out
 
 
 def _blocksum_nodes(x: str, k: int, tag: str):
@@ -291,7 +329,7 @@ def quantize_tied_head(graph) -> bool:
 
 
 def quantize_int4(src: Path, dst: Path, large: bool = False,
-                  accuracy_level: int = ACCURACY_LEVEL) -> dict:
+                  accuracy_level: int = ACCURACY_LEVEL, remainder: str = REMAINDERS[0]) -> dict:
     """Write the 4-bit copy of ``src`` to ``dst``; returns what the manifest records of it."""
     import onnx
     from onnx import helper, numpy_helper
@@ -318,10 +356,13 @@ def quantize_int4(src: Path, dst: Path, large: bool = False,
             if x not in blocksums:  # matrices that read the same input share its sums
                 tag = f"{x.strip('/').replace('/', '_')}_{len(blocksums)}"
                 sum_nodes, sum_inits, blocksums[x] = _blocksum_nodes(x, k, tag)
+                if remainder == "folded":
+                    more, blocksums[x] = _augment_nodes(x, blocksums[x], tag)
+                    sum_nodes += more
                 nodes.extend(sum_nodes)
                 graph.initializer.extend(sum_inits)
-            new, tensors = _grid_nodes(node, node.input[1], *grid, blocksums[x], k, n,
-                                       accuracy_level)
+            build = _folded_nodes if remainder == "folded" else _grid_nodes
+            new, tensors = build(node, node.input[1], *grid, blocksums[x], k, n, accuracy_level)
             on_grid += 1
         nodes.extend(new)
         graph.initializer.extend(tensors)
@@ -335,5 +376,6 @@ def quantize_int4(src: Path, dst: Path, large: bool = False,
               location=dst.name + "_data")
     return {"op": "com.microsoft.MatMulNBits", "bits": BITS, "block_size": BLOCK,
             "zero_points": "4-bit, per block", "accuracy_level": accuracy_level,
+            "remainder": remainder,
             "matmuls_exact_grid": on_grid, "matmuls_fitted": fitted,
             "lm_head_and_embedding": "shared 8-bit table" if shared else "fp32 (not tied)"}

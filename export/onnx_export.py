@@ -40,7 +40,7 @@ from edge_c2i.io import OutputDir
 from . import graph as fused
 from . import parity
 from .genai import write_genai_config
-from .int4 import ACCURACY_LEVEL, ACCURACY_LEVELS, quantize_int4
+from .int4 import ACCURACY_LEVEL, ACCURACY_LEVELS, REMAINDERS, quantize_int4
 from .postprocess import (
     INT8_SCHEMES,
     LARGE,
@@ -60,7 +60,8 @@ REPORT = "report.json"  # written by edge-c2i adapt beside the manifest
 def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, ort: bool = False,
                  force: bool = False, opset: int | None = None, check: bool = True,
                  int8_scheme: str = "blockwise", int4: bool = False, graph: str = "auto",
-                 int4_accuracy_level: int = ACCURACY_LEVEL) -> dict:
+                 int4_accuracy_level: int = ACCURACY_LEVEL,
+                 int4_remainder: str = REMAINDERS[0]) -> dict:
     """Export ``source`` (packaged name, HF folder, .gguf or adapted folder) to ``out``.
 
     Returns the manifest.  Raises EdgeC2IError if ``out`` exists without ``force`` (or is
@@ -75,6 +76,9 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
     if int4_accuracy_level not in ACCURACY_LEVELS:
         raise EdgeC2IError(f"int4 accuracy level {int4_accuracy_level} is not one of "
                            f"{', '.join(map(str, ACCURACY_LEVELS))}")
+    if int4_remainder not in REMAINDERS:
+        raise EdgeC2IError(f"unknown int4 remainder {int4_remainder!r}: use "
+                           f"{' or '.join(REMAINDERS)}")
     if graph not in GRAPHS:
         raise EdgeC2IError(f"unknown graph {graph!r}: use {', '.join(GRAPHS)}")
     dest = out if isinstance(out, OutputDir) else OutputDir(
@@ -100,7 +104,8 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
         if int4:
             manifest["int4"] = quantize_int4(tmp / "model.onnx", tmp / "model_int4.onnx",
                                              large=is_large(tmp / "model.onnx"),
-                                             accuracy_level=int4_accuracy_level)
+                                             accuracy_level=int4_accuracy_level,
+                                             remainder=int4_remainder)
             clock.lap("int4")
         if ort:
             manifest["ort"] = convert_to_ort(tmp)

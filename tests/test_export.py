@@ -141,10 +141,11 @@ def test_int4_keeps_the_4bit_model_and_the_factors(exported, adapted):
     ops = {n.op_type for n in graph.node}
     assert {"MatMulNBits", "GatherBlockQuantized"} <= ops and "FusedMatMul" not in ops
     assert not [n for n in graph.node if n.op_type == "MatMul"
-                and not n.name.endswith("_remainder_MatMul")
                 and n.input[1] in {t.name for t in graph.initializer}]
-    # the remainders that keep the grid exact stay fp32 beside the rounded factors
-    assert {n.op_type for n in graph.node if "remainder" in n.name} == {"MatMul"}
+    # the grid's remainders ride in the grid matrices' own products ([x, blocksums] inputs):
+    # one Concat per group of grid matrices sharing an input, none for the factors
+    assert info["remainder"] == "folded"
+    assert sum(n.op_type == "Concat" and n.name.endswith("_Concat") for n in graph.node) == 4 * 30 - 2
 
 
 def test_ort_format_loads_and_gives_the_same_greedy_tokens(exported):

@@ -55,12 +55,13 @@ def test_int4_of_a_grid_matrix_is_exact_and_of_others_is_rounded(smol_weight, tm
     want = x @ smol_weight
     _one_matmul(smol_weight, tmp_path / "grid.onnx")
     # accuracy level 1 (fp32 activations): the weights are exact, float rounding only
-    info = quantize_int4(tmp_path / "grid.onnx", tmp_path / "grid4.onnx", accuracy_level=1)
+    info = quantize_int4(tmp_path / "grid.onnx", tmp_path / "grid4.onnx", accuracy_level=1,
+                         remainder="product")
     assert (info["matmuls_exact_grid"], info["matmuls_fitted"]) == (1, 0)
     got = _run(tmp_path / "grid4.onnx", x)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
     # the default, level 4, rounds the activations to int8 per block: a small error only
-    info = quantize_int4(tmp_path / "grid.onnx", tmp_path / "grid4_l4.onnx")
+    info = quantize_int4(tmp_path / "grid.onnx", tmp_path / "grid4_l4.onnx", remainder="product")
     assert info["accuracy_level"] == 4
     fast = np.abs(_run(tmp_path / "grid4_l4.onnx", x) - want).max() / np.abs(want).max()
     assert 1e-7 < fast < 2e-2
@@ -90,7 +91,8 @@ def test_a_grid_matrix_stays_exact_beside_a_rounded_one(smol_weight, tmp_path):
         [numpy_helper.from_array(smol_weight, "grid"), numpy_helper.from_array(off, "off")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]),
               tmp_path / "both.onnx")
-    info = quantize_int4(tmp_path / "both.onnx", tmp_path / "both4.onnx", accuracy_level=1)
+    info = quantize_int4(tmp_path / "both.onnx", tmp_path / "both4.onnx", accuracy_level=1,
+                         remainder="product")
     assert (info["matmuls_exact_grid"], info["matmuls_fitted"]) == (1, 1)
     q = onnx.load(tmp_path / "both4.onnx").graph
     assert [n.op_type for n in q.node if "remainder" in n.name] == ["MatMul"]
@@ -103,6 +105,35 @@ def test_a_grid_matrix_stays_exact_beside_a_rounded_one(smol_weight, tmp_path):
     want = x @ smol_weight
     assert np.abs(y - want).max() <= 1e-5 * np.abs(want).max()
     assert np.abs(z - x @ off).max() > 1e-4 * np.abs(x @ off).max()
+
+
+def test_folded_remainders_are_near_exact_in_one_product(smol_weight, tmp_path):
+    """The default: the grid's remainders ride in the same MatMulNBits (inputs [x, blocksums]),
+    rounded to 4 bits on their own.  At fp32 activations its error is far below rounding the
+    zero points (the remainders dropped) and above float rounding; the file is smaller than
+    with the fp32 remainder product."""
+    from edge_c2i.export.int4 import _zero_and_remainder
+
+    k, n = smol_weight.shape
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 5, k)).astype(np.float32)
+    want = x @ smol_weight
+    _one_matmul(smol_weight, tmp_path / "grid.onnx")
+    info = quantize_int4(tmp_path / "grid.onnx", tmp_path / "folded.onnx", accuracy_level=1)
+    assert info["remainder"] == "folded" and info["matmuls_exact_grid"] == 1
+    graph = onnx.load(tmp_path / "folded.onnx").graph
+    assert [nd.op_type for nd in graph.node] == ["Reshape", "ReduceSum", "Concat", "MatMulNBits"]
+    nbits = graph.node[-1]
+    assert {a.name: a.i for a in nbits.attribute}["K"] == k + k // 32
+    err = np.abs(_run(tmp_path / "folded.onnx", x) - want).max() / np.abs(want).max()
+    codes, step, lo = grid_codes(smol_weight)
+    zero, _ = _zero_and_remainder(step, lo)  # remainders dropped: zero points rounded
+    dropped = ((codes.astype(np.float64) - zero[..., None]) * step[..., None]).reshape(n, -1).T
+    err_dropped = np.abs(x @ dropped - want).max() / np.abs(want).max()
+    assert 1e-6 < err < 0.1 * err_dropped
+    quantize_int4(tmp_path / "grid.onnx", tmp_path / "product.onnx", remainder="product")
+    size = (tmp_path / "folded.onnx").stat().st_size
+    assert size < 0.93 * (tmp_path / "product.onnx").stat().st_size
 
 
 def test_fitted_codes_are_never_worse_than_round_to_nearest(smol_weight):
