@@ -33,7 +33,10 @@ codes, one fp32 scale and one 4-bit zero point per block of 32 inputs of one out
 
 The LM head and the token embedding share one 8-bit table (``GatherBlockQuantized`` for the
 embedding reads the LM head's MatMulNBits codes): the largest matrix of a small model, whose
-4-bit rounding costs the most agreement; Q8_0 tables (both packaged models) are exact.
+4-bit rounding costs the most agreement; Q8_0 tables (both packaged models) are exact.  A
+trial with the table as fitted 4-bit codes (shared the same way, folded remainders) on the
+dense SmolLM2: 94 MB instead of 104, top-1 agreement on bench_runtime's 200 prompts 0.725
+instead of 0.965, and no clear gain in ms/token.
 """
 
 from __future__ import annotations
