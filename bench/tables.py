@@ -249,13 +249,21 @@ def section_memory(d: dict) -> str:
                 "peak": "met" if t["peak_met"] else "not met",
                 "time": ("-" if "time_met" not in t else
                          ("met" if t["time_met"] else "not met"))}
-               for t in d.get("targets") or []]
+               for t in d.get("targets") or [] if "peak_met" in t]
+    budgeted = [{**t, "time": "met" if t["time_met"] else "not met"}
+                for t in d.get("targets") or [] if "against" in t]
     target_table = ("\n\nThe default plan's targets (#17), from the same run: peak <= the stored "
                     "weights + 1.5 GB, time <= 1.1x the earlier revision's unbudgeted run.\n\n"
                     + table(targets, [("model", "model"), ("command", "command"),
                                       ("limit_gb", "peak limit GB"), ("peak", "peak"),
                                       ("time_ratio", "time / earlier unbudgeted"),
                                       ("time", "time")])) if targets else ""
+    if budgeted:
+        target_table += ("\n\nThe budgeted target (#17): `scan --max-memory 2GB` in <= 1.5x the "
+                         "time without a budget, the same ranking.\n\n"
+                         + table(budgeted, [("model", "model"), ("command", "command"),
+                                            ("against", "against"), ("time_ratio", "time ratio"),
+                                            ("time", "time"), ("same_top5", "same top 5")]))
     return ("### Peak memory of scan, adapt and compress\n\n`python bench/bench_memory.py --models "
             "smollm2-135m gemma3-270m --budgets none,2GB --baseline REV` -> "
             f"bench/results/memory.json ({d['task']}, 100 calibration examples, 2 threads, "
@@ -373,11 +381,16 @@ def section_compress(d: dict) -> str:
                                   "base": f"{r['base_accuracy']:.3f} / {r['base_loss']:.2f}"})
             grid[key][r["method"]] = cell
         elif r["method"] == "edge_c2i_keep":
-            steps = ", ".join(f"{s['size']}{'' if s['kept'] else ' (stop)'}"
-                              for s in r.get("ladder", []))
+            if "keep_study" in r:  # the ladder went on for the other rules: the default's part
+                tried = [s for s in r["keep_study"]["ladder"] if s["size"] >= r["size"]]
+                tried += [s for s in r["keep_study"]["ladder"] if s["size"] < r["size"]][:1]
+                ladder = [{"size": s["size"], "kept": s["size"] >= r["size"]} for s in tried]
+            else:
+                ladder = r.get("ladder", [])
+            steps = ", ".join(f"{s['size']}{'' if s['kept'] else ' (stop)'}" for s in ladder)
             keep.append({**r, "cell": cell, "base": f"{r['base_accuracy']:.3f} / "
                                                     f"{r['base_loss']:.2f}", "steps": steps})
-        else:
+        elif not r["method"].startswith("keep:"):  # those: the keep_rules summary below
             variants.append({**r, "cell": cell})
     default = next((r for r in rows if r["method"] == "edge_c2i"), {})
     for v in variants:
@@ -403,6 +416,20 @@ def section_compress(d: dict) -> str:
                 + table(keep, [("model", "model"), ("task", "task"), ("steps", "sizes tried"),
                                ("kept", "size kept"), ("cell", "test acc / loss"),
                                ("base", "base")]))
+    rules = (d.get("summary") or {}).get("keep_rules") or {}
+    if any(v["pairs"] for v in rules.values()):
+        out += ("\n\nWhich rule keep-accuracy mode stops by (`--keep-rule`), on the same ladders "
+                "(every size scored on the evaluation sample and the test split): accuracy = no "
+                "fewer evaluation examples right than the base; paired@A = not worse by a "
+                "one-sided sign test of the disagreements at level A; all with the loss "
+                "tolerance. Counted over the pairs: the size reached is at most 0.9 with test "
+                "accuracy >= the base's (#15's target), and test accuracy fell below the "
+                "base's.\n\n"
+                + table([{"rule": k, **v} for k, v in rules.items()],
+                        [("rule", "rule"), ("pairs", "pairs"),
+                         ("at_0.9_or_less_keeping_accuracy", "<= 0.9, test acc >= base"),
+                         ("test_accuracy_below_base", "test acc < base"),
+                         ("mean_size", "mean size")]))
     if variants:
         out += ("\n\nThe evidence for the defaults: other price rules and Gram shrinkages, "
                 "against the default (edge_c2i) at the same size.\n\n"
