@@ -146,14 +146,21 @@ def export_graph(model, tokenizer, folder: Path, opset: int | None = None,
         model.config.save_pretrained(folder)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(folder)
-    # an adapted model has no hub name to fetch it from; a byte-level BPE is written without
-    # byte fallback, as onnxruntime-genai's tokenizer reads it (same ids in transformers)
+    write_tokenizer(tokenizer, folder)
+    return opset, built
+
+
+def write_tokenizer(tokenizer, folder: Path) -> None:
+    """The tokenizer files of an export (an adapted model has no hub name to fetch them from).
+
+    A byte-level BPE is written without byte fallback, as onnxruntime-genai's tokenizer reads
+    it (same ids in transformers).
+    """
     fix_byte_level_bpe(tokenizer)
     tokenizer.save_pretrained(folder)
     _drop_null_chat_template(folder / "tokenizer_config.json")
     if not (folder / "tokenizer.json").is_file():
         raise EdgeC2IError("the model's tokenizer has no tokenizer.json (a fast tokenizer is needed)")
-    return opset, built
 
 
 def _optimum_export(model, folder: Path, opset: int | None) -> int:

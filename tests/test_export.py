@@ -346,3 +346,36 @@ def test_onnxruntime_genai_tokenizes_as_transformers_does(exported, adapted):
     assert not differ, f"{len(differ)} of {len(texts)} differ, e.g. {differ[0]!r}"
     ids = hf(texts[-6])["input_ids"]
     assert tokenizer.decode(ids) == hf.decode(ids) == texts[-6]
+
+
+def test_onnxruntime_genai_reads_gemma3_tokenizer_with_special_tokens(exported, tmp_path):
+    """Gemma-3's rebuilt SentencePiece BPE (its files as every Gemma-3 export writes them) in
+    onnxruntime-genai beside a small export's decoder: asked to add special tokens, as
+    transformers does by default, it gives transformers' ids (BOS included) on task prompts;
+    without the option it leaves out the BOS; runs of spaces are still split differently."""
+    from transformers import AutoTokenizer
+
+    from edge_c2i.export.onnx_export import write_tokenizer
+    from edge_c2i.models import resolve
+    from edge_c2i.tasks import load_task
+
+    out, _ = exported
+    folder = tmp_path / "gemma-tokenizer"
+    folder.mkdir()
+    for f in ("genai_config.json", "model_int8.onnx"):
+        (folder / f).symlink_to(out / f)
+    hf = AutoTokenizer.from_pretrained(resolve("gemma3-270m"))  # as load_model reads it
+    write_tokenizer(AutoTokenizer.from_pretrained(resolve("gemma3-270m")), folder)
+    og, model = _genai_model(folder, "model_int8.onnx")
+    tokenizer = og.Tokenizer(model)
+    texts = [e.prompt for name in ("bigbench:qa_wikidata", "bigbench:epistemic_reasoning",
+                                   "bigbench:truthful_qa")
+             for e in load_task(name).examples[:50]]
+    texts += ["ünïcödé 日本語 🤗", "\ttab\nnewline", "l'été"]
+    plain = [int(i) for i in tokenizer.encode(texts[0])]
+    assert plain == hf(texts[0])["input_ids"][1:]  # no BOS by default
+    tokenizer.update_options(add_special_tokens="true")
+    differ = [t for t in texts if [int(i) for i in tokenizer.encode(t)] != hf(t)["input_ids"]]
+    assert not differ, f"{len(differ)} of {len(texts)} differ, e.g. {differ[0]!r}"
+    two = "a  b"  # transformers merges the two spaces into one token, onnxruntime-genai does not
+    assert [int(i) for i in tokenizer.encode(two)] != hf(two)["input_ids"]
