@@ -3,6 +3,7 @@
     python bench/bench_compress.py --models smollm2-135m --tasks bigbench:qa_wikidata
     python bench/bench_compress.py --export           # file sizes and ms/token, ONNX Runtime
     python bench/bench_compress.py --resummarize      # tables from the saved rows
+    python bench/bench_compress.py --keep-only        # only the keep-accuracy rows, again
 
 For each (model, task), with the splits adapt uses (100 calibration, 100 evaluation
 examples, seed 0) and at most --test-samples held-out examples, one calibration pass and
@@ -12,7 +13,10 @@ the decompositions in both bases, then on the test split:
     whitened_svd   whitened truncation (SVD-LLM), uniform
     gradient_svd   W's own SVD, ranks allocated globally by the default price
     edge_c2i       whitened truncation, ranks allocated globally by the default price
-    edge_c2i_keep  keep-accuracy mode (the ladder on the evaluation sample)
+    edge_c2i_keep  keep-accuracy mode (the ladder on the evaluation sample, by the default
+                   --keep-rule); the ladder goes on and scores every size on the test split
+                   too (``keep_study``), so that
+    keep:VARIANT   the same mode under another stop rule (KEEP_VARIANTS) is read off it
     price:RULE     edge_c2i with another price rule (the evidence for the default)
     shrink:A       edge_c2i with another shrinkage of the Gram matrices
 
@@ -54,7 +58,8 @@ def load_rows() -> dict:
 
 
 def run_pair(model, tok, model_name: str, task_name: str, sizes, n_test: int,
-             prices, shrinks) -> list[dict]:
+             prices, shrinks, keep_only: bool = False) -> list[dict]:
+    """One (model, task): every method's rows, or with ``keep_only`` the keep-accuracy rows."""
     C = importlib.import_module("edge_c2i.compress")
     from edge_c2i.config import CompressConfig
     from edge_c2i.evaluate import Scorer
@@ -69,11 +74,11 @@ def run_pair(model, tok, model_name: str, task_name: str, sizes, n_test: int,
     cal = C.calibrate(model, tok, splits.calib, targets, progress=False)
     t_cal = time.perf_counter() - t0
     spectra = {}
-    for basis in ("plain", "whitened"):
+    for basis in ("whitened",) if keep_only else ("plain", "whitened"):
         t0 = time.perf_counter()
         spectra[basis] = C.decompose_all(model, targets, cal, basis, False, config.shrink)
         print(f"  {basis} decompositions {time.perf_counter() - t0:.0f}s", flush=True)
-    before = C.linear_params(spectra["plain"])
+    before = C.linear_params(spectra["whitened"])
     tests = Scorer(tok, splits.test)
     evals = Scorer(tok, splits.eval)
     base = tests.run(model)
@@ -92,7 +97,7 @@ def run_pair(model, tok, model_name: str, task_name: str, sizes, n_test: int,
               f"loss {res.loss:.3f} (base {base.loss:.3f})", flush=True)
         rows.append(row)
 
-    for size in sizes:
+    for size in () if keep_only else sizes:
         budget = int(size * before)
         for method, (basis, allocation) in METHODS.items():
             if allocation == "uniform":
@@ -114,24 +119,97 @@ def run_pair(model, tok, model_name: str, task_name: str, sizes, n_test: int,
             rows.append({**common, "method": f"shrink:{shrink}", "size": size,
                          "accuracy": res.accuracy, "loss": res.loss, "price": config.price})
             del other
-    # keep-accuracy: the ladder on the evaluation sample, as compress runs it
+    rows += keep_rows(common, keep_ladder(model, spectra["whitened"], before, evals, tests,
+                                          base.accuracy))
+    return rows
+
+
+# the study's ladder goes on past a size every rule of KEEP_VARIANTS fails (eval loss over the
+# tolerance, or a sign test below the least alpha): the rules are then compared from the rows
+KEEP_VARIANTS = {"accuracy": None, "paired@0.1": 0.1, "paired@0.2": 0.2, "paired@0.3": 0.3}
+
+
+def keep_ladder(model, spectra, before: int, evals, tests, test_base: float) -> dict:
+    """Keep-accuracy mode's ladder, every size scored on the evaluation sample (what compress
+    decides on: paired wins and losses, loss) and on the test split (what the choice is
+    worth), until no rule of KEEP_VARIANTS would go on."""
+    C = importlib.import_module("edge_c2i.compress")
+    from edge_c2i.config import CompressConfig
+    from edge_c2i.verdict import paired_counts, sign_test_p
+
+    config = CompressConfig()
     eval_base = evals.run(model)
-    kept, ladder = None, []
+    ladder = []
     for size in config.sizes:
-        ranks = C.allocate(spectra["whitened"], config.price, int(size * before))
-        with C.compressed(model, spectra["whitened"], ranks):
-            res = evals.run(model)
-        ok = C._ok(res, eval_base, config.loss_tolerance)
-        ladder.append({"size": size, "accuracy": res.accuracy, "loss": res.loss, "kept": ok})
-        if not ok:
+        ranks = C.ranks_for(spectra, config, int(size * before))
+        with C.compressed(model, spectra, ranks):
+            ev, te = evals.run(model), tests.run(model)
+        wins, losses = paired_counts(eval_base, ev)
+        ladder.append({"size": size, "params": C.linear_params(spectra, ranks),
+                       "eval_accuracy": ev.accuracy, "eval_loss": ev.loss, "wins": wins,
+                       "losses": losses, "accuracy": te.accuracy, "loss": te.loss})
+        print(f"  keep ladder {size}: eval {ev.accuracy:.3f} ({wins} won, {losses} lost) loss "
+              f"{ev.loss:.3f} (base {eval_base.accuracy:.3f}, {eval_base.loss:.3f}); test "
+              f"{te.accuracy:.3f} (base {test_base:.3f})", flush=True)
+        if (ev.loss > eval_base.loss + config.loss_tolerance
+                or sign_test_p(losses, wins) < min(a for a in KEEP_VARIANTS.values() if a)):
             break
-        kept = (size, ranks)
-    if kept is None:
-        rows.append({**common, "method": "edge_c2i_keep", "size": 1.0, "params": before,
-                     "kept": 1.0, "accuracy": base.accuracy, "loss": base.loss,
-                     "ladder": ladder})
-    else:
-        score("edge_c2i_keep", kept[0], kept[1], "whitened", ladder=ladder)
+    return {"eval_base": {"accuracy": eval_base.accuracy, "loss": eval_base.loss},
+            "ladder": ladder, "loss_tolerance": config.loss_tolerance}
+
+
+def keep_choice(study: dict, variant: str) -> dict | None:
+    """The ladder step keep mode ends on under ``variant`` (None: not even the first)."""
+    C = importlib.import_module("edge_c2i.compress")
+
+    alpha = KEEP_VARIANTS[variant]
+    base, kept = study["eval_base"], None
+    for step in study["ladder"]:
+        if not C.size_kept(step["wins"], step["losses"], step["eval_loss"], base["loss"],
+                           study["loss_tolerance"], "accuracy" if alpha is None else "paired",
+                           alpha or 0.0):
+            break
+        kept = step
+    return kept
+
+
+COMMON = ("model", "task", "base_accuracy", "base_loss", "n_test", "linear_params_before",
+          "calibration_s", "price_default", "shrink")
+
+
+def rekeep(rows: list[dict]) -> list[dict]:
+    """The keep rows made again from their stored ladders (``keep_study``), under the
+    current default rule: a change of the default needs no new run."""
+    out = [r for r in rows if not _is_keep(r)]
+    for r in rows:
+        if r["method"] == "edge_c2i_keep":
+            out += (keep_rows({k: r[k] for k in COMMON}, r["keep_study"])
+                    if "keep_study" in r else [r])
+    return out
+
+
+def _is_keep(row: dict) -> bool:
+    return row["method"] == "edge_c2i_keep" or row["method"].startswith("keep:")
+
+
+def keep_rows(common: dict, study: dict) -> list[dict]:
+    """edge_c2i_keep (the default rule) and keep:VARIANT rows from one ladder."""
+    from edge_c2i.config import KEEP_ALPHA, KEEP_RULES
+
+    default = KEEP_RULES[0] if KEEP_RULES[0] == "accuracy" else f"paired@{KEEP_ALPHA}"
+    rows = []
+    for variant in KEEP_VARIANTS:
+        step = keep_choice(study, variant)
+        method = "edge_c2i_keep" if variant == default else f"keep:{variant}"
+        if step is None:
+            row = {"size": 1.0, "params": common["linear_params_before"], "kept": 1.0,
+                   "accuracy": common["base_accuracy"], "loss": common["base_loss"]}
+        else:
+            row = {"size": step["size"], "params": step["params"],
+                   "kept": step["params"] / common["linear_params_before"],
+                   "accuracy": step["accuracy"], "loss": step["loss"]}
+        rows.append({**common, "method": method, **row,
+                     **({"keep_study": study} if method == "edge_c2i_keep" else {})})
     return rows
 
 
@@ -238,6 +316,19 @@ def summarize(data: dict) -> dict:
                 wikidata[model] = {"edge_c2i": ours["accuracy"],
                                    "whitened_svd": white["accuracy"],
                                    "met": ours["accuracy"] > white["accuracy"]}
+    studies = [r for r in keep if "keep_study" in r]
+    rules = {}
+    for variant in KEEP_VARIANTS:  # every rule on the same ladders (the evidence for one)
+        steps = [(r, keep_choice(r["keep_study"], variant)) for r in studies]
+        sizes = [step["size"] if step else 1.0 for _, step in steps]
+        accs = [step["accuracy"] if step else r["base_accuracy"] for r, step in steps]
+        rules[variant] = {
+            "pairs": len(steps),
+            "at_0.9_or_less_keeping_accuracy": sum(
+                s <= 0.9 and a >= r["base_accuracy"] for (r, _), s, a in zip(steps, sizes, accs)),
+            "test_accuracy_below_base": sum(a < r["base_accuracy"]
+                                            for (r, _), a in zip(steps, accs)),
+            "mean_size": sum(sizes) / len(sizes) if sizes else None}
     targets = {
         "pairs_measured": len(pairs),
         "keep_accuracy_at_0.9_or_less": {"pairs": kept, "of": len(keep), "need": 4,
@@ -258,7 +349,7 @@ def summarize(data: dict) -> dict:
             ratio = v["compressed"] / v["dense"]
             targets.setdefault("ms_per_token_at_0.8", {})[model] = {
                 "ratio": ratio, "limit": 0.9, "met": ratio <= 0.9}
-    return {"lowest_loss": lowest, "targets": targets}
+    return {"lowest_loss": lowest, "targets": targets, "keep_rules": rules}
 
 
 def main() -> None:
@@ -270,7 +361,12 @@ def main() -> None:
     ap.add_argument("--shrinks", nargs="*", type=float, default=[0.01])
     ap.add_argument("--resume", action="store_true", help="skip pairs already saved")
     ap.add_argument("--export", action="store_true", help="the ONNX stage only")
-    ap.add_argument("--resummarize", action="store_true")
+    ap.add_argument("--resummarize", action="store_true",
+                    help="tables and targets from the saved rows (keep rows re-read from their "
+                         "ladders under the current --keep-rule default)")
+    ap.add_argument("--keep-only", action="store_true",
+                    help="only the keep-accuracy rows (the ladder on eval and test), replacing "
+                         "those of each pair run")
     args = ap.parse_args()
     # as the CLI does (cli.main): OpenMP threads that sleep soon rather than spin, so that a
     # busy machine does not slow the decompositions down several times over
@@ -281,6 +377,8 @@ def main() -> None:
     data = load_rows()
     if args.export:
         export_stage(data, args.models)
+    elif args.resummarize:
+        data["rows"] = rekeep(data["rows"])
     elif not args.resummarize:
         from edge_c2i.config import CompressConfig
         from edge_c2i.models import load_model
@@ -289,16 +387,22 @@ def main() -> None:
         for model_name in args.models:
             model, tok = load_model(model_name)
             for task in args.tasks:
-                if args.resume and any(r["model"] == model_name and r["task"] == task
+                def replaced(r, pair=(model_name, task)):
+                    return (r["model"], r["task"]) == pair and (not args.keep_only
+                                                                or _is_keep(r))
+
+                if args.resume and any(replaced(r) and (not args.keep_only or "keep_study" in r)
                                        for r in data["rows"]):
                     continue
                 print(f"{model_name} {task}", flush=True)
-                data["rows"] = [r for r in data["rows"]
-                                if not (r["model"] == model_name and r["task"] == task)]
-                data["rows"] += run_pair(model, tok, model_name, task, args.sizes,
-                                         args.test_samples, args.prices, args.shrinks)
+                new = run_pair(model, tok, model_name, task, args.sizes, args.test_samples,
+                               args.prices, args.shrinks, args.keep_only)
+                # read again before writing: another run (other models) may have saved since
+                data = {**load_rows(), "config": data["config"]}
+                data["rows"] = [r for r in data["rows"] if not replaced(r)] + new
                 data["summary"] = summarize(data)
                 write_result(NAME, data)
+        data = {**load_rows(), "config": data["config"]}
     data["summary"] = summarize(data)
     write_result(NAME, data)
     print(table(data["rows"], COLUMNS))

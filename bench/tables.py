@@ -409,10 +409,10 @@ def section_compress(d: dict) -> str:
            + table(list(grid.values()), [("model", "model"), ("task", "task"), ("size", "size"),
                                          ("base", "base"), *[(m, m) for m in COMPRESS_METHODS]]))
     if keep:
-        out += ("\n\nKeep-accuracy mode (`edge-c2i compress` without --size): the sizes tried "
-                "on the evaluation sample, largest first, until accuracy falls below the base's "
-                "or the loss rises by more than the tolerance; the test split scores the last "
-                "size kept.\n\n"
+        out += ("\n\nKeep-accuracy mode (`edge-c2i compress` without --size, default "
+                "--keep-rule): the sizes tried on the evaluation sample, largest first, until "
+                "one is worse than the base by the rule or its loss rises by more than the "
+                "tolerance; the test split scores the last size kept.\n\n"
                 + table(keep, [("model", "model"), ("task", "task"), ("steps", "sizes tried"),
                                ("kept", "size kept"), ("cell", "test acc / loss"),
                                ("base", "base")]))

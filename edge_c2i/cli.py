@@ -29,6 +29,7 @@ from .config import (
     DEFAULT_TASK,
     DEFAULT_TOP_K,
     FILE_PRECISIONS,
+    KEEP_RULES,
     PRICES,
     SCORES,
 )
@@ -296,7 +297,8 @@ def cmd_compress(args) -> int:
     config = CompressConfig(size=args.size, params=args.params, file_mb=args.file_mb,
                             file_precision=args.file_precision, price=args.price,
                             basis=args.basis, allocation=args.allocation,
-                            loss_tolerance=args.loss_tolerance, n_calib=args.samples,
+                            loss_tolerance=args.loss_tolerance, keep_rule=args.keep_rule,
+                            n_calib=args.samples,
                             n_eval=args.eval_samples, n_test=args.test_samples, seed=args.seed,
                             layers=args.layers, types=args.types,
                             max_memory=_budget(args.max_memory))
@@ -511,6 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ranks by price over all matrices, or one rank share for all")
     c.add_argument("--loss-tolerance", type=float, default=DEFAULT_LOSS_TOLERANCE,
                    help="keep-accuracy mode: the evaluation loss may rise this much")
+    c.add_argument("--keep-rule", choices=KEEP_RULES, default=KEEP_RULES[0],
+                   help="keep-accuracy mode: a size passes when not significantly worse on "
+                        "the evaluation sample (paired sign test, the default) or with no fewer "
+                        "examples right (accuracy)")
     c.add_argument("--samples", type=_at_least(1), default=100,
                    help="calibration examples (inputs and gradients)")
     c.add_argument("--eval-samples", type=_at_least(1), default=100,

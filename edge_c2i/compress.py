@@ -54,8 +54,11 @@ phase is handed back to the system before the next (budget.release_freed_memory)
 **Modes.**  Budget (``size``, ``params``, or ``file_mb``: the exported file of a precision,
 turned into linear parameters by FILE_BYTES): the allocation for that budget.
 Keep accuracy (neither): the sizes of ``CompressConfig.sizes``, largest first, each
-checked on the evaluation sample; the smallest one whose accuracy is not below the
-unmodified model's and whose loss rises at most ``loss_tolerance`` is kept.
+checked on the evaluation sample; the ladder stops at the first size whose loss rises more
+than ``loss_tolerance`` or that is worse than the unmodified model by ``keep_rule``
+(``size_kept``: by default a one-sided sign test of the examples that changed, so that a
+one-example dip among many changes is not taken for a loss), and the last size before it
+is kept.
 """
 
 from __future__ import annotations
@@ -73,13 +76,13 @@ from tqdm import tqdm
 
 from . import threads
 from .budget import CompressPlan, k_star, plan_compress, release_freed_memory
-from .config import CompressConfig, Reduction
+from .config import KEEP_ALPHA, CompressConfig, Reduction
 from .errors import EdgeC2IError
 from .evaluate import Result, Scorer, grad_from
 from .factorize import LowRankLinear, count_params, swap
 from .targets import Target, find_targets, is_conv1d, weight_matrix
 from .tasks import Task, load_task, split
-from .verdict import paired_difference
+from .verdict import paired_counts, paired_difference, sign_test_p
 
 __all__ = ["Calibration", "CompressReport", "Spectrum", "allocate", "apply_ranks", "calibrate",
            "compress", "compressed", "decompose_all", "linear_params", "per_layer_table",
@@ -527,8 +530,28 @@ def params_for_file(mb: float, other: int, precision: str) -> int:
     return budget
 
 
-def _ok(res: Result, base: Result, tolerance: float) -> bool:
-    return res.accuracy >= base.accuracy and res.loss <= base.loss + tolerance
+def size_kept(wins: int, losses: int, loss: float, base_loss: float, tolerance: float,
+              rule: str, alpha: float = KEEP_ALPHA) -> bool:
+    """Keep-accuracy mode: does a size pass on the evaluation sample?
+
+    ``wins`` / ``losses``: the examples the compressed model gets right and the unmodified
+    one wrong, and the reverse (verdict.paired_counts); the loss may rise at most
+    ``tolerance`` under every rule.  ``accuracy``: no fewer examples right than the
+    unmodified model (wins >= losses).  ``paired``: not significantly worse, by the one-sided
+    sign test of the disagreements at ``alpha`` (a one-example dip among many
+    disagreements is noise, a run of losses is not).
+    """
+    if loss > base_loss + tolerance:
+        return False
+    if rule == "accuracy":
+        return wins >= losses
+    return sign_test_p(losses, wins) >= alpha
+
+
+def _kept(res: Result, base: Result, config: CompressConfig) -> tuple[bool, int, int]:
+    wins, losses = paired_counts(base, res)
+    return (size_kept(wins, losses, res.loss, base.loss, config.loss_tolerance,
+                      config.keep_rule), wins, losses)
 
 
 def compress(model: nn.Module, tokenizer, task: str | Task, config: CompressConfig | None = None,
@@ -577,9 +600,10 @@ def compress(model: nn.Module, tokenizer, task: str | Task, config: CompressConf
             trial = ranks_for(spectra, config, int(size * before))
             with compressed(model, spectra, trial):
                 res = evals.run(model, desc=f"evaluation: size {size}" if progress else None)
-            ok = _ok(res, eval_base, config.loss_tolerance)
+            ok, wins, losses = _kept(res, eval_base, config)
             ladder.append({"size": size, "linear_params": linear_params(spectra, trial),
-                           "accuracy": res.accuracy, "loss": res.loss, "kept": ok})
+                           "accuracy": res.accuracy, "loss": res.loss, "wins": wins,
+                           "losses": losses, "kept": ok})
             if progress:
                 print(f"size {size}: evaluation accuracy {res.accuracy:.3f} (base "
                       f"{eval_base.accuracy:.3f}), loss {res.loss:.4f} (base "

@@ -162,6 +162,21 @@ def test_a_budget_below_rank_one_is_refused():
         C.allocate(spectra, "output", 10)
 
 
+def test_keep_rules_accuracy_counts_examples_paired_allows_noise():
+    # the loss bound holds under every rule
+    for rule in ("accuracy", "paired"):
+        assert not C.size_kept(5, 0, 2.06, 2.0, 0.05, rule)
+        assert C.size_kept(5, 0, 2.04, 2.0, 0.05, rule)
+    # accuracy: one example fewer right fails; paired: one loss among 9 disagreements is
+    # noise (P(>= 5 of 9) = 0.5), seven of nine is not at alpha 0.2 (P = 0.09)
+    assert not C.size_kept(4, 5, 2.0, 2.0, 0.05, "accuracy")
+    assert C.size_kept(4, 5, 2.0, 2.0, 0.05, "paired", alpha=0.2)
+    assert not C.size_kept(2, 7, 2.0, 2.0, 0.05, "paired", alpha=0.2)
+    assert C.size_kept(2, 7, 2.0, 2.0, 0.05, "paired", alpha=0.05)
+    with pytest.raises(EdgeC2IError, match="keep rule"):
+        CompressConfig(keep_rule="lenient")
+
+
 def test_keep_mode_stops_at_the_first_size_that_loses():
     from edge_c2i.adapted import FACTOR_TYPES
     from edge_c2i.models import load_model
@@ -174,6 +189,7 @@ def test_keep_mode_stops_at_the_first_size_that_loses():
     assert ladder[-1]["size"] == 0.05 and not ladder[-1]["kept"]  # 5%: the task is gone
     kept = [step for step in ladder if step["kept"]]
     assert len(kept) == len(ladder) - 1
+    assert all(step["wins"] + step["losses"] <= 30 for step in ladder)
     after = report.budget["linear_params_after"]
     assert after == (kept[-1]["linear_params"] if kept else report.budget["linear_params_before"])
     factored = [m for m in model.modules() if isinstance(m, FACTOR_TYPES)]
