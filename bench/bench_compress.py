@@ -287,6 +287,61 @@ def _export_model(data: dict, model_name: str, task: str, work: Path) -> None:
         data["export"].append(row)
 
 
+def equal_size_stage(data: dict, models: list[str], tasks: list[str], n_test: int) -> dict:
+    """Task accuracy of the quantized files, dense and compressed at 0.8, on each pair's test
+    split (ONNX Runtime, the same examples as the rows): does compress + int8/int4 keep more
+    of the task than int8/int4 alone, and at what size?  Saved after each pair."""
+    import tempfile
+
+    C = importlib.import_module("edge_c2i.compress")
+    from edge_c2i.api import save
+    from edge_c2i.config import CompressConfig
+    from edge_c2i.export.onnx_export import export_model
+    from edge_c2i.export.runtime import evaluate_onnx
+    from edge_c2i.models import load_model
+    from edge_c2i.tasks import load_task, split
+
+    files = {"int8": "model_int8.onnx", "int4": "model_int4.onnx"}
+    for model_name in models:
+        work = Path(tempfile.mkdtemp(prefix="bench-equal-size-"))
+        try:
+            export_model(model_name, work / "dense", int8=True, int4=True, check=False)
+            for task in tasks:
+                config = CompressConfig(size=0.8, n_test=n_test)
+                model, tok = load_model(model_name)
+                report = C.compress(model, tok, task, config, progress=False,
+                                    model_name=model_name)
+                save(model, tok, work / "compressed", report.to_dict(), force=True)
+                del model
+                export_model(str(work / "compressed"), work / "onnx-compressed", int8=True,
+                             int4=True, force=True, check=False)
+                test = split(load_task(task), config.n_calib, config.n_eval, n_test,
+                             config.seed).test
+                rows = [r for r in data.get("equal_size", [])
+                        if (r["model"], r["task"]) != (model_name, task)]
+                for variant, folder in (("dense", work / "dense"),
+                                        ("compressed", work / "onnx-compressed")):
+                    for precision, file in files.items():
+                        mb = sum(f.stat().st_size for f in folder.iterdir()
+                                 if f.name.startswith(file)) / 1e6
+                        res = evaluate_onnx(folder, test, file, threads=2)
+                        rows.append({"model": model_name, "task": task, "variant": variant,
+                                     "size": 1.0 if variant == "dense" else 0.8,
+                                     "precision": precision, "file_mb": mb, **res})
+                        print(f"  {rows[-1]}", flush=True)
+                # read again before writing: another run may have saved since
+                fresh = load_rows()
+                rows = [r for r in fresh.get("equal_size", [])
+                        if (r["model"], r["task"]) != (model_name, task)] + [
+                    r for r in rows if (r["model"], r["task"]) == (model_name, task)]
+                data = {**fresh, "equal_size": rows}
+                data["summary"] = summarize(data)
+                write_result(NAME, data)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return data
+
+
 def summarize(data: dict) -> dict:
     """#15's targets, from the rows: met / not met, with the counts they rest on."""
     rows = data["rows"]
@@ -371,6 +426,9 @@ def main() -> None:
     ap.add_argument("--resummarize", action="store_true",
                     help="tables and targets from the saved rows (keep rows re-read from their "
                          "ladders under the current --keep-rule default)")
+    ap.add_argument("--equal-size", action="store_true",
+                    help="task accuracy of int8/int4, dense and compressed at 0.8, per pair "
+                         "(ONNX Runtime)")
     ap.add_argument("--keep-only", action="store_true",
                     help="only the keep-accuracy rows (the ladder on eval and test), replacing "
                          "those of each pair run")
@@ -384,6 +442,8 @@ def main() -> None:
     data = load_rows()
     if args.export:
         export_stage(data, args.models)
+    elif args.equal_size:
+        data = equal_size_stage(data, args.models, args.tasks, args.test_samples)
     elif args.resummarize:
         data["rows"] = rekeep(data["rows"])
     elif not args.resummarize:

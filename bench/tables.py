@@ -446,6 +446,21 @@ def section_compress(d: dict) -> str:
                                       ("file_mb", "MB"), ("prefill_ms", "prefill ms"),
                                       ("ms_per_token", "ms/token"), ("rounds", "rounds"),
                                       ("top1_vs_pytorch", "top-1 vs its PyTorch model")]))
+    if d.get("equal_size"):
+        pairs = {}
+        for e in sorted(d["equal_size"], key=_pair_order):
+            p = pairs.setdefault((e["model"], e["task"]), {"model": e["model"], "task": e["task"]})
+            p[f"{e['precision']}_{e['variant']}"] = (f"{e['file_mb']:.1f} MB: {e['accuracy']:.3f}"
+                                                     f" / {e['loss']:.2f}")
+        out += ("\n\nThe question a mobile developer asks: the quantized dense model, or the "
+                "model compressed to 0.8 on the task and then quantized? Test accuracy / loss "
+                "of each file in ONNX Runtime on the pair's test split (the examples of the "
+                "rows above; compressed on that task), with its size "
+                "(`python bench/bench_compress.py --equal-size`).\n\n"
+                + table(list(pairs.values()),
+                        [("model", "model"), ("task", "task"), ("int8_dense", "int8"),
+                         ("int8_compressed", "compress 0.8 + int8"), ("int4_dense", "int4"),
+                         ("int4_compressed", "compress 0.8 + int4")]))
     if d.get("cost"):
         out += ("\n\nWhat compress costs: `adapt` and `compress --size 0.8` of the same pair, "
                 "one after the other, alone on the machine (target: at most 3x).\n\n"
