@@ -15,10 +15,11 @@ codes, one fp32 scale and one 4-bit zero point per block of 32 inputs of one out
     appended to the codes as rows fitted to 4 bits on their own (an error of about a
     thirtieth of a step per block, where rounding the zero point costs up to half a step).
     Three small operators per group of matrices sharing an input (Reshape, ReduceSum,
-    Concat), about 4.6 bits per weight.
+    Concat).  Bits per weight: 4 for the code, 1.125 for the block's fp32 scale and 4-bit
+    zero point, about 0.16 for the remainder rows: about 5.3.
   - ``product``: MatMulNBits plus ``blocksum(x) @ R`` with R in fp32: W to float rounding
     (checked per matrix), four small operators per group and a second product per matrix,
-    about 5 bits per weight.
+    about 6.1 bits per weight (one fp32 remainder per 32 weights on top of 5.125).
 
   Measured on the dense SmolLM2 (bench/bench_runtime.py, one thread): see the README.
 - **Anything else** (factors of a reduced matrix, Q5/Q6/Q8 GGUF matrices, fp16/bf16
