@@ -352,9 +352,14 @@ def section_runtime(d: dict) -> str:
             "The 'vs builder' columns divide by the builder's file of the same model and "
             "precision. 'int4 remainder': how an edge-c2i int4 adds a 4-bit grid's remainders "
             "(folded, the default, or product: `export --int4-remainder product`, exact; the "
-            "targets use the default).\n\n"
+            "targets use the default). 'int8 block': the 8-bit blocks of an int8 file's "
+            "matrices (32, the default, or `export --int8-block 64`); 'head block': of the "
+            "table the tied LM head and the embedding share in int8 and int4 (64, the default, "
+            "or `export --head-block 32`). The targets use the defaults, and the int8 speed "
+            "target is read again with --int8-block 64.\n\n"
             + table(rows, [("model", "model"), ("tool", "tool"), ("precision", "precision"),
-                           ("int4_remainder", "int4 remainder"),
+                           ("int4_remainder", "int4 remainder"), ("int8_block", "int8 block"),
+                           ("head_block", "head block"),
                            ("variant", "variant"), ("graph", "graph"), ("mb", "MB"),
                            ("prefill_ms", "prefill ms"),
                            ("ms_per_token", "ms/token"), ("peak_rss_mb", "peak RSS MB"),
@@ -363,8 +368,8 @@ def section_runtime(d: dict) -> str:
                            ("vs_builder_mb", "MB vs builder")])
             + "\n\nIssue #16's targets, from the dense rows of the same run:\n\n"
             + table(d.get("targets", []), [("model", "model"), ("target", "target"),
-                                           ("bound", "bound"), ("value", "measured"),
-                                           ("met", "met")]))
+                                           ("option", "with"), ("bound", "bound"),
+                                           ("value", "measured"), ("met", "met")]))
 
 
 COMPRESS_METHODS = ("svd", "whitened_svd", "gradient_svd", "edge_c2i")
@@ -456,7 +461,8 @@ def section_compress(d: dict) -> str:
                 "model compressed to 0.8 on the task and then quantized? Test accuracy / loss "
                 "of each file in ONNX Runtime on the pair's test split (the examples of the "
                 "rows above; compressed on that task), with its size "
-                "(`python bench/bench_compress.py --equal-size`).\n\n"
+                "(`python bench/bench_compress.py --equal-size`; exported with the shared head "
+                "table in blocks of 32, `export --head-block 32` since it is 64 by default).\n\n"
                 + table(list(pairs.values()),
                         [("model", "model"), ("task", "task"), ("int8_dense", "int8"),
                          ("int8_compressed", "compress 0.8 + int8"), ("int4_dense", "int4"),

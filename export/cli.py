@@ -19,7 +19,7 @@ def register(subparsers, command=None) -> None:
     """Add the ``export`` and ``generate`` subcommands (``command(name, help)`` makes one)."""
     from edge_c2i.config import INT8_SCHEMES
 
-    from .int4 import REMAINDERS
+    from .int4 import HEAD_BLOCK, HEAD_BLOCKS, INT8_BLOCKS, REMAINDERS
 
     command = command or (lambda name, help: subparsers.add_parser(name, help=help))
 
@@ -37,6 +37,14 @@ def register(subparsers, command=None) -> None:
                    help="how --int4 keeps a 4-bit model's grid: folded (default) adds each "
                         "block's offset inside the 4-bit product (near exact, smaller, faster); "
                         "product adds it in fp32 by a second product (exact)")
+    e.add_argument("--int8-block", type=int, choices=INT8_BLOCKS, default=INT8_BLOCKS[0],
+                   help="block size of --int8's 8-bit matrices: 32 (default) keeps the most "
+                        "agreement with fp32; 64 or 128 decode faster with less (ONNX "
+                        "Runtime's int8 kernel rounds activations per block)")
+    e.add_argument("--head-block", type=int, choices=HEAD_BLOCKS, default=HEAD_BLOCK,
+                   help=f"block size of the 8-bit table a tied LM head and the embedding "
+                        f"share in --int8 and --int4 (default {HEAD_BLOCK}: faster than 32 for "
+                        f"large vocabularies; 32 keeps a GGUF Q8_0 table exactly)")
     e.add_argument("--int8-scheme", choices=INT8_SCHEMES, default=INT8_SCHEMES[0],
                    help="blockwise: weight-only int8 (MatMulNBits); dynamic: quantize_dynamic")
     e.add_argument("--ort", action="store_true",
@@ -95,7 +103,8 @@ def export_command(args) -> int:
                      opset=args.opset, check=not args.no_check, int8_scheme=args.int8_scheme,
                      int4=args.int4, graph=args.graph,
                      int4_accuracy_level=args.int4_accuracy_level,
-                     int4_remainder=args.int4_remainder)
+                     int4_remainder=args.int4_remainder, int8_block=args.int8_block,
+                     head_block=args.head_block)
     print(f"exported {args.source} -> {args.out} ({m['graph']['kind']} graph, "
           f"{m['graph']['nodes']} nodes, opset {m['opset']}, {m['num_layers']} layers, KV cache)")
     for name, size in m["files"].items():

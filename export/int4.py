@@ -34,7 +34,9 @@ codes, one fp32 scale and one 4-bit zero point per block of 32 inputs of one out
 
 The LM head and the token embedding share one 8-bit table (``GatherBlockQuantized`` for the
 embedding reads the LM head's MatMulNBits codes): the largest matrix of a small model, whose
-4-bit rounding costs the most agreement; Q8_0 tables (both packaged models) are exact.  A
+4-bit rounding costs the most agreement.  Its blocks are 64 wide by default (``HEAD_BLOCK``,
+below: the head is most of a large vocabulary's decode); in blocks of 32 a Q8_0 table (both
+packaged models) comes back exactly.  A
 trial with the table as fitted 4-bit codes (shared the same way, folded remainders) on the
 dense SmolLM2: 94 MB instead of 104, top-1 agreement on bench_runtime's 200 prompts 0.725
 instead of 0.965, and no clear gain in ms/token.
@@ -48,6 +50,22 @@ import numpy as np
 
 BLOCK = 32
 BITS = 4
+# Blocks of 8-bit weights.  ONNX Runtime's int8 kernel (accuracy level 4) rounds the
+# activations to int8 per block and adds one scale product per block, so larger blocks decode
+# faster and round the activations more coarsely (the weights' own rounding at 64 barely moves
+# the logits: correlation 0.9995 -> 0.9992 on SmolLM2 with fp32 activations).  Measured in
+# one run of bench/bench_runtime.py (runtime.json, one thread), against blocks of 32:
+# - the table a tied LM head and the embedding share (export --head-block, int8 and int4):
+#   64 by default.  ms/token of int4 -3% (SmolLM2, a 49k x 576 table) and -18% (Gemma-3,
+#   262k x 640: the head is most of its decode), of int8 -11% and -6%; top-1 agreement with
+#   fp32 on 200 prompts: int4 0.965 -> 0.955 and 0.74 -> 0.74, int8 0.97 -> 0.965 and
+#   0.94 -> 0.93 (logit correlation -1e-4 to -4e-4).  32 brings a GGUF Q8_0 table back
+#   exactly, for whoever wants that last point of agreement.
+# - the int8 model's matrices (export --int8-block): 32 by default.  64 decoded 1% (SmolLM2)
+#   and 7% (Gemma-3) faster still, at agreement 0.925 and 0.915.
+INT8_BLOCKS = (32, 64, 128)
+HEAD_BLOCKS = (32, 64, 128)
+HEAD_BLOCK = 64
 # MatMulNBits compute (``accuracy_level``, as the model builder's ``int4_accuracy_level``):
 # 4 = int8 activations (one scale per block of 32), ONNX Runtime's fast path, 2.8x faster than
 # level 1 (fp32 activations) on a 576x1536 product, one thread.  The weights stay exact
@@ -242,21 +260,30 @@ def _blocksum_nodes(x: str, k: int, tag: str):
     return nodes, [shape, axes], out
 
 
-def _q8_table(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric 8-bit codes (uint8, +128) and scales of ``table`` (rows x H) in blocks of 32.
+def _q8_table(table: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric 8-bit codes (uint8, +128) and scales of ``table`` (rows x H) per ``block``.
 
     scale = max|w| / 127 per block, as GGUF's Q8_0 stores it, so a Q8_0 table comes back
-    exactly.
+    exactly in blocks of 32.
     """
     rows, h = table.shape
-    blocks = table.reshape(rows, h // BLOCK, BLOCK).astype(np.float64)
+    blocks = table.reshape(rows, h // block, block).astype(np.float64)
     scale = np.abs(blocks).max(-1) / 127
     codes = np.rint(blocks / np.where(scale > 0, scale, 1.0)[..., None])
     return (codes + 128).astype(np.uint8), scale.astype(np.float32)
 
 
-def _shared_head(graph) -> tuple | None:
-    """(LM head node, embedding Gather node, table name) if the head reads the embedding table.
+def table_block(h: int, block: int) -> int | None:
+    """The 8-bit block for a table of width ``h``: ``block``, halved until it divides ``h``
+    (576-wide SmolLM2 at 128: 64); None below 16, GatherBlockQuantized's smallest."""
+    while block >= 16 and h % block:
+        block //= 2
+    return block if block >= 16 else None
+
+
+def _shared_head(graph, block: int = HEAD_BLOCK) -> tuple | None:
+    """(LM head node, embedding Gather node, table name, block) if the head reads the
+    embedding table, whose width takes 8-bit blocks of ``block`` or a smaller power of 2.
 
     The head is the node producing ``logits``, FusedMatMul(x, E, transB) as
     postprocess.share_tied_weights writes a tied head.
@@ -267,25 +294,26 @@ def _shared_head(graph) -> tuple | None:
         return None
     table = head.input[1]
     gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] == table), None)
-    if gather is None or len(inits[table].dims) != 2 or inits[table].dims[1] % BLOCK:
+    if gather is None or len(inits[table].dims) != 2:
         return None
-    return head, gather, table
+    block = table_block(inits[table].dims[1], block)
+    return None if block is None else (head, gather, table, block)
 
 
-def _quantize_shared_head(graph, head, gather, table: str) -> None:
+def _quantize_shared_head(graph, head, gather, table: str, block: int) -> None:
     """LM head -> 8-bit MatMulNBits; the embedding Gather reads the same codes."""
     from onnx import helper, numpy_helper
 
     inits = _initializers(graph)
     e = numpy_helper.to_array(inits[table])
     vocab, h = e.shape
-    codes, scale = _q8_table(e)
-    # one copy of the codes: MatMulNBits reads them as N x K/32 x 32, and so does
+    codes, scale = _q8_table(e, block)
+    # one copy of the codes: MatMulNBits reads them as N x K/block x block, and so does
     # GatherBlockQuantized (quantize_axis 2), whose output is reshaped back to rows; only the
-    # scales (1/32 of the table) are reshaped as a constant
+    # scales (1/block of the table) are reshaped as a constant
     tensors = [numpy_helper.from_array(codes, f"{table}_Q8"),
                numpy_helper.from_array(scale, f"{table}_scales"),
-               numpy_helper.from_array(np.array([vocab, h // BLOCK, 1], np.int64),
+               numpy_helper.from_array(np.array([vocab, h // block, 1], np.int64),
                                        f"{table}_scales_shape"),
                numpy_helper.from_array(np.array([0, 0, h], np.int64), f"{table}_rows_shape")]
     old_head_weight = head.input[1]
@@ -293,13 +321,13 @@ def _quantize_shared_head(graph, head, gather, table: str) -> None:
     nodes = [
         helper.make_node("MatMulNBits", [head.input[0], q8, scales], list(head.output),
                          name=f"{head.name}_MatMulNBits", domain="com.microsoft", K=h, N=vocab,
-                         bits=8, block_size=BLOCK, accuracy_level=HEAD_ACCURACY_LEVEL),
+                         bits=8, block_size=block, accuracy_level=HEAD_ACCURACY_LEVEL),
         helper.make_node("Reshape", [scales, scales_shape], [f"{scales}_3d"],
                          name=f"{table}_scales_Reshape"),
         helper.make_node("GatherBlockQuantized", [q8, gather.input[1], f"{scales}_3d"],
                          [f"{gather.output[0]}_blocks"],
                          name=f"{gather.name}_GatherBlockQuantized", domain="com.microsoft",
-                         bits=8, block_size=BLOCK, gather_axis=0, quantize_axis=2),
+                         bits=8, block_size=block, gather_axis=0, quantize_axis=2),
         helper.make_node("Reshape", [f"{gather.output[0]}_blocks", rows_shape],
                          list(gather.output), name=f"{gather.name}_rows_Reshape"),
     ]
@@ -324,23 +352,32 @@ def _drop_unused(graph, names: set[str]) -> None:
         graph.initializer.remove(t)
 
 
-def quantize_tied_head(graph) -> bool:
-    """An 8-bit table shared by a tied LM head and the embedding; False if the head is untied."""
-    shared = _shared_head(graph)
+def quantize_tied_head(graph, block: int = HEAD_BLOCK) -> int | None:
+    """An 8-bit table shared by a tied LM head and the embedding, in blocks of ``block`` (or
+    the largest smaller power of 2 that divides the width); returns the block, None if the
+    head is untied (or too narrow)."""
+    shared = _shared_head(graph, block)
     if shared is not None:
         _quantize_shared_head(graph, *shared)
-    return shared is not None
+    return None if shared is None else shared[-1]
+
+
+def head_description(block: int | None) -> str:
+    """What a manifest says of the LM head and embedding after ``quantize_tied_head``."""
+    return f"shared 8-bit table, blocks of {block}" if block else "fp32 (not tied)"
 
 
 def quantize_int4(src: Path, dst: Path, large: bool = False,
-                  accuracy_level: int = ACCURACY_LEVEL, remainder: str = REMAINDERS[0]) -> dict:
-    """Write the 4-bit copy of ``src`` to ``dst``; returns what the manifest records of it."""
+                  accuracy_level: int = ACCURACY_LEVEL, remainder: str = REMAINDERS[0],
+                  head_block: int = HEAD_BLOCK) -> dict:
+    """Write the 4-bit copy of ``src`` to ``dst``; returns what the manifest records of it.
+    ``head_block``: the 8-bit blocks of a tied LM head and embedding (``HEAD_BLOCKS``)."""
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(src)
     graph = model.graph
-    shared = quantize_tied_head(graph)
+    shared = quantize_tied_head(graph, head_block)
     inits = _initializers(graph)
     nodes, blocksums, on_grid, fitted, dropped = [], {}, 0, 0, set()
     for node in graph.node:  # one pass, so the new nodes keep the graph's order
@@ -382,4 +419,4 @@ def quantize_int4(src: Path, dst: Path, large: bool = False,
             "zero_points": "4-bit, per block", "accuracy_level": accuracy_level,
             "remainder": remainder,
             "matmuls_exact_grid": on_grid, "matmuls_fitted": fitted,
-            "lm_head_and_embedding": "shared 8-bit table" if shared else "fp32 (not tied)"}
+            "lm_head_and_embedding": head_description(shared)}

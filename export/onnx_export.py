@@ -40,7 +40,15 @@ from edge_c2i.io import OutputDir
 from . import graph as fused
 from . import parity
 from .genai import write_genai_config
-from .int4 import ACCURACY_LEVEL, ACCURACY_LEVELS, REMAINDERS, quantize_int4
+from .int4 import (
+    ACCURACY_LEVEL,
+    ACCURACY_LEVELS,
+    HEAD_BLOCK,
+    HEAD_BLOCKS,
+    INT8_BLOCKS,
+    REMAINDERS,
+    quantize_int4,
+)
 from .postprocess import (
     INT8_SCHEMES,
     LARGE,
@@ -61,8 +69,13 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
                  force: bool = False, opset: int | None = None, check: bool = True,
                  int8_scheme: str = "blockwise", int4: bool = False, graph: str = "auto",
                  int4_accuracy_level: int = ACCURACY_LEVEL,
-                 int4_remainder: str = REMAINDERS[0]) -> dict:
+                 int4_remainder: str = REMAINDERS[0], int8_block: int = INT8_BLOCKS[0],
+                 head_block: int = HEAD_BLOCK) -> dict:
     """Export ``source`` (packaged name, HF folder, .gguf or adapted folder) to ``out``.
+
+    ``int8_block``: the block size of the int8 model's 8-bit matrices; ``head_block``: of the
+    8-bit table a tied LM head and the embedding share in the int8 and int4 models (what
+    each trades: export/int4.py, INT8_BLOCKS).
 
     Returns the manifest.  Raises EdgeC2IError if ``out`` exists without ``force`` (or is
     not an export folder edge-c2i wrote), if ``source`` is not a model, or if a parity
@@ -81,6 +94,11 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
                            f"{' or '.join(REMAINDERS)}")
     if graph not in GRAPHS:
         raise EdgeC2IError(f"unknown graph {graph!r}: use {', '.join(GRAPHS)}")
+    for what, block, allowed in (("int8", int8_block, INT8_BLOCKS),
+                                 ("head", head_block, HEAD_BLOCKS)):
+        if block not in allowed:
+            raise EdgeC2IError(f"{what} block size {block} is not one of "
+                               f"{', '.join(map(str, allowed))}")
     dest = out if isinstance(out, OutputDir) else OutputDir(
         out, force, has_manifest(MANIFEST), "an ONNX export folder")
     out = dest.out
@@ -99,13 +117,14 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
         _write_manifest(tmp, manifest)
         if int8:
             manifest["int8"] = quantize_int8(tmp / "model.onnx", tmp / "model_int8.onnx",
-                                             int8_scheme, out_matmul_prefixes(model))
+                                             int8_scheme, out_matmul_prefixes(model),
+                                             block_size=int8_block, head_block=head_block)
             clock.lap("int8")
         if int4:
             manifest["int4"] = quantize_int4(tmp / "model.onnx", tmp / "model_int4.onnx",
                                              large=is_large(tmp / "model.onnx"),
                                              accuracy_level=int4_accuracy_level,
-                                             remainder=int4_remainder)
+                                             remainder=int4_remainder, head_block=head_block)
             clock.lap("int4")
         if ort:
             manifest["ort"] = convert_to_ort(tmp)

@@ -116,7 +116,7 @@ def test_int8_is_within_tolerance_and_smaller(exported):
     assert fig["top1_agreement"] >= parity.INT8_MIN_TOP1
     files = manifest["files"]
     # the tied LM head and the embedding share one 8-bit table: no fp32 copy of it is left
-    assert manifest["int8"]["lm_head_and_embedding"] == "shared 8-bit table"
+    assert manifest["int8"]["lm_head_and_embedding"] == "shared 8-bit table, blocks of 64"
     assert files["model_int8.onnx"] < 0.3 * files["model.onnx"]
     assert manifest["int8"]["scheme"] == "blockwise"
 
@@ -129,7 +129,7 @@ def test_int4_keeps_the_4bit_model_and_the_factors(exported, adapted):
     # reductions are rounded on their own statistics
     assert info["matmuls_exact_grid"] == 4 * 30 - 2
     assert info["matmuls_fitted"] == 2 + 1 + 4  # B, A of c=1; stacked B's, 4 A's
-    assert info["lm_head_and_embedding"] == "shared 8-bit table"
+    assert info["lm_head_and_embedding"] == "shared 8-bit table, blocks of 64"
     # int8 activations (accuracy level 4) on top of two rounded reductions: over the
     # parity prompts' ~15 positions one flip is 0.07
     assert info["accuracy_level"] == 4
@@ -146,6 +146,49 @@ def test_int4_keeps_the_4bit_model_and_the_factors(exported, adapted):
     # one Concat per group of grid matrices sharing an input, none for the factors
     assert info["remainder"] == "folded"
     assert sum(n.op_type == "Concat" and n.name.endswith("_Concat") for n in graph.node) == 4 * 30 - 2
+
+
+def _nbits_blocks(path: Path) -> dict[int, int]:
+    """block_size -> how many MatMulNBits / GatherBlockQuantized nodes of ``path`` use it."""
+    from collections import Counter
+
+    graph = onnx.load(path, load_external_data=False).graph
+    return Counter(a.i for n in graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")
+                   for a in n.attribute if a.name == "block_size")
+
+
+def test_int8_and_head_blocks_set_every_8bit_block(exported, tmp_path):
+    from edge_c2i.export.int4 import quantize_int4, table_block
+    from edge_c2i.export.postprocess import quantize_int8
+
+    out, manifest = exported
+    # defaults: the int8 matrices in blocks of 32; the shared head / embedding table in 64
+    # (one MatMulNBits, one GatherBlockQuantized), in both files
+    assert manifest["int8"]["block_size"] == 32
+    int8_blocks = _nbits_blocks(out / "model_int8.onnx")
+    assert int8_blocks[64] == 2 and set(int8_blocks) == {32, 64}
+    assert _nbits_blocks(out / "model_int4.onnx")[64] == 2
+    assert (table_block(576, 128), table_block(640, 128), table_block(40, 32)) == (64, 128, None)
+    fp32 = OnnxLM(out, 1, "model.onnx")
+    ids = fp32.prompt_ids("Q: What is the capital of France?\nA: The capital of France is")
+    ref = fp32.logits(ids)[-6:]
+    shutil.copy(out / MANIFEST, tmp_path / MANIFEST)
+    shutil.copy(out / "tokenizer.json", tmp_path / "tokenizer.json")
+    for block in (64, 128):
+        # SmolLM2's 576-wide table does not take blocks of 128: it falls back to 64
+        info = quantize_int8(out / "model.onnx", tmp_path / "model_int8.onnx", block_size=block,
+                             head_block=128)
+        assert info["block_size"] == block
+        assert info["lm_head_and_embedding"] == "shared 8-bit table, blocks of 64"
+        blocks = _nbits_blocks(tmp_path / "model_int8.onnx")
+        assert blocks[64] >= 2 and set(blocks) == {block, 64}
+        got = OnnxLM(tmp_path, 1, "model_int8.onnx").logits(ids)[-6:]
+        corr = [np.corrcoef(a, b)[0, 1] for a, b in zip(got, ref)]
+        # a misplaced scale or code would drop this far below
+        assert np.mean(corr) > 0.985, (block, corr)
+    info = quantize_int4(out / "model.onnx", tmp_path / "model_int4.onnx", head_block=32)
+    assert info["lm_head_and_embedding"] == "shared 8-bit table, blocks of 32"
+    assert set(_nbits_blocks(tmp_path / "model_int4.onnx")) == {32}
 
 
 def test_ort_format_loads_and_gives_the_same_greedy_tokens(exported):
@@ -248,6 +291,14 @@ def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
     with pytest.raises(EdgeC2IError, match="not a model"):
         export_model(str(src), tmp_path / "out")
     assert _leftovers(tmp_path) == ["not-a-model"]
+
+
+def test_an_unknown_block_size_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(EdgeC2IError, match="int8 block size 48 is not one of 32, 64, 128"):
+        export_model("smollm2-135m", tmp_path / "out", int8=True, int8_block=48)
+    with pytest.raises(EdgeC2IError, match="head block size 256 is not one of 32, 64, 128"):
+        export_model("smollm2-135m", tmp_path / "out", int4=True, head_block=256)
+    assert _leftovers(tmp_path) == []
 
 
 def test_an_out_folder_that_holds_the_source_is_refused(tmp_path):
