@@ -8,17 +8,19 @@ codes, one fp32 scale and one 4-bit zero point per block of 32 inputs of one out
   Gemma-3's attention outputs and half of its MLP down matrices): every block holds
   ``d * q + m`` with q in 0..15, which a 4-bit code reproduces only up to the
   fraction of ``m / d`` that an integer zero point cannot hold.  That remainder is one
-  number per block and output, R (K/32 x N), and it multiplies ``blocksum(x)`` (x summed
-  over each block of 32 inputs).  Two ways to add it back (``remainder``):
+  number per block and output, R (K/32 x N), and it multiplies x summed over each block of
+  32 inputs, which the graph computes as ``blockmean(x)`` (one AveragePool, kernel and stride
+  32: one operator fewer than Reshape + ReduceSum, 6% of SmolLM2's int4 decode) times
+  ``32 R`` (a power of 2: exact).  Two ways to add it back (``remainder``):
 
-  - ``folded`` (default): one MatMulNBits over ``[x, blocksum(x)]`` (K + K/32 inputs), R
+  - ``folded`` (default): one MatMulNBits over ``[x, blockmean(x)]`` (K + K/32 inputs), 32 R
     appended to the codes as rows fitted to 4 bits on their own (an error of about a
     thirtieth of a step per block, where rounding the zero point costs up to half a step).
-    Three small operators per group of matrices sharing an input (Reshape, ReduceSum,
-    Concat).  Bits per weight: 4 for the code, 1.125 for the block's fp32 scale and 4-bit
+    Two small operators per group of matrices sharing an input (AveragePool, Concat).  Bits per weight: 4 for the code, 1.125 for the block's fp32 scale and 4-bit
     zero point, about 0.16 for the remainder rows: about 5.3.
-  - ``product``: MatMulNBits plus ``blocksum(x) @ R`` with R in fp32: W to float rounding
-    (checked per matrix), four small operators per group and a second product per matrix,
+  - ``product``: MatMulNBits plus ``blockmean(x) @ 32 R`` with R in fp32: W to float
+    rounding (checked per matrix), three small operators per group and a second product per
+    matrix,
     about 6.1 bits per weight (one fp32 remainder per 32 weights on top of 5.125).
 
   Measured on the dense SmolLM2 (bench/bench_runtime.py, one thread): see the README.
@@ -54,15 +56,15 @@ BITS = 4
 # activations to int8 per block and adds one scale product per block, so larger blocks decode
 # faster and round the activations more coarsely (the weights' own rounding at 64 barely moves
 # the logits: correlation 0.9995 -> 0.9992 on SmolLM2 with fp32 activations).  Measured in
-# one run of bench/bench_runtime.py (runtime.json, one thread), against blocks of 32:
+# two runs of bench/bench_runtime.py (runtime.json, one thread), against blocks of 32:
 # - the table a tied LM head and the embedding share (export --head-block, int8 and int4):
-#   64 by default.  ms/token of int4 -3% (SmolLM2, a 49k x 576 table) and -18% (Gemma-3,
-#   262k x 640: the head is most of its decode), of int8 -11% and -6%; top-1 agreement with
-#   fp32 on 200 prompts: int4 0.965 -> 0.955 and 0.74 -> 0.74, int8 0.97 -> 0.965 and
-#   0.94 -> 0.93 (logit correlation -1e-4 to -4e-4).  32 brings a GGUF Q8_0 table back
-#   exactly, for whoever wants that last point of agreement.
-# - the int8 model's matrices (export --int8-block): 32 by default.  64 decoded 1% (SmolLM2)
-#   and 7% (Gemma-3) faster still, at agreement 0.925 and 0.915.
+#   64 by default.  ms/token of int4 -3% / -12% (SmolLM2, a 49k x 576 table) and -18% / -17%
+#   (Gemma-3, 262k x 640: the head is most of its decode), of int8 -11% / -9% and -6% / -12%;
+#   top-1 agreement with fp32 on 200 prompts moved by 0 to -0.01 (int4 0.955-0.965 either way
+#   and 0.74, int8 0.97 -> 0.965 and 0.94 -> 0.93).  32 brings a GGUF Q8_0 table back exactly.
+# - the int8 model's matrices (export --int8-block): 32 by default.  64 gained -1% / +1%
+#   (SmolLM2 / Gemma-3; -1% / -7% in the other run) beyond the head's 64, at agreement 0.925
+#   and 0.915.
 INT8_BLOCKS = (32, 64, 128)
 HEAD_BLOCKS = (32, 64, 128)
 HEAD_BLOCK = 64
@@ -203,19 +205,20 @@ def _zero_and_remainder(step, lo) -> tuple[np.ndarray, np.ndarray]:
     return zero, (lo + step * zero).astype(np.float32)
 
 
-def _grid_nodes(node, w_name: str, codes, step, lo, blocksum: str, k: int, n: int,
+def _grid_nodes(node, w_name: str, codes, step, lo, blockmean: str, k: int, n: int,
                 level: int = ACCURACY_LEVEL):
-    """MatMulNBits with the grid's codes, plus blocksum @ R for the remainders."""
+    """MatMulNBits with the grid's codes, plus blockmean @ 32 R for the remainders."""
     from onnx import helper, numpy_helper
 
     zero, remainder = _zero_and_remainder(step, lo)
     base = node.name or w_name
     main = f"{base}_q4_output"
     matmul, inits = _nbits_node(node, w_name, codes, step, zero, k, n, main, level)
-    inits.append(numpy_helper.from_array(np.ascontiguousarray(remainder.T), f"{w_name}_remainder"))
+    inits.append(numpy_helper.from_array(np.ascontiguousarray(remainder.T * BLOCK),
+                                         f"{w_name}_remainder"))
     nodes = [
         matmul,
-        helper.make_node("MatMul", [blocksum, inits[3].name], [f"{base}_remainder_output"],
+        helper.make_node("MatMul", [blockmean, inits[3].name], [f"{base}_remainder_output"],
                          name=f"{base}_remainder_MatMul"),
         helper.make_node("Add", [main, f"{base}_remainder_output"], [node.output[0]],
                          name=f"{base}_Add"),
@@ -225,10 +228,10 @@ def _grid_nodes(node, w_name: str, codes, step, lo, blocksum: str, k: int, n: in
 
 def _folded_nodes(node, w_name: str, codes, step, lo, augmented: str, k: int, n: int,
                   level: int = ACCURACY_LEVEL):
-    """One MatMulNBits over ``[x, blocksum(x)]`` (K + K/32 inputs): the grid's codes for x,
-    and the remainders R (K/32 x N) as 4-bit codes fitted on their own per block."""
+    """One MatMulNBits over ``[x, blockmean(x)]`` (K + K/32 inputs): the grid's codes for x,
+    and the remainders 32 R (K/32 x N) as 4-bit codes fitted on their own per block."""
     zero, remainder = _zero_and_remainder(step, lo)
-    r_codes, r_step, r_zero = fitted_codes(np.ascontiguousarray(remainder.T))
+    r_codes, r_step, r_zero = fitted_codes(np.ascontiguousarray(remainder.T * BLOCK))
     codes = np.concatenate([codes, r_codes], 1)
     step = np.concatenate([step.astype(np.float32), r_step], 1)
     zero = np.concatenate([zero, r_zero], 1)
@@ -238,26 +241,22 @@ def _folded_nodes(node, w_name: str, codes, step, lo, augmented: str, k: int, n:
     return [matmul], inits
 
 
-def _augment_nodes(x: str, blocksum: str, tag: str):
-    """``[x, blocksum(x)]`` along the last axis."""
+def _augment_nodes(x: str, blockmean: str, tag: str):
+    """``[x, blockmean(x)]`` along the last axis."""
     from onnx import helper
 
     out = f"{tag}_augmented"
-    return [helper.make_node("Concat", [x, blocksum], [out], name=f"{tag}_Concat", axis=-1)], out
+    return [helper.make_node("Concat", [x, blockmean], [out], name=f"{tag}_Concat", axis=-1)], out
 
 
-def _blocksum_nodes(x: str, k: int, tag: str):
-    """Nodes summing ``x`` (..., K) over each block of 32 inputs -> (..., K/32)."""
-    from onnx import helper, numpy_helper
+def _blockmean_nodes(x: str, tag: str):
+    """``x`` (batch, positions, K) averaged over each block of 32 inputs -> (..., K/32): one
+    AveragePool read with positions as channels."""
+    from onnx import helper
 
-    shape = numpy_helper.from_array(np.array([0, 0, k // BLOCK, BLOCK], np.int64),
-                                    f"{tag}_block_shape")
-    axes = numpy_helper.from_array(np.array([-1], np.int64), f"{tag}_block_axes")
-    blocks, out = f"{tag}_blocks", f"{tag}_blocksum"
-    nodes = [helper.make_node("Reshape", [x, shape.name], [blocks], name=f"{tag}_Reshape"),
-             helper.make_node("ReduceSum", [blocks, axes.name], [out], name=f"{tag}_ReduceSum",
-                              keepdims=0)]
-    return nodes, [shape, axes], out
+    out = f"{tag}_blockmean"
+    return [helper.make_node("AveragePool", [x], [out], name=f"{tag}_AveragePool",
+                             kernel_shape=[BLOCK], strides=[BLOCK])], [], out
 
 
 def _q8_table(table: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
@@ -379,7 +378,7 @@ def quantize_int4(src: Path, dst: Path, large: bool = False,
     graph = model.graph
     shared = quantize_tied_head(graph, head_block)
     inits = _initializers(graph)
-    nodes, blocksums, on_grid, fitted, dropped = [], {}, 0, 0, set()
+    nodes, means, on_grid, fitted, dropped = [], {}, 0, 0, set()
     for node in graph.node:  # one pass, so the new nodes keep the graph's order
         weight = _weight(node, inits)
         if weight is None:
@@ -394,16 +393,16 @@ def quantize_int4(src: Path, dst: Path, large: bool = False,
             new, fitted = [new], fitted + 1
         else:
             x = node.input[0]
-            if x not in blocksums:  # matrices that read the same input share its sums
-                tag = f"{x.strip('/').replace('/', '_')}_{len(blocksums)}"
-                sum_nodes, sum_inits, blocksums[x] = _blocksum_nodes(x, k, tag)
+            if x not in means:  # matrices that read the same input share its block means
+                tag = f"{x.strip('/').replace('/', '_')}_{len(means)}"
+                sum_nodes, sum_inits, means[x] = _blockmean_nodes(x, tag)
                 if remainder == "folded":
-                    more, blocksums[x] = _augment_nodes(x, blocksums[x], tag)
+                    more, means[x] = _augment_nodes(x, means[x], tag)
                     sum_nodes += more
                 nodes.extend(sum_nodes)
                 graph.initializer.extend(sum_inits)
             build = _folded_nodes if remainder == "folded" else _grid_nodes
-            new, tensors = build(node, node.input[1], *grid, blocksums[x], k, n, accuracy_level)
+            new, tensors = build(node, node.input[1], *grid, means[x], k, n, accuracy_level)
             on_grid += 1
         nodes.extend(new)
         graph.initializer.extend(tensors)

@@ -142,7 +142,7 @@ def test_int4_keeps_the_4bit_model_and_the_factors(exported, adapted):
     assert {"MatMulNBits", "GatherBlockQuantized"} <= ops and "FusedMatMul" not in ops
     assert not [n for n in graph.node if n.op_type == "MatMul"
                 and n.input[1] in {t.name for t in graph.initializer}]
-    # the grid's remainders ride in the grid matrices' own products ([x, blocksums] inputs):
+    # the grid's remainders ride in the grid matrices' own products ([x, blockmeans] inputs):
     # one Concat per group of grid matrices sharing an input, none for the factors
     assert info["remainder"] == "folded"
     assert sum(n.op_type == "Concat" and n.name.endswith("_Concat") for n in graph.node) == 4 * 30 - 2

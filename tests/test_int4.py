@@ -108,7 +108,7 @@ def test_a_grid_matrix_stays_exact_beside_a_rounded_one(smol_weight, tmp_path):
 
 
 def test_folded_remainders_are_near_exact_in_one_product(smol_weight, tmp_path):
-    """The default: the grid's remainders ride in the same MatMulNBits (inputs [x, blocksums]),
+    """The default: the grid's remainders ride in the same MatMulNBits (inputs [x, blockmeans]),
     rounded to 4 bits on their own.  At fp32 activations its error is far below rounding the
     zero points (the remainders dropped) and above float rounding; the file is smaller than
     with the fp32 remainder product."""
@@ -122,7 +122,7 @@ def test_folded_remainders_are_near_exact_in_one_product(smol_weight, tmp_path):
     info = quantize_int4(tmp_path / "grid.onnx", tmp_path / "folded.onnx", accuracy_level=1)
     assert info["remainder"] == "folded" and info["matmuls_exact_grid"] == 1
     graph = onnx.load(tmp_path / "folded.onnx").graph
-    assert [nd.op_type for nd in graph.node] == ["Reshape", "ReduceSum", "Concat", "MatMulNBits"]
+    assert [nd.op_type for nd in graph.node] == ["AveragePool", "Concat", "MatMulNBits"]
     nbits = graph.node[-1]
     assert {a.name: a.i for a in nbits.attribute}["K"] == k + k // 32
     err = np.abs(_run(tmp_path / "folded.onnx", x) - want).max() / np.abs(want).max()
