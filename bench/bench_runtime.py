@@ -53,7 +53,6 @@ BLOCK_FILES = {"model_int8_head32.onnx": ("int8", 32, 32),
                "model_int4_head32.onnx": ("int4", None, 32),
                "model_int8_block64.onnx": ("int8", 64, 64)}
 DEFAULT_BLOCKS = {"int8": (32, 64), "int4": (None, 64)}  # export's INT8_BLOCKS[0], HEAD_BLOCK
-REMAINDERS_DEFAULT = "folded"  # export --int4-remainder's default, as BLOCK_FILES' int4 has
 
 
 # ---------------------------------------------------------------- child side (no torch)
@@ -156,9 +155,7 @@ def _manifest(folder: Path) -> dict:
 
 def _head_block(folder: Path) -> int | None:
     """The block of the shared head table in an export folder's int4 file (None: older)."""
-    said = (_manifest(folder).get("int4") or {}).get("lm_head_and_embedding", "")
-    return int(said.rsplit(" ", 1)[-1]) if said.startswith("shared 8-bit table, blocks of") \
-        else None
+    return (_manifest(folder).get("int4") or {}).get("head_block")
 
 
 def _blocks(name: str, precision: str) -> dict:
@@ -174,7 +171,9 @@ def _remainder(folder: Path, name: str) -> str | None:
     if name == PRODUCT_FILE:
         return "product"
     if name in BLOCK_FILES and BLOCK_FILES[name][0] == "int4":
-        return REMAINDERS_DEFAULT
+        from edge_c2i.export.int4 import REMAINDERS
+
+        return REMAINDERS[0]  # written with export's default
     return (_manifest(folder).get("int4") or {}).get("remainder") if name == FILES["int4"] \
         else None
 

@@ -9,19 +9,20 @@ codes, one fp32 scale and one 4-bit zero point per block of 32 inputs of one out
   ``d * q + m`` with q in 0..15, which a 4-bit code reproduces only up to the
   fraction of ``m / d`` that an integer zero point cannot hold.  That remainder is one
   number per block and output, R (K/32 x N), and it multiplies x summed over each block of
-  32 inputs, which the graph computes as ``blockmean(x)`` (one AveragePool, kernel and stride
-  32: one operator fewer than Reshape + ReduceSum, 6% of SmolLM2's int4 decode) times
-  ``32 R`` (a power of 2: exact).  Two ways to add it back (``remainder``):
+  32 inputs, which the graph computes as ``blockmean(x)`` times ``32 R`` (a power of 2:
+  exact): one AveragePool (kernel and stride 32), one operator fewer than Reshape +
+  ReduceSum, which took SmolLM2's int4 from 9.43 to 8.59 ms/token (bench/results/runtime.json
+  at bd589aa, then the next run).  Two ways to add it back (``remainder``):
 
   - ``folded`` (default): one MatMulNBits over ``[x, blockmean(x)]`` (K + K/32 inputs), 32 R
     appended to the codes as rows fitted to 4 bits on their own (an error of about a
     thirtieth of a step per block, where rounding the zero point costs up to half a step).
-    Two small operators per group of matrices sharing an input (AveragePool, Concat).  Bits per weight: 4 for the code, 1.125 for the block's fp32 scale and 4-bit
-    zero point, about 0.16 for the remainder rows: about 5.3.
+    Two small operators per group of matrices sharing an input (AveragePool, Concat).
+    Bits per weight: 4 for the code, 1.125 for the block's fp32 scale and 4-bit zero point,
+    about 0.16 for the remainder rows: about 5.3.
   - ``product``: MatMulNBits plus ``blockmean(x) @ 32 R`` with R in fp32: W to float
     rounding (checked per matrix), three small operators per group and a second product per
-    matrix,
-    about 6.1 bits per weight (one fp32 remainder per 32 weights on top of 5.125).
+    matrix, about 6.1 bits per weight (one fp32 remainder per 32 weights on top of 5.125).
 
   Measured on the dense SmolLM2 (bench/bench_runtime.py, one thread): see the README.
 - **Anything else** (factors of a reduced matrix, Q5/Q6/Q8 GGUF matrices, fp16/bf16
@@ -54,17 +55,19 @@ BLOCK = 32
 BITS = 4
 # Blocks of 8-bit weights.  ONNX Runtime's int8 kernel (accuracy level 4) rounds the
 # activations to int8 per block and adds one scale product per block, so larger blocks decode
-# faster and round the activations more coarsely (the weights' own rounding at 64 barely moves
-# the logits: correlation 0.9995 -> 0.9992 on SmolLM2 with fp32 activations).  Measured in
-# two runs of bench/bench_runtime.py (runtime.json, one thread), against blocks of 32:
+# faster and round the activations more coarsely (a one-off check with fp32 activations: the
+# 64-wide weights alone barely move the logits).  bench/bench_runtime.py times the files of
+# both block sizes in one run (runtime.json, rows keyed int8_block / head_block); against
+# blocks of 32:
 # - the table a tied LM head and the embedding share (export --head-block, int8 and int4):
-#   64 by default.  ms/token of int4 -3% / -12% (SmolLM2, a 49k x 576 table) and -18% / -17%
-#   (Gemma-3, 262k x 640: the head is most of its decode), of int8 -11% / -9% and -6% / -12%;
-#   top-1 agreement with fp32 on 200 prompts moved by 0 to -0.01 (int4 0.955-0.965 either way
-#   and 0.74, int8 0.97 -> 0.965 and 0.94 -> 0.93).  32 brings a GGUF Q8_0 table back exactly.
+#   64 by default.  ms/token of int4 -12% (SmolLM2, a 49k x 576 table) and -17% (Gemma-3,
+#   262k x 640: the head is most of its decode), of int8 -9% and -12%; top-1 agreement with
+#   fp32 on 200 prompts: int4 0.955 -> 0.955 and 0.745 -> 0.74, int8 0.97 -> 0.965 and
+#   0.94 -> 0.93 (the run at bd589aa: -3% / -18% and -11% / -6%, the same agreements within
+#   0.01).  32 brings a GGUF Q8_0 table back exactly.
 # - the int8 model's matrices (export --int8-block): 32 by default.  64 gained -1% / +1%
-#   (SmolLM2 / Gemma-3; -1% / -7% in the other run) beyond the head's 64, at agreement 0.925
-#   and 0.915.
+#   (SmolLM2 / Gemma-3; -1% / -7% at bd589aa) beyond the head's 64, at agreement 0.925 and
+#   0.915.
 INT8_BLOCKS = (32, 64, 128)
 HEAD_BLOCKS = (32, 64, 128)
 HEAD_BLOCK = 64
@@ -256,7 +259,7 @@ def _blockmean_nodes(x: str, tag: str):
 
     out = f"{tag}_blockmean"
     return [helper.make_node("AveragePool", [x], [out], name=f"{tag}_AveragePool",
-                             kernel_shape=[BLOCK], strides=[BLOCK])], [], out
+                             kernel_shape=[BLOCK], strides=[BLOCK])], out
 
 
 def _q8_table(table: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
@@ -395,12 +398,11 @@ def quantize_int4(src: Path, dst: Path, large: bool = False,
             x = node.input[0]
             if x not in means:  # matrices that read the same input share its block means
                 tag = f"{x.strip('/').replace('/', '_')}_{len(means)}"
-                sum_nodes, sum_inits, means[x] = _blockmean_nodes(x, tag)
+                mean_nodes, means[x] = _blockmean_nodes(x, tag)
                 if remainder == "folded":
                     more, means[x] = _augment_nodes(x, means[x], tag)
-                    sum_nodes += more
-                nodes.extend(sum_nodes)
-                graph.initializer.extend(sum_inits)
+                    mean_nodes += more
+                nodes.extend(mean_nodes)
             build = _folded_nodes if remainder == "folded" else _grid_nodes
             new, tensors = build(node, node.input[1], *grid, means[x], k, n, accuracy_level)
             on_grid += 1
@@ -418,4 +420,4 @@ def quantize_int4(src: Path, dst: Path, large: bool = False,
             "zero_points": "4-bit, per block", "accuracy_level": accuracy_level,
             "remainder": remainder,
             "matmuls_exact_grid": on_grid, "matmuls_fitted": fitted,
-            "lm_head_and_embedding": head_description(shared)}
+            "lm_head_and_embedding": head_description(shared), "head_block": shared}

@@ -12,6 +12,8 @@ from pathlib import Path
 from edge_c2i.config import INT8_SCHEMES
 from edge_c2i.errors import EdgeC2IError
 
+from .int4 import HEAD_BLOCK, head_description, quantize_tied_head
+
 BLOCK_SIZE = 32  # blockwise int8: one scale per 32 weights along the input dimension (default)
 LARGE = 1_800_000_000  # bytes: above this a model keeps its weights in an external file
 
@@ -103,14 +105,13 @@ def out_matmul_prefixes(model) -> list[str]:
 
 def quantize_int8(src: Path, dst: Path, scheme: str = "blockwise",
                   exclude_prefixes: list[str] | None = None, block_size: int = BLOCK_SIZE,
-                  head_block: int | None = None) -> dict:
+                  head_block: int = HEAD_BLOCK) -> dict:
     """Write an 8-bit-weight copy of ``src``; returns how it was made.
 
     ``blockwise`` (default): weight-only int8 with one scale per ``block_size`` inputs
     (MatMulNBits, bits=8, accuracy level 4: int8 compute with per-block activation scales;
     int4.INT8_BLOCKS says what the block size trades); a tied LM head and the embedding
-    share one 8-bit table in blocks of ``head_block`` (int4.quantize_tied_head; default
-    int4.HEAD_BLOCK).
+    share one 8-bit table in blocks of ``head_block`` (int4.quantize_tied_head).
     ``dynamic``: ``quantize_dynamic``, per-channel uint8 weights (int8 weights overflow the
     u8 x s8 kernels of CPUs without VNNI) and per-tensor dynamic activations; the MatMuls
     named by ``exclude_prefixes`` (the MLP output matrices) stay fp32 because their inputs
@@ -124,17 +125,15 @@ def quantize_int8(src: Path, dst: Path, scheme: str = "blockwise",
         if scheme == "blockwise":
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-            from .int4 import HEAD_BLOCK, head_description, quantize_tied_head
-
             quantizer = MatMulNBitsQuantizer(str(src), bits=8, block_size=block_size,
                                              is_symmetric=True, accuracy_level=4,
                                              op_types_to_quantize=("MatMul",))
             quantizer.process()
-            shared = quantize_tied_head(quantizer.model.model.graph, head_block or HEAD_BLOCK)
+            shared = quantize_tied_head(quantizer.model.model.graph, head_block)
             quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
             return {"scheme": scheme, "op": "com.microsoft.MatMulNBits", "bits": 8,
                     "block_size": block_size, "accuracy_level": 4,
-                    "lm_head_and_embedding": head_description(shared)}
+                    "lm_head_and_embedding": head_description(shared), "head_block": shared}
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -165,6 +165,7 @@ def test_int8_and_head_blocks_set_every_8bit_block(exported, tmp_path):
     # defaults: the int8 matrices in blocks of 32; the shared head / embedding table in 64
     # (one MatMulNBits, one GatherBlockQuantized), in both files
     assert manifest["int8"]["block_size"] == 32
+    assert manifest["int8"]["head_block"] == manifest["int4"]["head_block"] == 64
     int8_blocks = _nbits_blocks(out / "model_int8.onnx")
     assert int8_blocks[64] == 2 and set(int8_blocks) == {32, 64}
     assert _nbits_blocks(out / "model_int4.onnx")[64] == 2
