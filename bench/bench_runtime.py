@@ -12,7 +12,9 @@ both tools target; one thread), each in a fresh process that imports no torch:
   default folds the remainders into the 4-bit product), the dense model's int8 and int4 with
   ``--head-block 32`` (the shared LM head / embedding table in 8-bit blocks of 32, where the
   default is 64) and its int8 with ``--int8-block 64`` (the int8 matrices in blocks of 64);
-  keys ``int8_block``, ``head_block``;
+  keys ``int8_block``, ``head_block``; where the model has matrices on a finer grid than 4
+  bits (Gemma-3's Q5_0 / Q6_K / Q8_0), the dense model's int4 with ``--int4-finer int4``
+  (those rounded to 4 bits, where the default keeps them in 8), key ``int4_finer``;
 - genai-builder: ``onnxruntime_genai.models.builder -p fp32/int8/int4 -e cpu`` of the same
   converted model (bench/genai_builder.sh), when its folder exists.
 
@@ -53,6 +55,9 @@ BLOCK_FILES = {"model_int8_head32.onnx": ("int8", 32, 32),
                "model_int4_head32.onnx": ("int4", None, 32),
                "model_int8_block64.onnx": ("int8", 64, 64)}
 DEFAULT_BLOCKS = {"int8": (32, 64), "int4": (None, 64)}  # export's INT8_BLOCKS[0], HEAD_BLOCK
+# the dense model's int4 with its finer grids rounded to 4 bits (export --int4-finer int4),
+# made only where the default int4 keeps some matrix in 8 bits (int4.FINER)
+FINER4_FILE = "model_int4_finer4.onnx"
 
 
 # ---------------------------------------------------------------- child side (no torch)
@@ -166,11 +171,24 @@ def _blocks(name: str, precision: str) -> dict:
     return {"int8_block": int8_block, "head_block": head_block}
 
 
+def _finer(folder: Path, name: str) -> str | None:
+    """What an edge-c2i int4 file did with matrices on a finer grid (int8, int4)."""
+    if name == FINER4_FILE:
+        return "int4"
+    if name == FILES["int4"]:
+        return (_manifest(folder).get("int4") or {}).get("finer")
+    if name == PRODUCT_FILE or (name in BLOCK_FILES and BLOCK_FILES[name][0] == "int4"):
+        from edge_c2i.export.int4 import FINER
+
+        return FINER[0]  # written with export's default
+    return None
+
+
 def _remainder(folder: Path, name: str) -> str | None:
     """How an edge-c2i int4 file adds a 4-bit grid's remainders (folded, product)."""
     if name == PRODUCT_FILE:
         return "product"
-    if name in BLOCK_FILES and BLOCK_FILES[name][0] == "int4":
+    if name == FINER4_FILE or (name in BLOCK_FILES and BLOCK_FILES[name][0] == "int4"):
         from edge_c2i.export.int4 import REMAINDERS
 
         return REMAINDERS[0]  # written with export's default
@@ -182,7 +200,7 @@ def edge_exports(model: str, work: Path, graph: str = "auto") -> dict[str, Path]
     """edge-c2i's exports (fp32, int8, int4) of the dense and the adapted model, made again
     when the folder holds another graph than ``graph`` asks for."""
     from edge_c2i.adapted import save_adapted
-    from edge_c2i.export.int4 import HEAD_BLOCK, INT8_BLOCKS, REMAINDERS, quantize_int4
+    from edge_c2i.export.int4 import FINER, HEAD_BLOCK, INT8_BLOCKS, REMAINDERS, quantize_int4
     from edge_c2i.export.onnx_export import export_model
     from edge_c2i.export.postprocess import is_large, quantize_int8
     from edge_c2i.factorize import reduce
@@ -203,9 +221,10 @@ def edge_exports(model: str, work: Path, graph: str = "auto") -> dict[str, Path]
         if (not (folder / FILES["int4"]).is_file() or kind is None
                 or graph not in ("auto", kind)
                 or _remainder(folder, FILES["int4"]) != REMAINDERS[0]
-                or _head_block(folder) != HEAD_BLOCK):
+                or _head_block(folder) != HEAD_BLOCK
+                or _finer(folder, FILES["int4"]) != FINER[0]):
             print(f"exporting {model} {variant} ({graph} graph)", file=sys.stderr)
-            for name in (PRODUCT_FILE, *BLOCK_FILES):  # of an older export
+            for name in (PRODUCT_FILE, FINER4_FILE, *BLOCK_FILES):  # of an older export
                 (folder / name).unlink(missing_ok=True)
             export_model(model if variant == "dense" else str(source), folder, int8=True,
                          int4=True, force=True, graph=graph)
@@ -214,6 +233,9 @@ def edge_exports(model: str, work: Path, graph: str = "auto") -> dict[str, Path]
     if not (dense / PRODUCT_FILE).is_file():
         quantize_int4(dense / "model.onnx", dense / PRODUCT_FILE, remainder="product",
                       large=large)
+    kept8 = (_manifest(dense).get("int4") or {}).get("matmuls_8bit")
+    if kept8 and not (dense / FINER4_FILE).is_file():
+        quantize_int4(dense / "model.onnx", dense / FINER4_FILE, large=large, finer="int4")
     assert DEFAULT_BLOCKS == {"int8": (INT8_BLOCKS[0], HEAD_BLOCK), "int4": (None, HEAD_BLOCK)}
     for name, (precision, int8_block, head_block) in BLOCK_FILES.items():
         if (dense / name).is_file():
@@ -272,6 +294,8 @@ def main() -> None:
         runs = [("edge-c2i", variant, precision, folder, FILES[precision])
                 for variant, folder in folders.items() for precision in FILES]
         runs.append(("edge-c2i", "dense", "int4", folders["dense"], PRODUCT_FILE))
+        if (folders["dense"] / FINER4_FILE).is_file():
+            runs.append(("edge-c2i", "dense", "int4", folders["dense"], FINER4_FILE))
         runs += [("edge-c2i", "dense", precision, folders["dense"], name)
                  for name, (precision, _, _) in BLOCK_FILES.items()]
         builder = [("genai-builder", "dense", precision, args.builder / model / precision,
@@ -289,6 +313,7 @@ def main() -> None:
             row = {"model": model, "tool": tool, "precision": precision, "variant": variant,
                    "graph": _graph_kind(folder) if tool == "edge-c2i" else "builder",
                    "int4_remainder": _remainder(folder, name) if tool == "edge-c2i" else None,
+                   "int4_finer": _finer(folder, name) if tool == "edge-c2i" else None,
                    **(_blocks(name, precision) if tool == "edge-c2i" else {}),
                    "mb": round(file_mb(folder, name), 1), **run_child(job)}
             if precision == "fp32":
@@ -309,7 +334,8 @@ def main() -> None:
 
 def targets(rows: list[dict]) -> list[dict]:
     """Issue #16's targets, met or not, from the dense rows of one run (per model): the
-    default files, then the int8 speed target again with --int8-block 64 (``option``)."""
+    default files, then the int8 speed target again with --int8-block 64 and the int4
+    targets with --int4-finer int4 where that file was made (``option``)."""
     def ratio(key):
         return lambda ours, builder: ours[key] / builder[key]
 
@@ -321,7 +347,10 @@ def targets(rows: list[dict]) -> list[dict]:
         ("int4 peak RSS vs the builder's int4", "int4", ratio("peak_rss_mb"), "<=", 1.0)]
 
     def blocks(r):
-        return (r.get("int8_block"), r.get("head_block")) if r["tool"] == "edge-c2i" else None
+        if r["tool"] != "edge-c2i":
+            return None
+        finer = r.get("int4_finer")
+        return (r.get("int8_block"), r.get("head_block"), *((finer,) if finer == "int4" else ()))
 
     dense = {(r["model"], r["tool"], r["precision"], blocks(r)): r for r in rows
              if r["variant"] == "dense" and r.get("int4_remainder") != "product"}
@@ -329,7 +358,9 @@ def targets(rows: list[dict]) -> list[dict]:
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         for option, precision_blocks in (("", DEFAULT_BLOCKS),
-                                         (f"--int8-block {fast[1]}", {"int8": fast[1:]})):
+                                         (f"--int8-block {fast[1]}", {"int8": fast[1:]}),
+                                         ("--int4-finer int4",
+                                          {"int4": (*DEFAULT_BLOCKS["int4"], "int4")})):
             for name, precision, measured, op, bound in checks:
                 if precision not in precision_blocks:
                     continue
@@ -364,7 +395,7 @@ def _version(package: str) -> str:
     return version(package)
 
 
-COLUMNS = ("model", "tool", "precision", "int4_remainder", "int8_block", "head_block", "variant", "graph", "mb", "prefill_ms", "ms_per_token",
+COLUMNS = ("model", "tool", "precision", "int4_remainder", "int4_finer", "int8_block", "head_block", "variant", "graph", "mb", "prefill_ms", "ms_per_token",
            "peak_rss_mb", "top1_agreement", "logit_corr", "accuracy")
 
 

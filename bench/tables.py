@@ -352,13 +352,18 @@ def section_runtime(d: dict) -> str:
             "The 'vs builder' columns divide by the builder's file of the same model and "
             "precision. 'int4 remainder': how an edge-c2i int4 adds a 4-bit grid's remainders "
             "(folded, the default, or product: `export --int4-remainder product`, exact; the "
-            "targets use the default). 'int8 block': the 8-bit blocks of an int8 file's "
+            "targets use the default). 'int4 finer': what an edge-c2i int4 did with matrices "
+            "the GGUF held on a finer grid than 4 bits (int8, the default: kept as 8-bit codes; "
+            "int4: `export --int4-finer int4`, rounded; only Gemma-3 has such matrices). "
+            "'int8 block': the 8-bit blocks of an int8 file's "
             "matrices (32, the default, or `export --int8-block 64`); 'head block': of the "
             "table the tied LM head and the embedding share in int8 and int4 (64, the default, "
             "or `export --head-block 32`). The targets use the defaults, and the int8 speed "
-            "target is read again with --int8-block 64.\n\n"
+            "target is read again with --int8-block 64, the int4 targets with --int4-finer "
+            "int4.\n\n"
             + table(rows, [("model", "model"), ("tool", "tool"), ("precision", "precision"),
-                           ("int4_remainder", "int4 remainder"), ("int8_block", "int8 block"),
+                           ("int4_remainder", "int4 remainder"), ("int4_finer", "int4 finer"),
+                           ("int8_block", "int8 block"),
                            ("head_block", "head block"),
                            ("variant", "variant"), ("graph", "graph"), ("mb", "MB"),
                            ("prefill_ms", "prefill ms"),

@@ -52,7 +52,9 @@ views of them).  The calibration batch is sized to the budget, and the freed mem
 phase is handed back to the system before the next (budget.release_freed_memory).
 
 **Modes.**  Budget (``size``, ``params``, or ``file_mb``: the exported file of a precision,
-turned into linear parameters by FILE_BYTES): the allocation for that budget.
+turned into linear parameters by FILE_BYTES, and for an int4 file lowered until the dense
+matrices on a finer grid, 8-bit there, fit too: ``fit_file``): the allocation for that
+budget.
 Keep accuracy (neither): the sizes of ``CompressConfig.sizes``, largest first, each
 checked on the evaluation sample; the ladder stops at the first size whose loss rises more
 than ``loss_tolerance`` or that is worse than the unmodified model by ``keep_rule``
@@ -503,23 +505,29 @@ class CompressReport:
 # fp32: 4.  int8: an 8-bit code and 1/32 of an fp32 scale (MatMulNBits in blocks of 32; the
 # embedding and a tied head share one such table).  int4, linear: a 4-bit code, 1/32 of an
 # fp32 scale, of a 4-bit zero point and of an fp32 remainder (a matrix on a 4-bit grid; a
-# factor has none, so the estimate errs on the small side); the table stays 8-bit.  Checked
-# against the packaged SmolLM2's exports: 538.2 / 151.6 / 113.6 MB, estimated 538.3 / 151.5
-# / 113.4 (with FILE_OVERHEAD_MB).
+# factor has none, so the estimate errs on the small side); the table stays 8-bit, and so
+# does a dense matrix the model held on a finer grid (export/int4.py FINER: 8-bit codes and
+# 8-bit zero points, FINER_BYTES).  Checked against the packaged SmolLM2's exports: 538.2 /
+# 151.6 / 113.6 MB, estimated 538.3 / 151.5 / 113.4 (with FILE_OVERHEAD_MB).
 FILE_BYTES = {"fp32": (4.0, 4.0), "int8": (1 + 4 / 32, 1 + 4 / 32),
               "int4": (0.5 + 4 / 32 + 0.5 / 32 + 4 / 32, 1 + 4 / 32)}
+FINER_BYTES = 1 + 4 / 32 + 1 / 32
 FILE_OVERHEAD_MB = 0.25  # the graph itself (nodes, names, small constants): ~0.1 for SmolLM2
+FINER_SAMPLE = 64  # outputs of a matrix finer_targets reads (GGUF types are per matrix)
 
 
-def file_mb(linear: int, other: int, precision: str) -> float:
+def file_mb(linear: int, other: int, precision: str, finer_dense: int = 0) -> float:
     """Estimated MB (1e6 bytes) of the ``precision`` file of a model with ``linear``
-    parameters in its compressible matrices and ``other`` elsewhere."""
+    parameters in its compressible matrices and ``other`` elsewhere; ``finer_dense`` of the
+    linear ones are dense matrices on a finer grid than 4 bits (8-bit in the int4 file)."""
     per_linear, per_other = FILE_BYTES[precision]
-    return (linear * per_linear + other * per_other) / 1e6 + FILE_OVERHEAD_MB
+    extra = finer_dense * (FINER_BYTES - per_linear) if precision == "int4" else 0
+    return (linear * per_linear + extra + other * per_other) / 1e6 + FILE_OVERHEAD_MB
 
 
 def params_for_file(mb: float, other: int, precision: str) -> int:
-    """The linear-parameter budget that keeps the ``precision`` file within ``mb``."""
+    """The linear-parameter budget that keeps the ``precision`` file within ``mb`` (matrices
+    on a finer grid are counted by the caller: ``fit_file``)."""
     per_linear, per_other = FILE_BYTES[precision]
     budget = int(((mb - FILE_OVERHEAD_MB) * 1e6 - other * per_other) / per_linear)
     if budget < 1:
@@ -528,6 +536,58 @@ def params_for_file(mb: float, other: int, precision: str) -> int:
                            f"other parts compress does not reduce take {floor:.1f} MB alone; "
                            "give a larger --file-mb")
     return budget
+
+
+def finer_targets(model: nn.Module, targets: list[Target]) -> set[str]:
+    """Keys of the targets whose weight lies on a finer grid than 4 bits (a GGUF Q5/Q6/Q8
+    matrix, export/int4.py ``finer_grid``), read on their first FINER_SAMPLE outputs."""
+    from edge_c2i.export.int4 import finer_grid
+
+    out = set()
+    for t in targets:
+        w = weight_matrix(model.get_submodule(t.name))[:FINER_SAMPLE]
+        if finer_grid(w.detach().float().T.contiguous().numpy()):
+            out.add(t.key)
+    return out
+
+
+def finer_dense(spectra: list[Spectrum], ranks: dict[str, int] | None, finer: set[str]) -> int:
+    """Parameters of the matrices in ``finer`` that ``ranks`` leaves dense."""
+    return sum(sp.dense_params for sp in spectra
+               if sp.key in finer and (ranks is None or ranks[sp.key] >= sp.p))
+
+
+def fit_file(spectra: list[Spectrum], config: CompressConfig, other: int,
+             finer: set[str]) -> dict[str, int]:
+    """Ranks whose ``file_precision`` file fits ``file_mb``: the linear budget, lowered while
+    the dense matrices on a finer grid (8-bit in an int4 file) push the estimate over, then
+    raised again by bisection to the largest budget that fits (a finer matrix that becomes
+    factored saves more than its parameters' share, so one step down can overshoot)."""
+    def estimate(ranks):
+        return file_mb(linear_params(spectra, ranks), other, config.file_precision,
+                       finer_dense(spectra, ranks, finer))
+
+    per_linear = FILE_BYTES[config.file_precision][0]
+    hi = params_for_file(config.file_mb, other, config.file_precision)
+    best = ranks_for(spectra, config, hi)
+    over = estimate(best) - config.file_mb
+    if over <= 0:
+        return best
+    lo = hi
+    while over > 0 and lo > 1:  # step down until it fits
+        hi, lo = lo, max(1, lo - math.ceil(over * 1e6 / per_linear))
+        best = ranks_for(spectra, config, lo)
+        over = estimate(best) - config.file_mb
+    for _ in range(30):  # the largest budget in (lo, hi) that fits
+        if hi - lo <= 1:
+            break
+        mid = (lo + hi) // 2
+        ranks = ranks_for(spectra, config, mid)
+        if estimate(ranks) <= config.file_mb:
+            lo, best = mid, ranks
+        else:
+            hi = mid
+    return best
 
 
 def size_kept(wins: int, losses: int, loss: float, base_loss: float, tolerance: float,
@@ -568,6 +628,7 @@ def compress(model: nn.Module, tokenizer, task: str | Task, config: CompressConf
                                 for p in model.get_submodule(t.name).parameters())
     if config.file_mb is not None:
         params_for_file(config.file_mb, other, config.file_precision)
+    finer = finer_targets(model, targets)  # 8-bit in the int4 file while dense
     grads = config.price == "task"  # the other prices need no weight gradient
     longest = Scorer(tokenizer, splits.calib, gold_only=True).longest
     plan = plan_compress(model, targets, longest, config.max_memory, grads=grads)
@@ -588,12 +649,10 @@ def compress(model: nn.Module, tokenizer, task: str | Task, config: CompressConf
     ladder = []
     if config.mode == "budget":
         if config.file_mb is not None:
-            budget = params_for_file(config.file_mb, other, config.file_precision)
-        elif config.params is not None:
-            budget = config.params
+            ranks = fit_file(spectra, config, other, finer)
         else:
-            budget = int(config.size * before)
-        ranks = ranks_for(spectra, config, budget)
+            budget = config.params if config.params is not None else int(config.size * before)
+            ranks = ranks_for(spectra, config, budget)
     else:
         ranks = {sp.key: sp.p for sp in spectra}
         for size in config.sizes:
@@ -626,7 +685,8 @@ def compress(model: nn.Module, tokenizer, task: str | Task, config: CompressConf
         splits=splits.sizes,
         budget={"size": after / before, "linear_params_before": before,
                 "linear_params_after": after,
-                "file_mb_estimate": {p: round(file_mb(after, other, p), 1)
+                "file_mb_estimate": {p: round(file_mb(after, other, p,
+                                                      finer_dense(spectra, ranks, finer)), 1)
                                      for p in FILE_BYTES}},
         reductions=reductions, ladder=ladder, eval_base=eval_base.as_dict(),
         base=base_test.as_dict(), compressed=comp_test.as_dict(),

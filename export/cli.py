@@ -19,7 +19,7 @@ def register(subparsers, command=None) -> None:
     """Add the ``export`` and ``generate`` subcommands (``command(name, help)`` makes one)."""
     from edge_c2i.config import INT8_SCHEMES
 
-    from .int4 import HEAD_BLOCK, HEAD_BLOCKS, INT8_BLOCKS, REMAINDERS
+    from .int4 import FINER, HEAD_BLOCK, HEAD_BLOCKS, INT8_BLOCKS, REMAINDERS
 
     command = command or (lambda name, help: subparsers.add_parser(name, help=help))
 
@@ -29,7 +29,8 @@ def register(subparsers, command=None) -> None:
     e.add_argument("--int8", action="store_true", help="also write model_int8.onnx")
     e.add_argument("--int4", action="store_true",
                    help="also write model_int4.onnx: 4-bit weights in blocks of 32 (exact where "
-                        "the model was 4-bit), LM head and embedding sharing one 8-bit table")
+                        "the model was 4-bit, 8-bit where it was finer: --int4-finer), LM head "
+                        "and embedding sharing one 8-bit table")
     e.add_argument("--int4-accuracy-level", type=int, choices=(1, 4), default=4,
                    help="MatMulNBits compute for --int4: 4 (default) rounds activations to int8 "
                         "per block, ONNX Runtime's fast path; 1 keeps them fp32 (slower)")
@@ -37,6 +38,11 @@ def register(subparsers, command=None) -> None:
                    help="how --int4 keeps a 4-bit model's grid: folded (default) adds each "
                         "block's offset inside the 4-bit product (near exact, smaller, faster); "
                         "product adds it in fp32 by a second product (exact)")
+    e.add_argument("--int4-finer", choices=FINER, default=FINER[0],
+                   help="what --int4 does with matrices the model held on a finer grid than "
+                        "4 bits (GGUF Q5_0, Q6_K, Q8_0: most of a Q4_K_M Gemma-3's): int8 "
+                        "(default) keeps them as 8-bit codes, exactly or nearly; int4 rounds "
+                        "them to 4 bits (a smaller file that may lose the task)")
     e.add_argument("--int8-block", type=int, choices=INT8_BLOCKS, default=INT8_BLOCKS[0],
                    help="block size of --int8's 8-bit matrices: 32 (default) keeps the most "
                         "agreement with fp32; 64 or 128 decode faster with less (ONNX "
@@ -104,12 +110,17 @@ def export_command(args) -> int:
                      int4=args.int4, graph=args.graph,
                      int4_accuracy_level=args.int4_accuracy_level,
                      int4_remainder=args.int4_remainder, int8_block=args.int8_block,
-                     head_block=args.head_block)
+                     head_block=args.head_block, int4_finer=args.int4_finer)
     print(f"exported {args.source} -> {args.out} ({m['graph']['kind']} graph, "
           f"{m['graph']['nodes']} nodes, opset {m['opset']}, {m['num_layers']} layers, KV cache)")
     for name, size in m["files"].items():
         if name.endswith((".onnx", ".ort", "_data")):
             print(f"  {name:<22} {_size(size):>10}")
+    if m.get("int4"):
+        q = m["int4"]
+        print(f"  int4 matrices: {q['matmuls_exact_grid']} on a 4-bit grid (exact), "
+              f"{q['matmuls_8bit']} on a finer grid kept in 8 bits, {q['matmuls_fitted']} "
+              f"rounded to 4 bits")
     for name, fig in (m["parity"] or {}).items():
         if isinstance(fig, dict):
             print(f"  parity {name:<15} max|dlogit| {fig['max_abs_logit_diff']:.2e}  "

@@ -2,7 +2,7 @@
 
 Every MatMul with a constant weight W (K inputs x N outputs) becomes MatMulNBits with 4-bit
 codes, one fp32 scale and one 4-bit zero point per block of 32 inputs of one output:
-``w = scale * (code - zero_point)``.  Two cases:
+``w = scale * (code - zero_point)``.  Three cases:
 
 - **On a 4-bit grid** (GGUF Q4_1 / Q4_K / Q4_0-style matrices: all of the packaged SmolLM2,
   Gemma-3's attention outputs and half of its MLP down matrices): every block holds
@@ -12,7 +12,7 @@ codes, one fp32 scale and one 4-bit zero point per block of 32 inputs of one out
   32 inputs, which the graph computes as ``blockmean(x)`` times ``32 R`` (a power of 2:
   exact): one AveragePool (kernel and stride 32), one operator fewer than Reshape +
   ReduceSum, which took SmolLM2's int4 from 9.43 to 8.59 ms/token (bench/results/runtime.json
-  at bd589aa, then the next run).  Two ways to add it back (``remainder``):
+  committed at bd589aa, then at c57959e).  Two ways to add it back (``remainder``):
 
   - ``folded`` (default): one MatMulNBits over ``[x, blockmean(x)]`` (K + K/32 inputs), 32 R
     appended to the codes as rows fitted to 4 bits on their own (an error of about a
@@ -25,8 +25,12 @@ codes, one fp32 scale and one 4-bit zero point per block of 32 inputs of one out
     matrix, about 6.1 bits per weight (one fp32 remainder per 32 weights on top of 5.125).
 
   Measured on the dense SmolLM2 (bench/bench_runtime.py, one thread): see the README.
-- **Anything else** (factors of a reduced matrix, Q5/Q6/Q8 GGUF matrices, fp16/bf16
-  checkpoints): codes, step and integer zero point fitted per block (``fitted_codes``: a
+- **On a finer grid** (GGUF Q5_0 / Q5_K / Q6_K / Q8_0 matrices, ``finer_grid``: most of
+  the packaged Gemma-3's), by default (``FINER``): 8-bit codes in the same blocks of 32,
+  exact for the symmetric Q5_0 and Q8_0 (``codes8``), as llama.cpp's Q4_K_M keeps them
+  finer on purpose.  With ``finer="int4"`` they are fitted as below.
+- **Anything else** (factors of a reduced matrix, fp16/bf16 checkpoints, finer grids with
+  ``finer="int4"``): codes, step and integer zero point fitted per block (``fitted_codes``: a
   few candidate steps, each refined by least squares; never worse than round-to-nearest),
   the factors on their own statistics.  Measured on 936 teacher-forced positions of
   qa_wikidata, Gemma-3's top-1 agreement with fp32 went from 0.63 (ONNX Runtime's
@@ -60,14 +64,14 @@ BITS = 4
 # both block sizes in one run (runtime.json, rows keyed int8_block / head_block); against
 # blocks of 32:
 # - the table a tied LM head and the embedding share (export --head-block, int8 and int4):
-#   64 by default.  ms/token of int4 -12% (SmolLM2, a 49k x 576 table) and -17% (Gemma-3,
-#   262k x 640: the head is most of its decode), of int8 -9% and -12%; top-1 agreement with
-#   fp32 on 200 prompts: int4 0.955 -> 0.955 and 0.745 -> 0.74, int8 0.97 -> 0.965 and
-#   0.94 -> 0.93 (the run at bd589aa: -3% / -18% and -11% / -6%, the same agreements within
-#   0.01).  32 brings a GGUF Q8_0 table back exactly.
-# - the int8 model's matrices (export --int8-block): 32 by default.  64 gained -1% / +1%
-#   (SmolLM2 / Gemma-3; -1% / -7% at bd589aa) beyond the head's 64, at agreement 0.925 and
-#   0.915.
+#   64 by default.  ms/token of Gemma-3 (262k x 640: the head is most of its decode) int8
+#   -12% and int4 -12% (the runs committed at c57959e: -12%, -17%; bd589aa: -6%, -18%), of
+#   SmolLM2 (49k x 576) int8 -3% and int4 0% (c57959e: -9%, -12%; bd589aa: -11%, -3%); top-1
+#   agreement with fp32 on 200 prompts the same within 0.01 in every run.  32 brings a GGUF
+#   Q8_0 table back exactly.
+# - the int8 model's matrices (export --int8-block): 32 by default.  64: SmolLM2 -10%,
+#   Gemma-3 +2% beyond the head's 64 (c57959e: -1%, +1%; bd589aa: -1%, -7%), at agreement
+#   0.925 and 0.915 against 0.965 and 0.93.
 INT8_BLOCKS = (32, 64, 128)
 HEAD_BLOCKS = (32, 64, 128)
 HEAD_BLOCK = 64
@@ -83,10 +87,23 @@ HEAD_BLOCK = 64
 ACCURACY_LEVEL = 4
 ACCURACY_LEVELS = (1, 4)
 REMAINDERS = ("folded", "product")  # how a grid matrix's remainders are added (docstring)
+# What --int4 does with a matrix the model held on a finer grid than 4 bits (finer_grid:
+# GGUF Q5_0, Q5_1, Q5_K, Q6_K, Q8_0), the default first.  "int8": 8-bit codes (codes8,
+# exact for Q5_0 and Q8_0); "int4": 4-bit codes fitted as for any other matrix.  The
+# packaged Gemma-3 (Q4_K_M: llama.cpp stores its 640-wide matrices as Q5_0, not Q4_K, and
+# half its V and down matrices as Q8_0 / Q6_K) has 45 of its 72 matrices on such grids; on
+# bench_runtime's prompts its int4 kept top-1 agreement with fp32 0.935 and task accuracy
+# 0.10 with them in 8 bits (fp32: 0.11; int8: 0.93 and 0.11), 0.74 and 0.01 with them
+# rounded to 4 bits, for a file of 283 instead of 243 MB and 15.9 instead of 15.1 ms/token;
+# the int4 of the model adapted to qa_wikidata (C2I's pick) kept the adaptation (accuracy
+# 0.20, fp32 0.20, where the rounded int4 had 0.11 at c57959e; bench/results/runtime.json).
+# SmolLM2 (all Q4_1) and models stored in 16 or 32 bits have no such matrix.
+FINER = ("int8", "int4")
 HEAD_ACCURACY_LEVEL = 4
 # a block is on the grid if it is rebuilt within GRID_RTOL of its step, or within float32
 # rounding of its values (a few ulps)
 GRID_RTOL = 1e-5
+GRID_DIVISORS = (1, 2, 3, 4, 5, 6, 7, 8)  # the grid's step: the smallest gap over 1, 2, ... (grid_codes)
 FLOAT32_ULPS = 4 * float(np.finfo(np.float32).eps)
 
 
@@ -103,35 +120,67 @@ def _weight(node, inits: dict):
     return t if ok else None
 
 
-def grid_codes(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(codes, steps, offsets) if every block of 32 inputs of ``w`` (K x N) is ``d q + m``.
+def grid_codes(w: np.ndarray, block: int = BLOCK, bits: int = BITS
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(codes, steps, offsets) if every block of ``block`` inputs of ``w`` (K x N) is
+    ``d q + m`` with q in 0..2**bits - 1.
 
-    codes: N x K/32 x 32 uint8 in 0..15; steps d and offsets m: N x K/32 (float64).  The
-    step is the smallest gap between a block's distinct values, so a block need not use
-    codes 0 and 15: GGUF Q4_1 blocks span their grid (min to max), Q4_K blocks (a fitted
-    scale and minimum per 32 weights) often do not.  None if any block is off a 4-bit grid
-    (by more than GRID_RTOL of its step), or if K is not a multiple of 32 (a factor's rank).
+    codes: N x K/block x block uint8; steps d and offsets m: N x K/block (float64).  The
+    step is the smallest gap between a block's distinct values or that gap over 2, 3, ...
+    (GRID_DIVISORS: a block of 16 weights on a 5-bit grid often has no two neighbours), so a
+    block need not use codes 0 and 15: GGUF Q4_1 blocks span their grid (min to max), Q4_K
+    blocks (a fitted scale and minimum per 32 weights) often do not.  None if any block is
+    off such a grid (by more than GRID_RTOL of its step), or if K is not a multiple of
+    ``block`` (a factor's rank).
     """
     k, n = w.shape
-    if k % BLOCK:
+    if k % block:
         return None
-    blocks = w.T.reshape(n, k // BLOCK, BLOCK).astype(np.float64)
+    blocks = w.T.reshape(n, k // block, block).astype(np.float64)
+    codes, step, on = _grid_fit(blocks, bits)
+    return (codes.astype(np.uint8), step, blocks.min(-1)) if on.all() else None
+
+
+def _grid_fit(blocks: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """grid_codes' fit of ``blocks`` (..., block): codes, steps, and which blocks are on a
+    grid of at most 2**bits levels."""
     lo, hi = blocks.min(-1), blocks.max(-1)
     ulps = FLOAT32_ULPS * np.maximum(np.abs(lo), np.abs(hi))
     gaps = np.diff(np.sort(blocks, -1), axis=-1)
     gaps = np.where(gaps > 4 * ulps[..., None], gaps, np.inf).min(-1)
-    step = np.where(np.isfinite(gaps), gaps, 0.0)
-    safe = np.where(step > 0, step, 1.0)
-    codes = np.rint((blocks - lo[..., None]) / safe[..., None])
-    if codes.max() > 2**BITS - 1:
-        return None
-    # the step again, by least squares over the codes: the smallest gap carries rounding
-    fit = (codes * (blocks - lo[..., None])).sum(-1) / np.maximum((codes**2).sum(-1), 1)
-    step = np.where(step > 0, fit, 0.0)
-    error = np.abs(codes * step[..., None] + lo[..., None] - blocks).max(-1)
-    if np.any(error > np.maximum(GRID_RTOL * step, ulps)):
-        return None
-    return codes.astype(np.uint8), step, lo
+    gap = np.where(np.isfinite(gaps), gaps, 0.0)
+    codes, step = np.zeros(blocks.shape), np.zeros(gap.shape)
+    todo = np.ones(gap.shape, bool)
+    for divisor in GRID_DIVISORS:
+        if not todo.any():
+            break
+        idx = np.nonzero(todo)
+        b, low, g = blocks[idx], lo[idx], gap[idx] / divisor
+        c = np.rint((b - low[:, None]) / np.where(g > 0, g, 1.0)[:, None])
+        # the step again, by least squares over the codes: the smallest gap carries rounding
+        fit = (c * (b - low[:, None])).sum(-1) / np.maximum((c**2).sum(-1), 1)
+        d = np.where(g > 0, fit, 0.0)
+        error = np.abs(c * d[:, None] + low[:, None] - b).max(-1)
+        ok = (c.max(-1) <= 2**bits - 1) & (error <= np.maximum(GRID_RTOL * d, ulps[idx]))
+        hit = tuple(i[ok] for i in idx)
+        codes[hit], step[hit], todo[hit] = c[ok], d[ok], False
+    return codes, step, ~todo
+
+
+def finer_grid(w: np.ndarray) -> bool:
+    """Whether every block of 32 inputs of ``w`` (K x N) lies on a grid of at most 256
+    levels, or each of its halves does: a GGUF matrix of 5 to 8 bits (Q5_0, Q5_1, Q8_0 in
+    blocks of 32; Q5_K, Q6_K, whose scales change every 16 or 32 weights), which 4-bit
+    codes would round."""
+    k, n = w.shape
+    if k % BLOCK:
+        return False
+    blocks = w.T.reshape(n, k // BLOCK, BLOCK).astype(np.float64)
+    on = _grid_fit(blocks, 8)[2]
+    if on.all():
+        return True
+    halves = blocks[~on].reshape(-1, 2, BLOCK // 2)
+    return bool(_grid_fit(halves, 8)[2].all())
 
 
 # candidate steps for a block off any grid, as fractions of (max - min) / 15: a smaller step
@@ -187,18 +236,44 @@ def _pack4(values: np.ndarray) -> np.ndarray:
 
 
 def _nbits_node(node, w_name: str, codes, step, zero, k: int, n: int, output: str,
-                level: int):
-    """MatMulNBits (4-bit codes, fp32 steps, 4-bit zero points) of ``node``'s input."""
+                level: int, bits: int = BITS):
+    """MatMulNBits (4- or 8-bit codes, fp32 steps, zero points of as many bits) of
+    ``node``'s input."""
     from onnx import helper, numpy_helper
 
-    inits = [numpy_helper.from_array(_pack4(codes), f"{w_name}_Q4"),
+    pack = _pack4 if bits == 4 else np.ascontiguousarray
+    inits = [numpy_helper.from_array(pack(codes), f"{w_name}_Q{bits}"),
              numpy_helper.from_array(np.ascontiguousarray(step, np.float32).reshape(-1),
                                      f"{w_name}_scales"),
-             numpy_helper.from_array(_pack4(zero).reshape(-1), f"{w_name}_zero_points")]
+             numpy_helper.from_array(pack(zero).reshape(-1), f"{w_name}_zero_points")]
     base = node.name or w_name
     return helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in inits)], [output],
                             name=f"{base}_MatMulNBits", domain="com.microsoft", K=k, N=n,
-                            bits=BITS, block_size=BLOCK, accuracy_level=level), inits
+                            bits=bits, block_size=BLOCK, accuracy_level=level), inits
+
+
+def codes8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, steps, zero points) of ``w`` (K x N) as 8-bit codes in blocks of 32.
+
+    A block on a grid ``d q`` (GGUF Q5_0, Q8_0: symmetric, so the zero point is an integer)
+    comes back exactly; any other block (Q6_K's two scales per 32 weights, Q5_1's minimum)
+    is rounded to nearest on 255 steps from its minimum to its maximum (and zero): within
+    1/16 of a 5-bit block's step, 1/8 of the coarser step of a Q6_K block's two halves.
+    """
+    k, n = w.shape
+    blocks = w.T.reshape(n, k // BLOCK, BLOCK).astype(np.float64)
+    lo, hi = np.minimum(blocks.min(-1), 0), np.maximum(blocks.max(-1), 0)
+    step = np.maximum((hi - lo) / 255, 1e-30)
+    zero = np.clip(np.rint(-lo / step), 0, 255)
+    codes = np.clip(np.rint(blocks / step[..., None] + zero[..., None]), 0, 255)
+    grid, d, on = _grid_fit(blocks, 8)
+    z = -blocks.min(-1) / np.where(d > 0, d, 1.0)
+    exact = on & (d > 0) & (np.abs(z - np.rint(z)) < 1e-6) & (z >= 0)
+    exact &= np.rint(z) + (grid.max(-1) - np.rint(z)) <= 255
+    step = np.where(exact, d, step)
+    zero = np.where(exact, np.rint(z), zero)
+    codes = np.where(exact[..., None], grid, codes)
+    return codes.astype(np.uint8), step.astype(np.float32), zero.astype(np.uint8)
 
 
 def _zero_and_remainder(step, lo) -> tuple[np.ndarray, np.ndarray]:
@@ -371,9 +446,10 @@ def head_description(block: int | None) -> str:
 
 def quantize_int4(src: Path, dst: Path, large: bool = False,
                   accuracy_level: int = ACCURACY_LEVEL, remainder: str = REMAINDERS[0],
-                  head_block: int = HEAD_BLOCK) -> dict:
+                  head_block: int = HEAD_BLOCK, finer: str = FINER[0]) -> dict:
     """Write the 4-bit copy of ``src`` to ``dst``; returns what the manifest records of it.
-    ``head_block``: the 8-bit blocks of a tied LM head and embedding (``HEAD_BLOCKS``)."""
+    ``head_block``: the 8-bit blocks of a tied LM head and embedding (``HEAD_BLOCKS``);
+    ``finer``: what matrices on a finer grid than 4 bits become (``FINER``)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -381,7 +457,7 @@ def quantize_int4(src: Path, dst: Path, large: bool = False,
     graph = model.graph
     shared = quantize_tied_head(graph, head_block)
     inits = _initializers(graph)
-    nodes, means, on_grid, fitted, dropped = [], {}, 0, 0, set()
+    nodes, means, on_grid, fitted, kept8, dropped = [], {}, 0, 0, 0, set()
     for node in graph.node:  # one pass, so the new nodes keep the graph's order
         weight = _weight(node, inits)
         if weight is None:
@@ -390,7 +466,11 @@ def quantize_int4(src: Path, dst: Path, large: bool = False,
         w = numpy_helper.to_array(weight)
         k, n = w.shape
         grid = grid_codes(w)
-        if grid is None:  # off any 4-bit grid: codes fitted per block
+        if grid is None and finer == "int8" and finer_grid(w):
+            new, tensors = _nbits_node(node, node.input[1], *codes8(w), k, n,
+                                       node.output[0], accuracy_level, bits=8)
+            new, kept8 = [new], kept8 + 1
+        elif grid is None:  # off any 4-bit grid: codes fitted per block
             new, tensors = _nbits_node(node, node.input[1], *fitted_codes(w), k, n,
                                        node.output[0], accuracy_level)
             new, fitted = [new], fitted + 1
@@ -418,6 +498,6 @@ def quantize_int4(src: Path, dst: Path, large: bool = False,
               location=dst.name + "_data")
     return {"op": "com.microsoft.MatMulNBits", "bits": BITS, "block_size": BLOCK,
             "zero_points": "4-bit, per block", "accuracy_level": accuracy_level,
-            "remainder": remainder,
-            "matmuls_exact_grid": on_grid, "matmuls_fitted": fitted,
+            "remainder": remainder, "finer": finer,
+            "matmuls_exact_grid": on_grid, "matmuls_fitted": fitted, "matmuls_8bit": kept8,
             "lm_head_and_embedding": head_description(shared), "head_block": shared}

@@ -43,6 +43,7 @@ from .genai import write_genai_config
 from .int4 import (
     ACCURACY_LEVEL,
     ACCURACY_LEVELS,
+    FINER,
     HEAD_BLOCK,
     HEAD_BLOCKS,
     INT8_BLOCKS,
@@ -70,12 +71,13 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
                  int8_scheme: str = "blockwise", int4: bool = False, graph: str = "auto",
                  int4_accuracy_level: int = ACCURACY_LEVEL,
                  int4_remainder: str = REMAINDERS[0], int8_block: int = INT8_BLOCKS[0],
-                 head_block: int = HEAD_BLOCK) -> dict:
+                 head_block: int = HEAD_BLOCK, int4_finer: str = FINER[0]) -> dict:
     """Export ``source`` (packaged name, HF folder, .gguf or adapted folder) to ``out``.
 
     ``int8_block``: the block size of the int8 model's 8-bit matrices; ``head_block``: of the
     8-bit table a tied LM head and the embedding share in the int8 and int4 models (what
-    each trades: export/int4.py, INT8_BLOCKS).
+    each trades: export/int4.py, INT8_BLOCKS); ``int4_finer``: what the int4 model does with
+    matrices on a finer grid than 4 bits (export/int4.py, FINER).
 
     Returns the manifest.  Raises EdgeC2IError if ``out`` exists without ``force`` (or is
     not an export folder edge-c2i wrote), if ``source`` is not a model, or if a parity
@@ -92,6 +94,8 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
     if int4_remainder not in REMAINDERS:
         raise EdgeC2IError(f"unknown int4 remainder {int4_remainder!r}: use "
                            f"{' or '.join(REMAINDERS)}")
+    if int4_finer not in FINER:
+        raise EdgeC2IError(f"unknown int4 finer {int4_finer!r}: use {' or '.join(FINER)}")
     if graph not in GRAPHS:
         raise EdgeC2IError(f"unknown graph {graph!r}: use {', '.join(GRAPHS)}")
     for what, block, allowed in (("int8", int8_block, INT8_BLOCKS),
@@ -124,7 +128,8 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
             manifest["int4"] = quantize_int4(tmp / "model.onnx", tmp / "model_int4.onnx",
                                              large=is_large(tmp / "model.onnx"),
                                              accuracy_level=int4_accuracy_level,
-                                             remainder=int4_remainder, head_block=head_block)
+                                             remainder=int4_remainder, head_block=head_block,
+                                             finer=int4_finer)
             clock.lap("int4")
         if ort:
             manifest["ort"] = convert_to_ort(tmp)

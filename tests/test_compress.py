@@ -256,3 +256,40 @@ def test_a_file_budget_holds_when_exported(tmp_path):
     with pytest.raises(EdgeC2IError, match="--file-mb"):  # refused before any work
         C.compress(model, tok, "bigbench:qa_wikidata", CompressConfig(file_mb=50.0),
                       progress=False)
+
+
+def test_an_int4_file_budget_counts_finer_matrices_at_8_bits():
+    """A dense matrix the model held on a finer grid than 4 bits stays 8-bit in the int4
+    file (export/int4.py FINER): the budget is lowered until the estimate with them fits."""
+    spectra = _fake_spectra([(256, 512)] * 6)
+    finer = {sp.key for sp in spectra[:3]}
+    dense = C.linear_params(spectra)
+    extra = 0.5 * dense * (C.FINER_BYTES - C.FILE_BYTES["int4"][0]) / 1e6  # half are finer
+    assert C.file_mb(dense, 0, "int4", C.finer_dense(spectra, None, finer)) == \
+        pytest.approx(C.file_mb(dense, 0, "int4") + extra)
+    assert C.file_mb(dense, 0, "int8", dense) == C.file_mb(dense, 0, "int8")
+    target = 0.9 * C.file_mb(dense, 0, "int4", C.finer_dense(spectra, None, finer))
+    config = CompressConfig(file_mb=target, file_precision="int4", price="output")
+    naive = C.ranks_for(spectra, config, C.params_for_file(target, 0, "int4"))
+    assert C.file_mb(C.linear_params(spectra, naive), 0, "int4",
+                     C.finer_dense(spectra, naive, finer)) > target
+    ranks = C.fit_file(spectra, config, 0, finer)
+    mb = C.file_mb(C.linear_params(spectra, ranks), 0, "int4", C.finer_dense(spectra, ranks, finer))
+    assert 0.97 * target <= mb <= target
+
+
+def test_finer_targets_finds_a_q5_0_matrix():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=2))
+    targets = find_targets(model)
+    gate = model.model.layers[0].mlp.gate_proj.weight  # (out, in), blocks of 32 inputs
+    d = torch.rand(gate.shape[0], gate.shape[1] // 32, 1) * 1e-2 + 1e-3
+    q = torch.randint(0, 32, (gate.shape[0], gate.shape[1] // 32, 32))
+    with torch.no_grad():
+        gate.copy_((d * (q - 16)).reshape(gate.shape))
+    assert C.finer_targets(model, targets) == {
+        t.key for t in targets if t.name.endswith("mlp.gate_proj")}

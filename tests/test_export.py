@@ -129,6 +129,7 @@ def test_int4_keeps_the_4bit_model_and_the_factors(exported, adapted):
     # reductions are rounded on their own statistics
     assert info["matmuls_exact_grid"] == 4 * 30 - 2
     assert info["matmuls_fitted"] == 2 + 1 + 4  # B, A of c=1; stacked B's, 4 A's
+    assert (info["finer"], info["matmuls_8bit"]) == ("int8", 0)  # Q4_1: no finer grid
     assert info["lm_head_and_embedding"] == "shared 8-bit table, blocks of 64"
     # int8 activations (accuracy level 4) on top of two rounded reductions: over the
     # parity prompts' ~15 positions one flip is 0.07
@@ -262,7 +263,9 @@ def test_cli_exports_the_packaged_model_and_generates_paris(tmp_path, capsys):
     out = tmp_path / "dense"
     assert main(["export", "smollm2-135m", "--out", str(out), "--int4"]) == 0
     assert (out / "model_int4.onnx").is_file() and not (out / "model_int8.onnx").exists()
-    assert "parity model_int4.onnx" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "parity model_int4.onnx" in printed
+    assert "int4 matrices: 120 on a 4-bit grid (exact), 0 on a finer grid" in printed
     for flags in ([], ["--int4"]):
         assert main(["generate", "--onnx", str(out), "--prompt", "The capital of France is",
                      "--max-new-tokens", "8", *flags]) == 0
@@ -299,6 +302,8 @@ def test_an_unknown_block_size_is_refused_before_anything_is_written(tmp_path):
         export_model("smollm2-135m", tmp_path / "out", int8=True, int8_block=48)
     with pytest.raises(EdgeC2IError, match="head block size 256 is not one of 32, 64, 128"):
         export_model("smollm2-135m", tmp_path / "out", int4=True, head_block=256)
+    with pytest.raises(EdgeC2IError, match="unknown int4 finer 'int2': use int8 or int4"):
+        export_model("smollm2-135m", tmp_path / "out", int4=True, int4_finer="int2")
     assert _leftovers(tmp_path) == []
 
 

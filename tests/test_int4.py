@@ -158,3 +158,63 @@ def test_fitted_codes_are_never_worse_than_round_to_nearest(smol_weight):
         assert np.all(fit <= rtn * (1 + 1e-5) + 1e-12)
         assert fit.sum() < 0.9 * rtn.sum()
         assert codes.max() <= 15 and zero.max() <= 15
+
+
+@pytest.fixture(scope="module")
+def gemma_weights():
+    """Three matrices of the packaged Gemma-3 (GGUF Q4_K_M) as ONNX holds them (K x N): layer
+    0's MLP gate (Q5_0), V (Q8_0) and MLP down (Q6_K), none of them on a 4-bit grid."""
+    from safetensors import safe_open
+
+    from edge_c2i.models import resolve
+
+    folder = resolve("gemma3-270m")
+    names = {"q5_0": "mlp.gate_proj", "q8_0": "self_attn.v_proj", "q6_k": "mlp.down_proj"}
+    out = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(path, "np") as f:
+            keys = set(f.keys())
+            for kind, name in names.items():
+                key = f"model.layers.0.{name}.weight"
+                if key in keys:
+                    out[kind] = np.ascontiguousarray(f.get_tensor(key).T)
+    assert set(out) == set(names)
+    return out
+
+
+def test_finer_gguf_grids_are_found_and_kept_in_8_bits(gemma_weights):
+    from edge_c2i.export.int4 import codes8, finer_grid
+
+    rng = np.random.default_rng(0)
+    assert not finer_grid(rng.standard_normal((64, 8)).astype(np.float32))
+    for kind, w in gemma_weights.items():
+        assert grid_codes(w) is None and finer_grid(w), kind
+        codes, step, zero = codes8(w)
+        k, n = w.shape
+        back = (step[..., None] * (codes.astype(np.float64) - zero[..., None]))
+        err = np.abs(back.reshape(n, k).T - w).max() / np.abs(w).max()
+        if kind == "q6_k":  # two scales per block of 32: rounded on 255 steps
+            assert 1e-6 < err < 1 / 255
+        else:  # symmetric: the grid itself
+            assert err <= 1e-6, kind
+
+
+def test_int4_keeps_a_q5_0_matrix_in_8_bits_unless_told(gemma_weights, tmp_path):
+    w = gemma_weights["q5_0"]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 5, w.shape[0])).astype(np.float32)
+    want = x @ w
+    _one_matmul(w, tmp_path / "q5.onnx")
+    info = quantize_int4(tmp_path / "q5.onnx", tmp_path / "q5_8.onnx", accuracy_level=1)
+    assert (info["finer"], info["matmuls_8bit"], info["matmuls_fitted"]) == ("int8", 1, 0)
+    bits = {a.name: a.i for n in onnx.load(tmp_path / "q5_8.onnx").graph.node
+            for a in n.attribute if a.name == "bits"}
+    assert list(bits.values()) == [8]
+    kept = np.abs(_run(tmp_path / "q5_8.onnx", x) - want).max() / np.abs(want).max()
+    assert kept <= 1e-5
+    info = quantize_int4(tmp_path / "q5.onnx", tmp_path / "q5_4.onnx", accuracy_level=1,
+                         finer="int4")
+    assert (info["matmuls_8bit"], info["matmuls_fitted"]) == (0, 1)
+    rounded = np.abs(_run(tmp_path / "q5_4.onnx", x) - want).max() / np.abs(want).max()
+    assert rounded > 100 * max(kept, 1e-7)
+    assert (tmp_path / "q5_4.onnx").stat().st_size < (tmp_path / "q5_8.onnx").stat().st_size
