@@ -116,14 +116,15 @@ def _read_gguf(gguf_path: str | Path) -> dict:
 def _spm_bpe(tokens: list[str], scores: list[float], types: list[int], unk: int | None):
     """A `tokenizers` BPE equivalent of a SentencePiece BPE model with byte fallback.
 
-    llama.cpp stores user-defined whitespace pieces with real spaces ("  "); SentencePiece
-    (and the model) sees them as "▁▁", which the normalizer produces. "<0x09>" stays a byte
-    piece: Gemma-3 has a separate user-defined "\\t" (mapping it to "\\t" would clash).
+    llama.cpp stores user-defined whitespace pieces with real spaces ("  "), and so do we:
+    they are added tokens matched on the raw text (``normalized=False``), before the
+    normalizer turns spaces into "▁".  transformers gives the same ids either way, but
+    onnxruntime-genai matches added tokens on the raw text only: with the pieces as "▁▁"
+    (normalized) it split every run of spaces into single "▁" (``a  b`` -> a, ▁, ▁b where
+    SentencePiece and transformers give a, ▁▁, b).  "<0x09>" stays a byte piece: Gemma-3
+    has a separate user-defined "\\t" (mapping it to "\\t" would clash).
     """
-    pieces = [
-        t.replace(" ", "▁") if k == USER_DEFINED and not t.strip() else t
-        for t, k in zip(tokens, types)
-    ]
+    pieces = list(tokens)
     vocab = {piece: i for i, piece in enumerate(pieces)}
     model = models.BPE(
         vocab=vocab,
@@ -138,15 +139,21 @@ def _spm_bpe(tokens: list[str], scores: list[float], types: list[int], unk: int 
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     )
     # SentencePiece never splits control and user-defined pieces. Control pieces are special;
-    # user-defined ones ("\n\n", "▁▁", "<div>") are text and must survive skip_special_tokens.
+    # user-defined ones ("\n\n", "  ", "<div>") are text and must survive skip_special_tokens.
     backend.add_tokens(
         [
-            AddedToken(piece, special=kind == CONTROL, normalized=kind == USER_DEFINED)
+            AddedToken(piece, special=kind == CONTROL,
+                       normalized=kind == USER_DEFINED and not _spaces(piece))
             for piece, kind in zip(pieces, types)
             if kind in (CONTROL, USER_DEFINED)
         ]
     )
     return backend
+
+
+def _spaces(piece: str) -> bool:
+    """A run of spaces (a user-defined whitespace piece as llama.cpp stores it)."""
+    return bool(piece) and not piece.strip(" ")
 
 
 def _merges(pieces: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:

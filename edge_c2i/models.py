@@ -27,7 +27,7 @@ from .paths import home
 
 # Bumped when the conversion changes (2: GGUF add_bos_token honoured, Gemma BPE tokenizer),
 # so that caches written by an older version are converted again.
-CONVERTER_VERSION = 4  # 4: byte-level BPE tokenizers onnxruntime-genai reads as transformers
+CONVERTER_VERSION = 5  # 5: Gemma whitespace pieces matched on raw text (onnxruntime-genai)
 CONVERTED_MARK = "edge_c2i_converted.json"
 
 

@@ -408,8 +408,9 @@ def test_onnxruntime_genai_tokenizes_as_transformers_does(exported, adapted):
 def test_onnxruntime_genai_reads_gemma3_tokenizer_with_special_tokens(exported, tmp_path):
     """Gemma-3's rebuilt SentencePiece BPE (its files as every Gemma-3 export writes them) in
     onnxruntime-genai beside a small export's decoder: asked to add special tokens, as
-    transformers does by default, it gives transformers' ids (BOS included) on task prompts;
-    without the option it leaves out the BOS; runs of spaces are still split differently."""
+    transformers does by default, it gives transformers' ids (BOS included) on task prompts
+    and on runs of spaces (Gemma's whitespace pieces, matched on the raw text); without the
+    option it leaves out the BOS."""
     from transformers import AutoTokenizer
 
     from edge_c2i.export.onnx_export import write_tokenizer
@@ -428,11 +429,14 @@ def test_onnxruntime_genai_reads_gemma3_tokenizer_with_special_tokens(exported, 
     texts = [e.prompt for name in ("bigbench:qa_wikidata", "bigbench:epistemic_reasoning",
                                    "bigbench:truthful_qa")
              for e in load_task(name).examples[:50]]
-    texts += ["ünïcödé 日本語 🤗", "\ttab\nnewline", "l'été"]
+    texts += ["ünïcödé 日本語 🤗", "\ttab\nnewline", "l'été", "a  b", "  two", "end   ",
+              "def f():\n    return 1", " " * 40, "x" + " " * 33 + "y", "\t  \t"]
     plain = [int(i) for i in tokenizer.encode(texts[0])]
     assert plain == hf(texts[0])["input_ids"][1:]  # no BOS by default
     tokenizer.update_options(add_special_tokens="true")
     differ = [t for t in texts if [int(i) for i in tokenizer.encode(t)] != hf(t)["input_ids"]]
     assert not differ, f"{len(differ)} of {len(texts)} differ, e.g. {differ[0]!r}"
-    two = "a  b"  # transformers merges the two spaces into one token, onnxruntime-genai does not
-    assert [int(i) for i in tokenizer.encode(two)] != hf(two)["input_ids"]
+    ids = hf("a  b")["input_ids"]
+    assert hf.convert_ids_to_tokens(ids)[1:] == ["a", "  ", "b"]  # one piece for the run
+    for text in ("a  b", "x   y", "def f():\n    return 1", "x" + " " * 33 + "y"):
+        assert tokenizer.decode(hf(text)["input_ids"]) == text

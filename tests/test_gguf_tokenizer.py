@@ -73,7 +73,9 @@ def test_segmentation(gemma_tokenizers):
         "▁dog",
         ".",
     ]
-    assert fixed.tokenize("a  b\n\nc\td") == ["a", "▁▁", "b", "\n\n", "c", "\t", "d"]
+    # user-defined pieces whole; a run of spaces is the GGUF's piece, spaces as stored
+    assert fixed.tokenize("a  b\n\nc\td") == ["a", "  ", "b", "\n\n", "c", "\t", "d"]
+    assert fixed.convert_tokens_to_ids("  ") == broken.convert_tokens_to_ids("▁▁")
     assert fixed.tokenize("<start_of_turn>user") == ["<start_of_turn>", "user"]
     for token in ("▁France", "<eos>", "<end_of_turn>", "\n"):  # same ids as the .gguf vocab
         assert fixed.convert_tokens_to_ids(token) == broken.convert_tokens_to_ids(token)
