@@ -471,15 +471,7 @@ def quantize_int4(src: Path, dst: Path, large: bool = False,
         w = numpy_helper.to_array(weight)
         k, n = w.shape
         grid = grid_codes(w)
-        if grid is None and finer == "int8" and finer_grid(w):
-            new, tensors = _nbits_node(node, node.input[1], *codes8(w), k, n,
-                                       node.output[0], accuracy_level, bits=8)
-            new, kept8 = [new], kept8 + 1
-        elif grid is None:  # off any 4-bit grid: codes fitted per block
-            new, tensors = _nbits_node(node, node.input[1], *fitted_codes(w), k, n,
-                                       node.output[0], accuracy_level)
-            new, fitted = [new], fitted + 1
-        else:
+        if grid is not None:  # exact: the grid's codes, its remainders by the block means
             x = node.input[0]
             if x not in means:  # matrices that read the same input share its block means
                 tag = f"{x.strip('/').replace('/', '_')}_{len(means)}"
@@ -491,6 +483,14 @@ def quantize_int4(src: Path, dst: Path, large: bool = False,
             build = _folded_nodes if remainder == "folded" else _grid_nodes
             new, tensors = build(node, node.input[1], *grid, means[x], k, n, accuracy_level)
             on_grid += 1
+        elif finer == "int8" and finer_grid(w):  # a 5- to 8-bit source: 8-bit codes
+            new, tensors = _nbits_node(node, node.input[1], *codes8(w), k, n,
+                                       node.output[0], accuracy_level, bits=8)
+            new, kept8 = [new], kept8 + 1
+        else:  # off any grid (or a finer one, told to): 4-bit codes fitted per block
+            new, tensors = _nbits_node(node, node.input[1], *fitted_codes(w), k, n,
+                                       node.output[0], accuracy_level)
+            new, fitted = [new], fitted + 1
         nodes.extend(new)
         graph.initializer.extend(tensors)
         dropped.add(node.input[1])
@@ -502,7 +502,7 @@ def quantize_int4(src: Path, dst: Path, large: bool = False,
     onnx.save(model, dst, save_as_external_data=large, all_tensors_to_one_file=True,
               location=dst.name + "_data")
     return {"op": "com.microsoft.MatMulNBits", "bits": BITS, "block_size": BLOCK,
-            "zero_points": "4-bit, per block", "accuracy_level": accuracy_level,
+            "zero_points": "per block, of the codes' bits", "accuracy_level": accuracy_level,
             "remainder": remainder, "finer": finer,
             "matmuls_exact_grid": on_grid, "matmuls_fitted": fitted, "matmuls_8bit": kept8,
             "lm_head_and_embedding": head_description(shared), "head_block": shared}
