@@ -171,14 +171,16 @@ def _grid_fit(blocks: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np
 
 
 def finer_grid(w: np.ndarray) -> bool:
-    """Whether every block of 32 inputs of ``w`` (K x N) lies on a grid of at most 256
-    levels, or each of its halves does: a GGUF matrix of 5 to 8 bits (Q5_0, Q5_1, Q8_0 in
-    blocks of 32; Q5_K, Q6_K, whose scales change every 16 or 32 weights), which 4-bit
-    codes would round."""
+    """Whether ``w`` (K x N) is off a 4-bit grid but every block of 32 inputs lies on a grid
+    of at most 256 levels, or each of its halves does: a GGUF matrix of 5 to 8 bits (Q5_0,
+    Q5_1, Q8_0 in blocks of 32; Q5_K, Q6_K, whose scales change every 16 or 32 weights),
+    which 4-bit codes would round."""
     k, n = w.shape
     if k % BLOCK:
         return False
     if n > GRID_PROBE and not finer_grid(w[:, :GRID_PROBE]):
+        return False
+    if grid_codes(w) is not None:
         return False
     blocks = w.T.reshape(n, k // BLOCK, BLOCK).astype(np.float64)
     on = _grid_fit(blocks, 8)[2]

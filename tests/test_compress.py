@@ -289,7 +289,10 @@ def test_finer_targets_finds_a_q5_0_matrix():
     gate = model.model.layers[0].mlp.gate_proj.weight  # (out, in), blocks of 32 inputs
     d = torch.rand(gate.shape[0], gate.shape[1] // 32, 1) * 1e-2 + 1e-3
     q = torch.randint(0, 32, (gate.shape[0], gate.shape[1] // 32, 32))
+    up = model.model.layers[0].mlp.up_proj.weight  # a 4-bit grid (Q4_1-like): not finer
+    q4 = torch.randint(0, 16, (up.shape[0], up.shape[1] // 32, 32))
     with torch.no_grad():
         gate.copy_((d * (q - 16)).reshape(gate.shape))
+        up.copy_((d * q4 - 0.07 * d).reshape(up.shape))
     assert C.finer_targets(model, targets) == {
         t.key for t in targets if t.name.endswith("mlp.gate_proj")}

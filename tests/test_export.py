@@ -6,6 +6,7 @@ figures it measured are in its manifest.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -265,6 +266,19 @@ def test_cli_exports_the_packaged_model_and_generates_paris(tmp_path, capsys):
     assert (out / "model_int4.onnx").is_file() and not (out / "model_int8.onnx").exists()
     printed = capsys.readouterr().out
     assert "parity model_int4.onnx" in printed
+    # compress's file budgets: the estimates of these files err on the large side, by < 2%
+    compress = importlib.import_module("edge_c2i.compress")
+    from edge_c2i.factorize import count_params
+    from edge_c2i.models import load_model
+    from edge_c2i.targets import find_targets
+
+    model, _ = load_model("smollm2-135m")
+    linear = sum(p.numel() for t in find_targets(model)
+                 for p in model.get_submodule(t.name).parameters())
+    other = count_params(model) - linear
+    for name, precision in (("model.onnx", "fp32"), ("model_int4.onnx", "int4")):
+        mb = sum(f.stat().st_size for f in out.glob(name + "*")) / 1e6
+        assert mb <= compress.file_mb(linear, other, precision) <= 1.02 * mb, name
     assert "int4 matrices: 120 on a 4-bit grid (exact), 0 on a finer grid" in printed
     for flags in ([], ["--int4"]):
         assert main(["generate", "--onnx", str(out), "--prompt", "The capital of France is",

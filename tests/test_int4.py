@@ -182,11 +182,12 @@ def gemma_weights():
     return out
 
 
-def test_finer_gguf_grids_are_found_and_kept_in_8_bits(gemma_weights):
+def test_finer_gguf_grids_are_found_and_kept_in_8_bits(gemma_weights, smol_weight):
     from edge_c2i.export.int4 import codes8, finer_grid
 
     rng = np.random.default_rng(0)
     assert not finer_grid(rng.standard_normal((64, 8)).astype(np.float32))
+    assert not finer_grid(smol_weight)  # Q4_1: on a 4-bit grid, not a finer one
     for kind, w in gemma_weights.items():
         assert grid_codes(w) is None and finer_grid(w), kind
         codes, step, zero = codes8(w)
