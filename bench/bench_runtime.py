@@ -27,6 +27,13 @@ the same variant (top-1 agreement, mean Pearson correlation), and task accuracy 
 qa_wikidata test examples (top-1 first token, LASER's metric for open tasks).  All files of
 a model get the same token ids (edge-c2i's fp32 export tokenizes them), so only the graphs
 differ.  Runs are interleaved by model; compare within a run, as ratios.
+
+Separate processes of the same file can differ by 10-20% on a shared machine, so the speed
+targets read a paired measurement instead (``paired_vs_builder``): each dense int8 / int4
+file of ours and the builder's file of the same precision load in one process and their
+32-token decodes alternate PAIRED times (order swapped each time); the median of the
+per-pair ratios.  The control (``paired_control``): our int8 paired with itself, whose
+median would be 1.0 but for the method's own bias.
 """
 
 from __future__ import annotations
@@ -44,6 +51,10 @@ RESULTS = ROOT / "bench" / "results" / "runtime.json"
 MODELS = ("smollm2-135m", "gemma3-270m")
 TASK = "bigbench:qa_wikidata"
 N_PROMPTS, N_ACCURACY, PREFILL, NEW_TOKENS, REPEATS = 200, 100, 128, 32, 3
+# paired timing (``paired_vs_builder``): our file and the builder's of the same precision in
+# one process, their 32-token decodes alternated this many times (the order swapped each time)
+PAIRED = 9
+PAIRED_PRECISIONS = ("int8", "int4")
 MAX_LENGTH = 1024
 FILES = {"fp32": "model.onnx", "int8": "model_int8.onnx", "int4": "model_int4.onnx"}
 # the dense model's int4 with the grid's remainders in an fp32 product (export
@@ -95,9 +106,42 @@ def _last_logits(og, model, ids: list[int], room: int = 1):
     return np.asarray(generator.get_output("logits"))[0, -1].astype(np.float32), generator
 
 
+def _decode_ms(og, model, prefill: list[int]) -> float:
+    """ms per token of NEW_TOKENS greedy steps after ``prefill`` (the prefill not timed)."""
+    _, generator = _last_logits(og, model, prefill, NEW_TOKENS + 1)
+    t0 = time.perf_counter()
+    for _ in range(NEW_TOKENS):
+        generator.generate_next_token()
+    return (time.perf_counter() - t0) / NEW_TOKENS * 1e3
+
+
+def paired_child(job: dict) -> dict:
+    """Our file and the builder's in one process, their decodes alternated PAIRED times: the
+    median of the per-pair ratios (a slow spell of the machine hits both of a pair)."""
+    import numpy as np
+
+    og, ours = _model(job["dir"], job["file"])
+    _, theirs = _model(job["dir_b"], job["file_b"])
+    prefill = json.loads(Path(job["ids"]).read_text())["prefill"]
+    for model in (ours, theirs):
+        _last_logits(og, model, prefill[:8])  # warm-up
+    ratios, a_ms, b_ms = [], [], []
+    for i in range(PAIRED):
+        order = (ours, theirs) if i % 2 == 0 else (theirs, ours)
+        times = {id(m): _decode_ms(og, m, prefill) for m in order}
+        a_ms.append(times[id(ours)])
+        b_ms.append(times[id(theirs)])
+        ratios.append(a_ms[-1] / b_ms[-1])
+    q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+    return {"paired_vs_builder": float(median), "paired_iqr": [float(q1), float(q3)],
+            "paired_ms": float(np.median(a_ms)), "paired_builder_ms": float(np.median(b_ms))}
+
+
 def child(job: dict) -> dict:
     import numpy as np
 
+    if job.get("dir_b"):
+        return paired_child(job)
     og, model = _model(job["dir"], job["file"])
     data = json.loads(Path(job["ids"]).read_text())
     _last_logits(og, model, data["prefill"][:8])  # warm-up
@@ -287,7 +331,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
-    rows, t_start = [], time.perf_counter()
+    rows, controls, t_start = [], {}, time.perf_counter()
     for model in args.models:
         folders = edge_exports(model, args.work, args.graph)
         ids = token_ids(model, folders["dense"], args.work / model / "ids.json")
@@ -319,7 +363,7 @@ def main() -> None:
             if precision == "fp32":
                 row.update(top1_agreement=1.0, logit_corr=1.0)
             rows.append(row)
-            write(rows, args, time.perf_counter() - t_start)
+            write(rows, args, time.perf_counter() - t_start, controls)
         mine = [r for r in rows if r["model"] == model]
         for round_ in range(2, args.rounds + 1):
             for (tool, variant, precision, folder, name), row in zip(runs, mine):
@@ -328,21 +372,42 @@ def main() -> None:
                                    "timing_only": True})
                 for key in ("prefill_ms", "ms_per_token"):
                     row[key] = min(row[key], again[key])
-            write(rows, args, time.perf_counter() - t_start)
+            write(rows, args, time.perf_counter() - t_start, controls)
+        builder_files = {precision: (folder, name) for tool, _, precision, folder, name in runs
+                         if tool == "genai-builder"}
+        for (tool, variant, precision, folder, name), row in zip(runs, mine):
+            if tool != "edge-c2i" or variant != "dense" or precision not in PAIRED_PRECISIONS \
+                    or precision not in builder_files or row.get("int4_remainder") == "product":
+                continue
+            print(f"{model} paired: {name} and the builder's {precision}", file=sys.stderr)
+            b_folder, b_name = builder_files[precision]
+            row.update(run_child({"dir": str(folder), "file": name, "ids": str(ids),
+                                  "dir_b": str(b_folder), "file_b": b_name}))
+            write(rows, args, time.perf_counter() - t_start, controls)
+        # the control: our int8 paired with itself (1.0 but for the method's own bias and noise)
+        print(f"{model} paired control: our int8 with itself", file=sys.stderr)
+        dense = str(folders["dense"])
+        controls[model] = run_child({"dir": dense, "file": FILES["int8"], "ids": str(ids),
+                                     "dir_b": dense, "file_b": FILES["int8"]})
+        write(rows, args, time.perf_counter() - t_start, controls)
     print(table(rows))
 
 
 def targets(rows: list[dict]) -> list[dict]:
     """Issue #16's targets, met or not, from the dense rows of one run (per model): the
     default files, then the int8 speed target again with --int8-block 64 and the int4
-    targets with --int4-finer int4 where that file was made (``option``)."""
+    targets with --int4-finer int4 where that file was made (``option``).  Speed is the
+    paired median (``paired_vs_builder``) where the row has one."""
     def ratio(key):
         return lambda ours, builder: ours[key] / builder[key]
 
+    def paired(ours, builder):  # the paired median where measured, else the two rows' ratio
+        return ours.get("paired_vs_builder") or ratio("ms_per_token")(ours, builder)
+
     checks = [  # (target, precision, measured(ours, builder), ">=" or "<=", bound)
         ("int4 top-1 agreement with fp32", "int4", lambda o, b: o["top1_agreement"], ">=", 0.95),
-        ("int8 ms/token vs the builder's int8", "int8", ratio("ms_per_token"), "<=", 0.9),
-        ("int4 ms/token vs the builder's int4", "int4", ratio("ms_per_token"), "<=", 0.9),
+        ("int8 ms/token vs the builder's int8", "int8", paired, "<=", 0.9),
+        ("int4 ms/token vs the builder's int4", "int4", paired, "<=", 0.9),
         ("int4 file MB vs the builder's int4", "int4", ratio("mb"), "<=", 1.0),
         ("int4 peak RSS vs the builder's int4", "int4", ratio("peak_rss_mb"), "<=", 1.0)]
 
@@ -375,7 +440,7 @@ def targets(rows: list[dict]) -> list[dict]:
     return out
 
 
-def write(rows: list[dict], args, seconds: float) -> None:
+def write(rows: list[dict], args, seconds: float, controls: dict | None = None) -> None:
     import onnxruntime
 
     data = {"task": TASK, "rounds": args.rounds, "n_prompts": N_PROMPTS, "n_accuracy": N_ACCURACY,
@@ -383,6 +448,7 @@ def write(rows: list[dict], args, seconds: float) -> None:
             "runtime": "onnxruntime-genai " + _version("onnxruntime-genai"),
             "onnxruntime": onnxruntime.__version__, "machine": {"cpus": os.cpu_count()},
             "date": time.strftime("%Y-%m-%d"), "seconds": round(seconds), "rows": rows,
+            "paired_repeats": PAIRED, "paired_control": controls or {},
             "targets": targets(rows)}
     tmp = RESULTS.with_name(f".{RESULTS.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -396,7 +462,7 @@ def _version(package: str) -> str:
 
 
 COLUMNS = ("model", "tool", "precision", "int4_remainder", "int4_finer", "int8_block", "head_block", "variant", "graph", "mb", "prefill_ms", "ms_per_token",
-           "peak_rss_mb", "top1_agreement", "logit_corr", "accuracy")
+           "peak_rss_mb", "top1_agreement", "logit_corr", "accuracy", "paired_vs_builder")
 
 
 def table(rows: list[dict]) -> str:

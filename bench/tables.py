@@ -360,7 +360,13 @@ def section_runtime(d: dict) -> str:
             "table the tied LM head and the embedding share in int8 and int4 (64, the default, "
             "or `export --head-block 32`). The targets use the defaults, and the int8 speed "
             "target is read again with --int8-block 64, the int4 targets with --int4-finer "
-            "int4.\n\n"
+            "int4. 'paired vs builder': the speed targets' measure, our file and the builder's "
+            f"in one process, {d.get('paired_repeats', '?')} alternated decodes, the median "
+            "per-pair ratio; separate processes of one file can differ by 10-20% on a shared "
+            "machine. Its control, our int8 paired with itself: "
+            + ", ".join(f"{m} {c['paired_vs_builder']:.3f} (IQR {c['paired_iqr'][0]:.3f}-"
+                        f"{c['paired_iqr'][1]:.3f})" for m, c in d.get("paired_control", {}).items())
+            + ".\n\n"
             + table(rows, [("model", "model"), ("tool", "tool"), ("precision", "precision"),
                            ("int4_remainder", "int4 remainder"), ("int4_finer", "int4 finer"),
                            ("int8_block", "int8 block"),
@@ -370,6 +376,7 @@ def section_runtime(d: dict) -> str:
                            ("ms_per_token", "ms/token"), ("peak_rss_mb", "peak RSS MB"),
                            ("top1_agreement", "top-1 vs fp32"), ("logit_corr", "logit corr"),
                            ("accuracy", "accuracy"), ("vs_builder_ms", "ms/token vs builder"),
+                           ("paired_vs_builder", "paired vs builder"),
                            ("vs_builder_mb", "MB vs builder")])
             + "\n\nIssue #16's targets, from the dense rows of the same run:\n\n"
             + table(d.get("targets", []), [("model", "model"), ("target", "target"),
