@@ -31,9 +31,12 @@ differ.  Runs are interleaved by model; compare within a run, as ratios.
 Separate processes of the same file can differ by 10-20% on a shared machine, so the speed
 targets read a paired measurement instead (``paired_vs_builder``): each dense int8 / int4
 file of ours and the builder's file of the same precision load in one process and their
-32-token decodes alternate PAIRED times (order swapped each time); the median of the
-per-pair ratios.  The control (``paired_control``): our int8 paired with itself, whose
-median would be 1.0 but for the method's own bias.
+32-token decodes alternate PAIRED times (order swapped each time), the median of the
+per-pair ratios; the model loaded first decoded up to 7% slower than the same file loaded
+second, so the pair runs twice, each file loaded first once, and the geometric mean of the
+two medians is the ratio (each order's is kept).  The control (``paired_control``): our int8
+paired with itself the same way (``paired`` should be 1; ``first_over_second`` is what
+loading first cost).  ``--paired-only`` measures the pairs again on the last run's rows.
 """
 
 from __future__ import annotations
@@ -172,6 +175,42 @@ def child(job: dict) -> dict:
                   for ex in data["accuracy"])
     return {**timing, "peak_rss_mb": _peak_rss_mb(), "accuracy": correct / len(data["accuracy"]),
             **figures}
+
+
+def _pair(a: tuple[Path, str], b: tuple[Path, str], ids: Path) -> dict:
+    """Decodes of ``a`` over ``b``, paired (paired_child) in two processes, each file loaded
+    first in one of them: the geometric mean of the two medians cancels what loading first
+    costs (the control measures that), and each order's median is kept."""
+    def run(x, y):
+        return run_child({"dir": str(x[0]), "file": x[1], "ids": str(ids),
+                          "dir_b": str(y[0]), "file_b": y[1]})
+
+    first, second = run(a, b), run(b, a)
+    a_first, b_first = first["paired_vs_builder"], 1 / second["paired_vs_builder"]
+    return {"paired_vs_builder": (a_first * b_first) ** 0.5,
+            "paired_ours_loaded_first": a_first, "paired_builder_loaded_first": b_first}
+
+
+def paired(model: str, runs: list, rows: list[dict], dense: Path, ids: Path,
+           controls: dict) -> None:
+    """The paired ratios of ``model``'s dense int8 / int4 rows (in place), and the control."""
+    builder_files = {precision: (folder, name) for tool, _, precision, folder, name in runs
+                     if tool == "genai-builder"}
+    for (tool, variant, precision, folder, name), row in zip(runs, rows):
+        if tool != "edge-c2i" or variant != "dense" or precision not in PAIRED_PRECISIONS \
+                or precision not in builder_files or row.get("int4_remainder") == "product":
+            continue
+        print(f"{model} paired: {name} and the builder's {precision}", file=sys.stderr)
+        for key in [k for k in row if k.startswith("paired_")]:
+            del row[key]
+        row.update(_pair((folder, name), builder_files[precision], ids))
+    # the control: our int8 paired with itself; the two orders' ratios show the cost of
+    # loading first, their geometric mean should be 1
+    print(f"{model} paired control: our int8 with itself", file=sys.stderr)
+    control = _pair((dense, FILES["int8"]), (dense, FILES["int8"]), ids)
+    controls[model] = {"paired": control["paired_vs_builder"],
+                       "first_over_second": control["paired_ours_loaded_first"],
+                       "second_over_first": control["paired_builder_loaded_first"]}
 
 
 def run_child(job: dict) -> dict:
@@ -326,12 +365,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="timing rounds over all files of a model (the first also measures "
                          "agreement, RSS and accuracy); ms figures are the best of all rounds")
+    ap.add_argument("--paired-only", action="store_true",
+                    help="measure only the paired ratios again, on the rows of the last run "
+                         "in runtime.json (the same files)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
     rows, controls, t_start = [], {}, time.perf_counter()
+    if args.paired_only:
+        data = json.loads(RESULTS.read_text())
+        rows, seconds = data["rows"], data["seconds"]
     for model in args.models:
         folders = edge_exports(model, args.work, args.graph)
         ids = token_ids(model, folders["dense"], args.work / model / "ids.json")
@@ -349,6 +394,12 @@ def main() -> None:
         if len(builder) < len(FILES):
             print(f"no builder folders under {args.builder / model}: run "
                   "bench/genai_builder.sh first", file=sys.stderr)
+        mine = [r for r in rows if r["model"] == model]
+        if args.paired_only:
+            assert len(mine) == len(runs), "runtime.json holds another set of files: run all"
+            paired(model, runs, mine, folders["dense"], ids, controls)
+            write(rows, args, seconds, controls, paired_date=time.strftime("%Y-%m-%d"))
+            continue
         for tool, variant, precision, folder, name in runs:
             ref = args.work / model / f"{tool}-{variant}-fp32.npy"
             job = {"dir": str(folder), "file": name, "ids": str(ids)}
@@ -373,22 +424,7 @@ def main() -> None:
                 for key in ("prefill_ms", "ms_per_token"):
                     row[key] = min(row[key], again[key])
             write(rows, args, time.perf_counter() - t_start, controls)
-        builder_files = {precision: (folder, name) for tool, _, precision, folder, name in runs
-                         if tool == "genai-builder"}
-        for (tool, variant, precision, folder, name), row in zip(runs, mine):
-            if tool != "edge-c2i" or variant != "dense" or precision not in PAIRED_PRECISIONS \
-                    or precision not in builder_files or row.get("int4_remainder") == "product":
-                continue
-            print(f"{model} paired: {name} and the builder's {precision}", file=sys.stderr)
-            b_folder, b_name = builder_files[precision]
-            row.update(run_child({"dir": str(folder), "file": name, "ids": str(ids),
-                                  "dir_b": str(b_folder), "file_b": b_name}))
-            write(rows, args, time.perf_counter() - t_start, controls)
-        # the control: our int8 paired with itself (1.0 but for the method's own bias and noise)
-        print(f"{model} paired control: our int8 with itself", file=sys.stderr)
-        dense = str(folders["dense"])
-        controls[model] = run_child({"dir": dense, "file": FILES["int8"], "ids": str(ids),
-                                     "dir_b": dense, "file_b": FILES["int8"]})
+        paired(model, runs, mine, folders["dense"], ids, controls)
         write(rows, args, time.perf_counter() - t_start, controls)
     print(table(rows))
 
@@ -440,7 +476,8 @@ def targets(rows: list[dict]) -> list[dict]:
     return out
 
 
-def write(rows: list[dict], args, seconds: float, controls: dict | None = None) -> None:
+def write(rows: list[dict], args, seconds: float, controls: dict | None = None,
+          paired_date: str | None = None) -> None:
     import onnxruntime
 
     data = {"task": TASK, "rounds": args.rounds, "n_prompts": N_PROMPTS, "n_accuracy": N_ACCURACY,
@@ -449,6 +486,7 @@ def write(rows: list[dict], args, seconds: float, controls: dict | None = None) 
             "onnxruntime": onnxruntime.__version__, "machine": {"cpus": os.cpu_count()},
             "date": time.strftime("%Y-%m-%d"), "seconds": round(seconds), "rows": rows,
             "paired_repeats": PAIRED, "paired_control": controls or {},
+            "paired_date": paired_date or time.strftime("%Y-%m-%d"),
             "targets": targets(rows)}
     tmp = RESULTS.with_name(f".{RESULTS.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2))

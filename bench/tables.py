@@ -362,10 +362,12 @@ def section_runtime(d: dict) -> str:
             "target is read again with --int8-block 64, the int4 targets with --int4-finer "
             "int4. 'paired vs builder': the speed targets' measure, our file and the builder's "
             f"in one process, {d.get('paired_repeats', '?')} alternated decodes, the median "
-            "per-pair ratio; separate processes of one file can differ by 10-20% on a shared "
-            "machine. Its control, our int8 paired with itself: "
-            + ", ".join(f"{m} {c['paired_vs_builder']:.3f} (IQR {c['paired_iqr'][0]:.3f}-"
-                        f"{c['paired_iqr'][1]:.3f})" for m, c in d.get("paired_control", {}).items())
+            "per-pair ratio, measured twice with each file loaded first once (the geometric "
+            "mean; loading first costs a few percent); separate processes of one file can "
+            "differ by 10-20% on a shared machine. Its control, our int8 paired with itself "
+            "(1 is unbiased; in brackets what loading first cost): "
+            + ", ".join(f"{m} {c['paired']:.3f} ({c['first_over_second']:.3f})"
+                        for m, c in d.get("paired_control", {}).items())
             + ".\n\n"
             + table(rows, [("model", "model"), ("tool", "tool"), ("precision", "precision"),
                            ("int4_remainder", "int4 remainder"), ("int4_finer", "int4 finer"),
