@@ -376,7 +376,7 @@ def main() -> None:
     rows, controls, t_start = [], {}, time.perf_counter()
     if args.paired_only:
         data = json.loads(RESULTS.read_text())
-        rows, seconds = data["rows"], data["seconds"]
+        rows, seconds, controls = data["rows"], data["seconds"], data.get("paired_control", {})
     for model in args.models:
         folders = edge_exports(model, args.work, args.graph)
         ids = token_ids(model, folders["dense"], args.work / model / "ids.json")
@@ -396,7 +396,9 @@ def main() -> None:
                   "bench/genai_builder.sh first", file=sys.stderr)
         mine = [r for r in rows if r["model"] == model]
         if args.paired_only:
-            assert len(mine) == len(runs), "runtime.json holds another set of files: run all"
+            if len(mine) != len(runs):
+                sys.exit(f"{RESULTS} holds another set of {model} files: run without "
+                         "--paired-only")
             paired(model, runs, mine, folders["dense"], ids, controls)
             write(rows, args, seconds, controls, paired_date=time.strftime("%Y-%m-%d"))
             continue

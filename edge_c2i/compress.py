@@ -81,6 +81,7 @@ from .budget import CompressPlan, k_star, plan_compress, release_freed_memory
 from .config import KEEP_ALPHA, CompressConfig, Reduction
 from .errors import EdgeC2IError
 from .evaluate import Result, Scorer, grad_from
+from .export.int4 import HEAD_BLOCK, finer_grid
 from .factorize import LowRankLinear, count_params, swap
 from .targets import Target, find_targets, is_conv1d, weight_matrix
 from .tasks import Task, load_task, split
@@ -504,8 +505,9 @@ class CompressReport:
 # bytes per parameter in each exported file (export/, with its default blocks): (linear
 # layers, everything else).  fp32: 4.  int8: an 8-bit code and 1/32 of an fp32 scale
 # (MatMulNBits in blocks of 32), and 1/64 more for the padding of a factor's rank to whole
-# blocks (a Gemma-3 compressed to 0.91 came out 0.2% above the estimate without it); the
-# embedding and a tied head share one 8-bit table in blocks of HEAD_BLOCK (64).  int4, linear: a 4-bit code, 1/32 of an fp32 scale and of a 4-bit zero
+# blocks (a Gemma-3 compressed to 0.91 came out 0.2% above the estimate without it, one
+# run by hand); the embedding and a tied head share one 8-bit table in blocks of
+# HEAD_BLOCK.  int4, linear: a 4-bit code, 1/32 of an fp32 scale and of a 4-bit zero
 # point, and about 2/32 more for a grid matrix's folded remainder rows and the padding of
 # K + K/32 to whole blocks (a factor has neither, so the estimate errs on the large side);
 # the table stays 8-bit, and so does a dense matrix the model held on a finer grid
@@ -513,7 +515,7 @@ class CompressReport:
 # packaged models' exports (bench/results/runtime.json, dense): SmolLM2 538.2 / 149.8 / 102.1
 # MB, estimated 538.3 / 151.7 / 102.6; Gemma-3 1072.5 / 291.4 / 282.9, estimated 1072.6 /
 # 293.1 / 283.3 (with FILE_OVERHEAD_MB).
-_TABLE = 1 + 4 / 64
+_TABLE = 1 + 4 / HEAD_BLOCK
 FILE_BYTES = {"fp32": (4.0, 4.0), "int8": ((1 + 4 / 32) * (1 + 1 / 64), _TABLE),
               "int4": ((0.5 + 4.5 / 32) * (1 + 2 / 32), _TABLE)}
 FINER_BYTES = 1 + 4 / 32 + 1 / 32
@@ -546,8 +548,6 @@ def params_for_file(mb: float, other: int, precision: str) -> int:
 def finer_targets(model: nn.Module, targets: list[Target]) -> set[str]:
     """Keys of the targets whose weight lies on a finer grid than 4 bits (a GGUF Q5/Q6/Q8
     matrix, export/int4.py ``finer_grid``), read on their first FINER_SAMPLE outputs."""
-    from edge_c2i.export.int4 import finer_grid
-
     out = set()
     for t in targets:
         w = weight_matrix(model.get_submodule(t.name))[:FINER_SAMPLE]

@@ -105,8 +105,8 @@ HEAD_ACCURACY_LEVEL = 4
 # a block is on the grid if it is rebuilt within GRID_RTOL of its step, or within float32
 # rounding of its values (a few ulps)
 GRID_RTOL = 1e-5
-GRID_DIVISORS = (1, 2, 3, 4, 5, 6, 7, 8)
-GRID_PROBE = 64  # outputs checked first: most matrices off a grid fail on them  # the grid's step: the smallest gap over 1, 2, ... (grid_codes)
+GRID_DIVISORS = (1, 2, 3, 4, 5, 6, 7, 8)  # the grid's step: the smallest gap over 1, 2, ...
+GRID_PROBE = 64  # outputs checked first: a matrix off a grid fails on them, at little cost
 FLOAT32_ULPS = 4 * float(np.finfo(np.float32).eps)
 
 
@@ -140,7 +140,7 @@ def grid_codes(w: np.ndarray, block: int = BLOCK, bits: int = BITS
     if k % block:
         return None
     if n > GRID_PROBE and grid_codes(w[:, :GRID_PROBE], block, bits) is None:
-        return None  # a matrix off the grid is found on its first outputs, at a fraction of the cost
+        return None
     blocks = w.T.reshape(n, k // block, block).astype(np.float64)
     codes, step, on = _grid_fit(blocks, bits)
     return (codes.astype(np.uint8), step, blocks.min(-1)) if on.all() else None

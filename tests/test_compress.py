@@ -296,3 +296,12 @@ def test_finer_targets_finds_a_q5_0_matrix():
         up.copy_((d * q4 - 0.07 * d).reshape(up.shape))
     assert C.finer_targets(model, targets) == {
         t.key for t in targets if t.name.endswith("mlp.gate_proj")}
+
+
+def test_no_matrix_of_the_4_bit_smollm2_is_counted_finer():
+    """SmolLM2 ships as GGUF Q4_1: every matrix on a 4-bit grid, none kept 8-bit in an int4
+    file, so none costs more in an int4 budget."""
+    from edge_c2i.models import load_model
+
+    model, _ = load_model("smollm2-135m")
+    assert C.finer_targets(model, find_targets(model)) == set()
