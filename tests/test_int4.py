@@ -219,3 +219,31 @@ def test_int4_keeps_a_q5_0_matrix_in_8_bits_unless_told(gemma_weights, tmp_path)
     rounded = np.abs(_run(tmp_path / "q5_4.onnx", x) - want).max() / np.abs(want).max()
     assert rounded > 100 * max(kept, 1e-7)
     assert (tmp_path / "q5_4.onnx").stat().st_size < (tmp_path / "q5_8.onnx").stat().st_size
+
+
+def test_the_packaged_gemma3_matrices_by_grid():
+    """Every linear weight of the packaged Gemma-3 (GGUF Q4_K_M), as the README counts them:
+    attention outputs and half the MLP down matrices on a 4-bit grid (Q4_K), the rest on a
+    finer one (Q5_0, Q6_K, Q8_0), none off a grid.  The export packs q/k/v and gate/up into
+    one product each, so its int4 has 18 + 9 = 27 exact products and 18 + 18 + 9 = 45 in 8
+    bits."""
+    from safetensors import safe_open
+
+    from edge_c2i.export.int4 import finer_grid
+    from edge_c2i.models import resolve
+
+    kinds = {}
+    for path in sorted(resolve("gemma3-270m").glob("*.safetensors")):
+        with safe_open(path, "np") as f:
+            names = f.keys()
+            for key in names:
+                if ".layers." in key and key.endswith("proj.weight"):
+                    w = np.ascontiguousarray(f.get_tensor(key).T)
+                    kinds[key] = ("grid" if grid_codes(w) is not None
+                                  else "finer" if finer_grid(w) else "off")
+    by = {kind: sorted({k.split(".")[-2] for k, v in kinds.items() if v == kind})
+          for kind in ("grid", "finer", "off")}
+    counts = {kind: sum(v == kind for v in kinds.values()) for kind in ("grid", "finer", "off")}
+    assert counts == {"grid": 18 + 9, "finer": 18 * 5 + 9, "off": 0}, counts
+    assert by["grid"] == ["down_proj", "o_proj"]
+    assert by["finer"] == ["down_proj", "gate_proj", "k_proj", "q_proj", "up_proj", "v_proj"]
