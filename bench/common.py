@@ -58,7 +58,9 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 SCAN_COLUMNS = [("model", "model"), ("task", "task"), ("tokens", "tokens"),
                 ("fb_s", "forward+backward s"), ("svd_s", "SVDs s"), ("grad_s", "scan's pass s"),
                 ("scan_s", "scan s"), ("grad_over_fb", "pass / f+b"),
-                ("ratio", "scan / (f+b + SVDs)"), ("within_target", "<= 1.5")]
+                ("ratio", "scan / (f+b + SVDs)"), ("within_target", "<= 1.5"),
+                ("cached_svd_s", "SVDs read s"), ("cached_scan_s", "scan, vectors kept s"),
+                ("cached_over_scan", "kept / scan"), ("spectra_mb", "vectors MB")]
 
 # bench_contention.py's table (also rendered by tables.py)
 CONTENTION_COLUMNS = [("setting", "setting"), ("idle_s", "idle s"), ("loaded_s", "loaded s"),

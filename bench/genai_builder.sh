@@ -11,6 +11,8 @@
 # Env:    OUT     output root (default /work/builder); result: $OUT/$MODEL/$PRECISION
 #         VENV    builder venv (default /work/venvs/genai-builder)
 #         MODELS  models to build (default "smollm2-135m gemma3-270m")
+#         MODELS_DIR  the HF-format model folders (default: edge-c2i's converted packaged
+#                 models, converted here first if missing)
 #         PRECISIONS (default "fp32 int8 int4")
 #
 # int4/int8 use the builder's defaults (onnxruntime-genai 0.18.0; see the
@@ -45,7 +47,7 @@ set -euo pipefail
 
 OUT="${OUT:-/work/builder}"
 VENV="${VENV:-/work/venvs/genai-builder}"
-MODELS_DIR="${MODELS_DIR:-$HOME/.cache/edge-c2i/models}"
+MODELS_DIR="${MODELS_DIR:-${EDGE_C2I_HOME:-$HOME/.cache/edge-c2i}/models}"
 MODELS="${MODELS:-smollm2-135m gemma3-270m}"
 GEMMA3_COMPAT="${GEMMA3_COMPAT:-1}"
 PRECISIONS="${PRECISIONS:-fp32 int8 int4}"
@@ -101,6 +103,15 @@ b.create_model(a.model_name, a.input, a.output, a.precision, a.execution_provide
 
 # (b) One build per model x precision, skipped if the output already exists.
 for MODEL in $MODELS; do
+    if [ ! -f "$MODELS_DIR/$MODEL/config.json" ]; then
+        # a fresh machine: the packaged GGUF converted once, as every edge-c2i command does
+        python3 -c "import sys; from edge_c2i.models import resolve; print(resolve(sys.argv[1]))" \
+            "$MODEL" >&2
+    fi
+    if [ ! -f "$MODELS_DIR/$MODEL/config.json" ]; then
+        echo "FAILED $MODEL: no $MODELS_DIR/$MODEL/config.json (set MODELS_DIR)" >&2
+        continue
+    fi
     for PRECISION in $PRECISIONS; do
         dst="$OUT/$MODEL/$PRECISION"
         if [ -f "$dst/genai_config.json" ] && [ -f "$dst/model.onnx" ]; then

@@ -80,11 +80,16 @@ def section_search(d: dict, grid: bool = False) -> str:
         n_test = sum(s.startswith("test") for s in resumed)
         row["resumed"] = ", ".join([s for s in resumed if not s.startswith("test")]
                                    + ([f"{n_test} test evaluations"] if n_test else [])) or "none"
+        vectors = (row.get("c2i_timings") or {}).get("spectra")
+        row["vectors"] = ("" if not vectors else "read" if vectors["read"] and
+                          not vectors["computed"] else "computed" if not vectors["read"]
+                          else f"{vectors['read']} read, {vectors['computed']} computed")
     chosen = table(rows, [("model", "model"), ("task", "task"), ("subset", "LASER subset"),
                           ("wide", "C2I wide run clusters"),
                           ("laser_pick", "LASER chose"), ("c2i_pick", "C2I chose"),
                           ("multi_pick", "C2I multi chose") if grid else
                           ("full_pick", "C2I, no screen, chose"),
+                          ("vectors", "C2I's singular vectors"),
                           ("resumed", "stages run by an earlier process")])
     labels = list(d["rows"][0]["variants"]) if d["rows"] else []
     agg = []
@@ -161,7 +166,10 @@ def _search_intro(d: dict) -> str:
             "all of them), timed on its own; 'C2I, no screen' is the same grid with every "
             "configuration on all 100 (the wide run), for the halving's price in accuracy. "
             "Both searches share the evaluator: cached hidden states taken by the base "
-            "evaluation and by passes that stop at the deepest block needed.\n\n")
+            "evaluation and by passes that stop at the deepest block needed. 'C2I's singular "
+            "vectors': whether the default run's scan computed them (a model's first pair) or "
+            "read them from the disk cache an earlier scan of the model kept (its later "
+            "pairs; empty: a run from before the cache).\n\n")
 
 
 def _search_grid_intro(d: dict) -> str:
@@ -293,7 +301,10 @@ def section_scan(d: dict) -> str:
             "that give every target's singular vectors, the 'SVDs' column) "
             f"costs at most {d['target_ratio']}x one ordinary forward+backward over the same "
             "examples (every choice packed; the scan packs the gold answer only) plus those "
-            "decompositions.\n\n" + table(d["rows"], SCAN_COLUMNS))
+            "decompositions. 'scan, vectors kept': the same scan when an earlier scan of the "
+            "model (any task) kept the singular vectors on disk (edge_c2i/spectra.py; 'SVDs "
+            "read' is the time reading them, 'vectors MB' what they take on disk); the other "
+            "scans run with that cache off.\n\n" + table(d["rows"], SCAN_COLUMNS))
 
 
 def section_device_arm64(d: dict) -> str:

@@ -94,6 +94,29 @@ def spectral_basis(W: torch.Tensor) -> tuple[bool, torch.Tensor, torch.Tensor]:
             lam.flip(0).clamp_min(0).sqrt().float())
 
 
+def cached_spectral_basis(W: torch.Tensor, counts: dict | None = None
+                          ) -> tuple[bool, torch.Tensor, torch.Tensor]:
+    """``spectral_basis(W)``, read from the disk cache when an earlier run stored it
+    (spectra.py), else computed and stored.  ``counts`` tallies "read", "computed" and
+    "written_bytes"."""
+    from . import spectra
+
+    counts = {} if counts is None else counts
+    directory = spectra.cache_dir()
+    name = spectra.key(W) if directory is not None else None
+    if name is not None:
+        found = spectra.load(directory, name, min(W.shape))
+        if found is not None:
+            counts["read"] = counts.get("read", 0) + 1
+            return found
+    basis = spectral_basis(W)
+    counts["computed"] = counts.get("computed", 0) + 1
+    if name is not None:
+        counts["written_bytes"] = counts.get("written_bytes", 0) + spectra.save(
+            directory, name, *basis)
+    return basis
+
+
 def singular_value_gradients(model: nn.Module, tokenizer, examples, targets: list[Target],
                              progress: bool = True,
                              max_memory: int | None = None) -> tuple[dict[str, MatrixScan], dict]:
@@ -112,13 +135,30 @@ def singular_value_gradients(model: nn.Module, tokenizer, examples, targets: lis
     scorer = Scorer(tokenizer, examples, plan.batch_tokens, plan.lm_head_chunk, gold_only=True)
     timings = {"svd_s": 0.0, "grad_s": 0.0, "loss": 0.0, "passes": plan.passes,
                "batch_tokens": plan.batch_tokens, "plan": plan.describe(),
-               "budget": plan.budget, "svd_budget": plan.svd_budget}
+               "budget": plan.budget, "svd_budget": plan.svd_budget,
+               "spectra": {"read": 0, "computed": 0, "written_bytes": 0}}
     if progress:
         print(f"memory plan: {timings['plan']}", file=sys.stderr)
     scans = {}
     for group in plan.groups:
         scans.update(_scan_group(model, scorer, group, progress, timings))
+    if progress:
+        print(_spectra_note(timings["spectra"]), file=sys.stderr)
     return scans, timings
+
+
+def _spectra_note(counts: dict) -> str:
+    """One line on where the singular vectors came from (spectra.py's cache)."""
+    from . import spectra
+
+    directory = spectra.cache_dir()
+    if directory is None:
+        return f"singular vectors: {counts['computed']} computed ({spectra.ENV}=off: not kept)"
+    line = f"singular vectors: {counts['read']} read from {directory}"
+    if counts["computed"]:
+        line += (f", {counts['computed']} computed and kept there "
+                 f"({counts['written_bytes'] / 2**20:.0f} MB; {spectra.ENV}=off skips)")
+    return line
 
 
 def _scan_group(model, scorer: Scorer, targets: list[Target], progress,
@@ -173,7 +213,8 @@ def _scan_group(model, scorer: Scorer, targets: list[Target], progress,
     scans = {}
     for t in tqdm(targets, desc="singular vectors", disable=not progress, leave=False):
         threads.rebalance()
-        _, Q, S = spectral_basis(weight_matrix(model.get_submodule(t.name)))
+        _, Q, S = cached_spectral_basis(weight_matrix(model.get_submodule(t.name)),
+                                        timings["spectra"])
         Q = Q.double()
         sg = ((Q.T @ M.pop(t.key).double()) * Q.T).sum(1)
         shape = shapes[t.key]

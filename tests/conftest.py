@@ -1,9 +1,26 @@
 """Shared fixtures: the real packaged SmolLM2 (loaded once per session) and tiny random models."""
 
+import os
+
 import pytest
 import torch
 
 torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def spectra_cache(tmp_path_factory):
+    """The scan's disk cache of singular vectors (spectra.py) in a directory of the session's
+    own, also for the CLI's subprocesses: the tests start cold and leave the user's alone."""
+    from edge_c2i.spectra import ENV
+
+    before = os.environ.get(ENV)
+    os.environ[ENV] = str(tmp_path_factory.mktemp("spectra"))
+    yield os.environ[ENV]
+    if before is None:
+        os.environ.pop(ENV, None)
+    else:
+        os.environ[ENV] = before
 
 
 @pytest.fixture(scope="session")

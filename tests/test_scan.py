@@ -31,9 +31,14 @@ def test_singular_value_gradients_match_autograd_on_the_real_model(smol):
         # (5e-4) than the tail sums the scores add up (1e-4), which do not depend on that pick
         rel = (got - ref).norm() / ref.norm()
         assert rel <= 5e-4, (t.key, float(rel))
+        # a tail sum adds hundreds of terms of both signs: its error is measured against the
+        # size of those terms (sum |s_i g_i|), not against the sum, which can be far smaller
+        # (layer 27's q at rate 0.005 on one CPU: 1.9e-4 of the sum, 3.2e-7 absolute, where
+        # sum |s_i g_i| is 0.95)
+        scale = float((S * ref).abs().sum())
         for rate, value in tail_scores(S, ref, shape=tuple(S.shape) * 2)["first_order"].items():
-            assert scans[t.key].scores["first_order"][rate] == pytest.approx(value, rel=1e-4,
-                                                                             abs=1e-7)
+            assert scans[t.key].scores["first_order"][rate] == pytest.approx(
+                value, rel=1e-4, abs=1e-6 * scale), (t.key, rate, scale)
 
 
 class _FromSingularValues(torch.nn.Module):
@@ -63,3 +68,46 @@ def test_ranking_orders_by_predicted_benefit(smol):
     benefits = [sc.benefit("first_order") for sc in ranked]
     assert benefits == sorted(benefits, reverse=True)
     assert timings["grad_s"] > 0 and timings["loss"] > 0
+
+
+def test_a_second_scan_reads_the_singular_vectors_the_first_kept(smol, tmp_path, monkeypatch):
+    """spectra.py: the second scan reads every basis from disk and scores exactly as the
+    first; a matrix that changed is computed again; a damaged file is replaced; off writes
+    nothing."""
+    from edge_c2i import spectra
+
+    model, tok = smol
+    examples = split(load_task("bigbench:epistemic_reasoning"), n_calib=4, n_eval=4).calib
+    targets = [get_target(model, 3, "out"), get_target(model, 20, "k")]
+    monkeypatch.setenv(spectra.ENV, str(tmp_path / "cache"))
+    first, t1 = singular_value_gradients(model, tok, examples, targets, progress=False)
+    assert t1["spectra"]["computed"] == 2 and t1["spectra"]["read"] == 0
+    files = sorted((tmp_path / "cache").glob("*.safetensors"))
+    assert len(files) == 2 and t1["spectra"]["written_bytes"] == sum(
+        f.stat().st_size for f in files)
+    second, t2 = singular_value_gradients(model, tok, examples, targets, progress=False)
+    assert t2["spectra"] == {"read": 2, "computed": 0, "written_bytes": 0}
+    for t in targets:
+        assert torch.equal(first[t.key].s, second[t.key].s)
+        assert torch.equal(first[t.key].g, second[t.key].g)
+        assert first[t.key].scores == second[t.key].scores
+
+    damaged = tmp_path / "cache" / f"{spectra.key(model.get_submodule(targets[0].name).weight)}.safetensors"
+    damaged.write_bytes(b"not a safetensors file")
+    weight = model.get_submodule(targets[1].name).weight
+    with torch.no_grad():
+        saved = weight[0, 0].item()
+        weight[0, 0] += 1e-3  # another matrix: another name
+        try:
+            _, t3 = singular_value_gradients(model, tok, examples, targets, progress=False)
+        finally:
+            weight[0, 0] = saved
+    assert t3["spectra"]["read"] == 0 and t3["spectra"]["computed"] == 2
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 3
+    assert spectra.load(damaged.parent, damaged.stem, 576) is not None  # replaced
+    assert not list((tmp_path / "cache").glob(".*"))  # no temporary left
+
+    monkeypatch.setenv(spectra.ENV, "off")
+    _, t4 = singular_value_gradients(model, tok, examples, targets, progress=False)
+    assert t4["spectra"] == {"read": 0, "computed": 2, "written_bytes": 0}
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 3
