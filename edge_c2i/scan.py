@@ -15,7 +15,9 @@ matrix W W^T or W^T W (p = min(m, n)), in float64 still several times faster
 than the SVD (bench/results/scan.json, "svd_s").  Hooks add up, over tokens,
 the p x p matrix M = sum_t d_t (W x_t)^T (or sum_t (W^T d_t) x_t^T), and
 s_i g_i = q_i^T M q_i: the pass needs no singular vector, and only M (p x p) per
-matrix stays resident.  No weight needs a .grad and G never exists.  The scan scores
+matrix stays resident.  No weight needs a .grad and G never exists.  The bases depend on
+the weights only: ``cached_spectral_basis`` keeps them on disk (spectra.py), so a model's
+later scans, on any task, read them instead of decomposing every matrix again.  The scan scores
 the gold answer only (Scorer's ``gold_only``): the other choices change nothing in its
 loss.
 
