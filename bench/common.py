@@ -59,6 +59,7 @@ SCAN_COLUMNS = [("model", "model"), ("task", "task"), ("tokens", "tokens"),
                 ("fb_s", "forward+backward s"), ("svd_s", "SVDs s"), ("grad_s", "scan's pass s"),
                 ("scan_s", "scan s"), ("grad_over_fb", "pass / f+b"),
                 ("ratio", "scan / (f+b + SVDs)"), ("within_target", "<= 1.5"),
+                ("first_scan_s", "first scan, writing them s"),
                 ("cached_svd_s", "SVDs read s"), ("cached_scan_s", "scan, vectors kept s"),
                 ("cached_over_scan", "kept / scan"), ("spectra_mb", "vectors MB")]
 

@@ -303,7 +303,8 @@ def section_scan(d: dict) -> str:
             "examples (every choice packed; the scan packs the gold answer only) plus those "
             "decompositions. 'scan, vectors kept': the same scan when an earlier scan of the "
             "model (any task) kept the singular vectors on disk (edge_c2i/spectra.py; 'SVDs "
-            "read' is the time reading them, 'vectors MB' what they take on disk); the other "
+            "read' is the time reading them, 'vectors MB' what they take on disk, 'first scan, "
+            "writing them' the scan that computed and wrote them); the other "
             "scans run with that cache off.\n\n" + table(d["rows"], SCAN_COLUMNS))
 
 
