@@ -17,9 +17,10 @@ if [ -f "$SRC/$STEM.ort" ]; then
 elif [ -f "$SRC/$STEM.onnx" ]; then
     MODEL="$SRC/$STEM.onnx"
     echo "copy_model: no $STEM.ort in $SRC, using $STEM.onnx (export with --ort for the mobile format)" >&2
-    if compgen -G "$SRC/$STEM.onnx*data" >/dev/null; then
-        echo "copy_model: $STEM.onnx keeps its weights in an external data file, which the app cannot load" >&2
-        exit 1
+    if compgen -G "$SRC/$STEM.onnx?data" >/dev/null; then
+        # the export keeps an .onnx file's weights beside it (NAME.onnx_data); the app copies
+        # one asset to a file, so the graph and its weights are joined into one .onnx
+        JOIN=1
     fi
 else
     echo "copy_model: no $STEM.ort or $STEM.onnx in $SRC" >&2
@@ -30,7 +31,14 @@ fi
 
 rm -rf "$DEST"
 mkdir -p "$DEST"
-cp "$MODEL" "$DEST/model.${MODEL##*.}"
+if [ "${JOIN:-0}" = 1 ]; then
+    python3 -c 'import sys, onnx; onnx.save(onnx.load(sys.argv[1]), sys.argv[2])' "$MODEL" "$DEST/model.onnx" || {
+        echo "copy_model: could not join $STEM.onnx with its weights (needs python3 with onnx); or export with --ort" >&2
+        exit 1
+    }
+else
+    cp "$MODEL" "$DEST/model.${MODEL##*.}"
+fi
 for f in tokenizer.json edge_c2i_export.json config.json tokenizer_config.json; do
     if [ -f "$SRC/$f" ]; then cp "$SRC/$f" "$DEST/"; fi
 done

@@ -11,8 +11,10 @@ both tools target; one thread), each in a fresh process that imports no torch:
   (``adapted``), the dense model's int4 with ``--int4-remainder product`` (exact; the
   default folds the remainders into the 4-bit product), the dense model's int8 and int4 with
   ``--head-block 32`` (the shared LM head / embedding table in 8-bit blocks of 32, where the
-  default is 64) and its int8 with ``--int8-block 64`` (the int8 matrices in blocks of 64);
-  keys ``int8_block``, ``head_block``; where the model has matrices on a finer grid than 4
+  default is 64), its int8 with ``--head-block 128`` and with ``--int8-block 64`` (the int8
+  matrices in blocks of 64); keys ``int8_block``, ``head_block``; the dense model's int4
+  saved as one file (key ``weights``: ``one file``, where every export keeps its weights in
+  ``NAME.onnx_data``, ``external``: export/files.py); where the model has matrices on a finer grid than 4
   bits (Gemma-3's Q5_0 / Q6_K / Q8_0), the dense model's int4 with ``--int4-finer int4``
   (those rounded to 4 bits, where the default keeps them in 8), key ``int4_finer``;
 - genai-builder: ``onnxruntime_genai.models.builder -p fp32/int8/int4 -e cpu`` of the same
@@ -67,11 +69,15 @@ PRODUCT_FILE = "model_int4_product.onnx"
 # --head-block); the defaults' are DEFAULT_BLOCKS
 BLOCK_FILES = {"model_int8_head32.onnx": ("int8", 32, 32),
                "model_int4_head32.onnx": ("int4", None, 32),
-               "model_int8_block64.onnx": ("int8", 64, 64)}
+               "model_int8_block64.onnx": ("int8", 64, 64),
+               "model_int8_head128.onnx": ("int8", 32, 128)}
 DEFAULT_BLOCKS = {"int8": (32, 64), "int4": (None, 64)}  # export's INT8_BLOCKS[0], HEAD_BLOCK
 # the dense model's int4 with its finer grids rounded to 4 bits (export --int4-finer int4),
 # made only where the default int4 keeps some matrix in 8 bits (int4.FINER)
 FINER4_FILE = "model_int4_finer4.onnx"
+# the dense model's default int4 saved as one file, its weights inside the .onnx (as exports
+# wrote them before export/files.py): what external data changes in load time and peak RSS
+ONEFILE_FILE = "model_int4_onefile.onnx"
 
 
 # ---------------------------------------------------------------- child side (no torch)
@@ -198,7 +204,8 @@ def paired(model: str, runs: list, rows: list[dict], dense: Path, ids: Path,
                      if tool == "genai-builder"}
     for (tool, variant, precision, folder, name), row in zip(runs, rows):
         if tool != "edge-c2i" or variant != "dense" or precision not in PAIRED_PRECISIONS \
-                or precision not in builder_files or row.get("int4_remainder") == "product":
+                or precision not in builder_files or row.get("int4_remainder") == "product" \
+                or name == ONEFILE_FILE:
             continue
         print(f"{model} paired: {name} and the builder's {precision}", file=sys.stderr)
         for key in [k for k in row if k.startswith("paired_")]:
@@ -283,9 +290,17 @@ def edge_exports(model: str, work: Path, graph: str = "auto") -> dict[str, Path]
     """edge-c2i's exports (fp32, int8, int4) of the dense and the adapted model, made again
     when the folder holds another graph than ``graph`` asks for."""
     from edge_c2i.adapted import save_adapted
-    from edge_c2i.export.int4 import FINER, HEAD_BLOCK, INT8_BLOCKS, REMAINDERS, quantize_int4
+    from edge_c2i.export import files
+    from edge_c2i.export.int4 import (
+        FINER,
+        HEAD_BLOCK,
+        INT8_BLOCKS,
+        REMAINDERS,
+        quantize_int4,
+        table_block,
+    )
     from edge_c2i.export.onnx_export import export_model
-    from edge_c2i.export.postprocess import is_large, quantize_int8
+    from edge_c2i.export.postprocess import quantize_int8
     from edge_c2i.factorize import reduce
     from edge_c2i.models import load_model
     from edge_c2i.targets import get_target
@@ -305,29 +320,34 @@ def edge_exports(model: str, work: Path, graph: str = "auto") -> dict[str, Path]
                 or graph not in ("auto", kind)
                 or _remainder(folder, FILES["int4"]) != REMAINDERS[0]
                 or _head_block(folder) != HEAD_BLOCK
-                or _finer(folder, FILES["int4"]) != FINER[0]):
+                or _finer(folder, FILES["int4"]) != FINER[0]
+                or not files.data_path(folder / FILES["int4"]).is_file()):
             print(f"exporting {model} {variant} ({graph} graph)", file=sys.stderr)
-            for name in (PRODUCT_FILE, FINER4_FILE, *BLOCK_FILES):  # of an older export
-                (folder / name).unlink(missing_ok=True)
+            for name in (PRODUCT_FILE, FINER4_FILE, ONEFILE_FILE, *BLOCK_FILES):  # older
+                for old in (folder / name, files.data_path(folder / name)):
+                    old.unlink(missing_ok=True)
             export_model(model if variant == "dense" else str(source), folder, int8=True,
                          int4=True, force=True, graph=graph)
     dense = folders["dense"]
-    large = is_large(dense / "model.onnx")
     if not (dense / PRODUCT_FILE).is_file():
-        quantize_int4(dense / "model.onnx", dense / PRODUCT_FILE, remainder="product",
-                      large=large)
+        quantize_int4(dense / "model.onnx", dense / PRODUCT_FILE, remainder="product")
     kept8 = (_manifest(dense).get("int4") or {}).get("matmuls_8bit")
     if kept8 and not (dense / FINER4_FILE).is_file():
-        quantize_int4(dense / "model.onnx", dense / FINER4_FILE, large=large, finer="int4")
+        quantize_int4(dense / "model.onnx", dense / FINER4_FILE, finer="int4")
     assert DEFAULT_BLOCKS == {"int8": (INT8_BLOCKS[0], HEAD_BLOCK), "int4": (None, HEAD_BLOCK)}
+    width = json.loads((dense / "config.json").read_text())["hidden_size"]
     for name, (precision, int8_block, head_block) in BLOCK_FILES.items():
-        if (dense / name).is_file():
-            continue
+        if (dense / name).is_file() or table_block(width, head_block) != head_block:
+            continue  # made, or the same as a smaller block (SmolLM2's 576-wide table at 128)
         if precision == "int8":
             quantize_int8(dense / "model.onnx", dense / name, block_size=int8_block,
                           head_block=head_block)
         else:
-            quantize_int4(dense / "model.onnx", dense / name, large=large, head_block=head_block)
+            quantize_int4(dense / "model.onnx", dense / name, head_block=head_block)
+    if not (dense / ONEFILE_FILE).is_file():
+        import onnx
+
+        onnx.save(onnx.load(dense / FILES["int4"]), dense / ONEFILE_FILE)
     return folders
 
 
@@ -351,7 +371,13 @@ def token_ids(model: str, folder: Path, path: Path) -> Path:
 
 
 def file_mb(folder: Path, name: str) -> float:
+    """MB of an ONNX file with its external data (``name``.onnx_data, the builder's .data)."""
     return sum(p.stat().st_size for p in folder.glob(name + "*")) / 1e6
+
+
+def _weights(folder: Path, name: str) -> str:
+    """Where an ONNX file keeps its weights: "external" (a data file beside it) or "one file"."""
+    return "external" if any(folder.glob(name + "?data")) else "one file"
 
 
 def main() -> None:
@@ -386,7 +412,9 @@ def main() -> None:
         if (folders["dense"] / FINER4_FILE).is_file():
             runs.append(("edge-c2i", "dense", "int4", folders["dense"], FINER4_FILE))
         runs += [("edge-c2i", "dense", precision, folders["dense"], name)
-                 for name, (precision, _, _) in BLOCK_FILES.items()]
+                 for name, (precision, _, _) in BLOCK_FILES.items()
+                 if (folders["dense"] / name).is_file()]
+        runs.append(("edge-c2i", "dense", "int4", folders["dense"], ONEFILE_FILE))
         builder = [("genai-builder", "dense", precision, args.builder / model / precision,
                     "model.onnx") for precision in FILES]
         builder = [r for r in builder if (r[3] / "model.onnx").is_file()]
@@ -412,6 +440,7 @@ def main() -> None:
                    "int4_remainder": _remainder(folder, name) if tool == "edge-c2i" else None,
                    "int4_finer": _finer(folder, name) if tool == "edge-c2i" else None,
                    **(_blocks(name, precision) if tool == "edge-c2i" else {}),
+                   "weights": _weights(folder, name),
                    "mb": round(file_mb(folder, name), 1), **run_child(job)}
             if precision == "fp32":
                 row.update(top1_agreement=1.0, logit_corr=1.0)
@@ -453,7 +482,8 @@ def targets(rows: list[dict]) -> list[dict]:
         if r["tool"] != "edge-c2i":
             return None
         finer = r.get("int4_finer")
-        return (r.get("int8_block"), r.get("head_block"), *((finer,) if finer == "int4" else ()))
+        return (r.get("int8_block"), r.get("head_block"), *((finer,) if finer == "int4" else ()),
+                *((r["weights"],) if r.get("weights") == "one file" else ()))
 
     dense = {(r["model"], r["tool"], r["precision"], blocks(r)): r for r in rows
              if r["variant"] == "dense" and r.get("int4_remainder") != "product"}
@@ -501,7 +531,8 @@ def _version(package: str) -> str:
     return version(package)
 
 
-COLUMNS = ("model", "tool", "precision", "int4_remainder", "int4_finer", "int8_block", "head_block", "variant", "graph", "mb", "prefill_ms", "ms_per_token",
+COLUMNS = ("model", "tool", "precision", "int4_remainder", "int4_finer", "int8_block",
+           "head_block", "weights", "variant", "graph", "mb", "prefill_ms", "ms_per_token",
            "peak_rss_mb", "top1_agreement", "logit_corr", "accuracy", "paired_vs_builder")
 
 

@@ -370,7 +370,10 @@ def section_runtime(d: dict) -> str:
             "'int8 block': the 8-bit blocks of an int8 file's "
             "matrices (32, the default, or `export --int8-block 64`); 'head block': of the "
             "table the tied LM head and the embedding share in int8 and int4 (64, the default, "
-            "or `export --head-block 32`). The targets use the defaults, and the int8 speed "
+            "or `export --head-block 32` or 128). 'weights': where an edge-c2i file keeps its "
+            "weights, beside it in NAME.onnx_data (external, what export writes) or inside the "
+            ".onnx (one file, how exports were written before; the dense int4 saved again). "
+            "The targets use the defaults, and the int8 speed "
             "target is read again with --int8-block 64, the int4 targets with --int4-finer "
             "int4. 'paired vs builder': the speed targets' measure, our file and the builder's "
             f"in one process, {d.get('paired_repeats', '?')} alternated decodes, the median "
@@ -384,7 +387,7 @@ def section_runtime(d: dict) -> str:
             + table(rows, [("model", "model"), ("tool", "tool"), ("precision", "precision"),
                            ("int4_remainder", "int4 remainder"), ("int4_finer", "int4 finer"),
                            ("int8_block", "int8 block"),
-                           ("head_block", "head block"),
+                           ("head_block", "head block"), ("weights", "weights"),
                            ("variant", "variant"), ("graph", "graph"), ("mb", "MB"),
                            ("prefill_ms", "prefill ms"),
                            ("ms_per_token", "ms/token"), ("peak_rss_mb", "peak RSS MB"),

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from edge_c2i.errors import EdgeC2IError
 
+from .files import DATA_SUFFIX
+
 SPLITS = ("test", "eval", "calib", "all")
 
 
@@ -114,8 +116,10 @@ def export_command(args) -> int:
     print(f"exported {args.source} -> {args.out} ({m['graph']['kind']} graph, "
           f"{m['graph']['nodes']} nodes, opset {m['opset']}, {m['num_layers']} layers, KV cache)")
     for name, size in m["files"].items():
-        if name.endswith((".onnx", ".ort", "_data")):
-            print(f"  {name:<22} {_size(size):>10}")
+        data = m["files"].get(name + DATA_SUFFIX)  # an .onnx file's weights (export/files.py)
+        if name.endswith((".onnx", ".ort")):
+            print(f"  {name:<22} {_size(size + (data or 0)):>10}"
+                  + (f"  (weights in {name + DATA_SUFFIX})" if data is not None else ""))
     if m.get("int4"):
         q = m["int4"]
         print(f"  int4 matrices: {q['matmuls_exact_grid']} on a 4-bit grid (exact), "

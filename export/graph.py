@@ -379,15 +379,13 @@ def build(model, opset: int = OPSET):
     return proto
 
 
-def write(model, path: Path, large_bytes: int, opset: int = OPSET) -> dict:
-    """Build the fused graph of ``model`` into ``path``; returns what the manifest records."""
-    import onnx
+def write(model, path: Path, opset: int = OPSET) -> dict:
+    """Build the fused graph of ``model`` into ``path`` (its weights beside it: export/files.py);
+    returns what the manifest records."""
+    from . import files
 
     proto = build(model, opset)
-    size = sum(t.ByteSize() for t in proto.graph.initializer)
-    large = size > large_bytes
-    onnx.save(proto, path, save_as_external_data=large, all_tensors_to_one_file=True,
-              location=path.name + "_data")
+    files.save(proto, path)
     counts: dict[str, int] = {}
     for n in proto.graph.node:
         counts[n.op_type] = counts.get(n.op_type, 0) + 1

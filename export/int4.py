@@ -55,6 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import files
+
 BLOCK = 32
 BITS = 4
 # Blocks of 8-bit weights.  ONNX Runtime's int8 kernel (accuracy level 4) rounds the
@@ -453,7 +455,7 @@ def head_description(block: int | None) -> str:
     return f"shared 8-bit table, blocks of {block}" if block else "fp32 (not tied)"
 
 
-def quantize_int4(src: Path, dst: Path, large: bool = False,
+def quantize_int4(src: Path, dst: Path,
                   accuracy_level: int = ACCURACY_LEVEL, remainder: str = REMAINDERS[0],
                   head_block: int = HEAD_BLOCK, finer: str = FINER[0]) -> dict:
     """Write the 4-bit copy of ``src`` to ``dst``; returns what the manifest records of it.
@@ -503,8 +505,7 @@ def quantize_int4(src: Path, dst: Path, large: bool = False,
     _drop_unused(graph, dropped)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, dst, save_as_external_data=large, all_tensors_to_one_file=True,
-              location=dst.name + "_data")
+    files.save(model, dst)
     return {"op": "com.microsoft.MatMulNBits", "bits": BITS, "block_size": BLOCK,
             "zero_points": "per block, of the codes' bits", "accuracy_level": accuracy_level,
             "remainder": remainder, "finer": finer,

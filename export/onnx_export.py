@@ -15,6 +15,7 @@ The output folder is written to a temp folder next to it and swapped in at the e
 
     model.onnx               fp32 decoder: input_ids, attention_mask, (optimum: position_ids,)
                              past_key_values.{i}.key/value -> logits, present.{i}.key/value
+                             (every NAME.onnx keeps its weights in NAME.onnx_data: files.py)
     model_int8.onnx          --int8: 8-bit weights, on top of the factors
     model_int4.onnx          --int4: 4-bit weights (export/int4.py), on top of the factors
     model.ort, model_int8.ort, required_operators.config
@@ -52,9 +53,7 @@ from .int4 import (
 )
 from .postprocess import (
     INT8_SCHEMES,
-    LARGE,
     convert_to_ort,
-    is_large,
     out_matmul_prefixes,
     quantize_int8,
     share_tied_weights,
@@ -126,7 +125,6 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
             clock.lap("int8")
         if int4:
             manifest["int4"] = quantize_int4(tmp / "model.onnx", tmp / "model_int4.onnx",
-                                             large=is_large(tmp / "model.onnx"),
                                              accuracy_level=int4_accuracy_level,
                                              remainder=int4_remainder, head_block=head_block,
                                              finer=int4_finer)
@@ -165,7 +163,7 @@ def export_graph(model, tokenizer, folder: Path, opset: int | None = None,
         if opset is not None and opset < fused.OPSET:
             raise EdgeC2IError(f"the fused graph needs opset >= {fused.OPSET}; drop --opset or "
                                "use --graph optimum")
-        built = fused.write(model, folder / "model.onnx", LARGE, opset or fused.OPSET)
+        built = fused.write(model, folder / "model.onnx", opset or fused.OPSET)
         opset = opset or fused.OPSET
         model.config.save_pretrained(folder)
         if getattr(model, "generation_config", None) is not None:

@@ -12,15 +12,10 @@ from pathlib import Path
 from edge_c2i.config import INT8_SCHEMES
 from edge_c2i.errors import EdgeC2IError
 
+from . import files
 from .int4 import HEAD_BLOCK, head_description, quantize_tied_head
 
 BLOCK_SIZE = 32  # blockwise int8: one scale per 32 weights along the input dimension (default)
-LARGE = 1_800_000_000  # bytes: above this a model keeps its weights in an external file
-
-
-def is_large(path: Path) -> bool:
-    return path.stat().st_size > LARGE or any(path.parent.glob(path.name + "*data"))
-
 
 def share_tied_weights(path: Path) -> int:
     """Turn MatMul(x, W^T) on a 2-D weight W into FusedMatMul(x, W, transB=1).
@@ -29,7 +24,7 @@ def share_tied_weights(path: Path) -> int:
     or as a transposed copy of it (Gemma-3: 671 MB).  ONNX Runtime folds a Transpose into a
     transposed copy at load time and stores the copy in every .ort file.  FusedMatMul (an
     ONNX Runtime contrib op) reads W transposed in place.  Returns the number of MatMuls
-    rewritten.
+    rewritten; the file is saved again either way, its weights beside it (export/files.py).
     """
     import numpy as np
     import onnx
@@ -65,17 +60,13 @@ def share_tied_weights(path: Path) -> int:
         node.input[1] = source
         node.attribute.extend([helper.make_attribute("alpha", 1.0),
                                helper.make_attribute("transB", 1)])
-    if not done and not copies:
-        return 0
     for t in done:
         graph.node.remove(t)
     for w in copies:
         graph.initializer.remove(w)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+    if (done or copies) and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    large = is_large(path)
-    onnx.save(model, path, save_as_external_data=large, all_tensors_to_one_file=True,
-              location=path.name + "_data")
+    files.save(model, path)  # rewritten or not: its weights go beside it (export/files.py)
     return len(done) + len(copies)
 
 
@@ -120,7 +111,6 @@ def quantize_int8(src: Path, dst: Path, scheme: str = "blockwise",
     """
     if scheme not in INT8_SCHEMES:
         raise EdgeC2IError(f"unknown int8 scheme {scheme!r}: use {' or '.join(INT8_SCHEMES)}")
-    large = is_large(src)
     with _quiet_logging():
         if scheme == "blockwise":
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -130,7 +120,8 @@ def quantize_int8(src: Path, dst: Path, scheme: str = "blockwise",
                                              op_types_to_quantize=("MatMul",))
             quantizer.process()
             shared = quantize_tied_head(quantizer.model.model.graph, head_block)
-            quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
+            quantizer.model.topological_sort()
+            files.save(quantizer.model.model, dst)
             return {"scheme": scheme, "op": "com.microsoft.MatMulNBits", "bits": 8,
                     "block_size": block_size, "accuracy_level": 4,
                     "lm_head_and_embedding": head_description(shared), "head_block": shared}
@@ -141,8 +132,8 @@ def quantize_int8(src: Path, dst: Path, scheme: str = "blockwise",
         excluded = [n.name for n in graph.node if n.op_type == "MatMul"
                     and any(n.name.startswith(p) for p in exclude_prefixes or ())]
         quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True,
-                         weight_type=QuantType.QUInt8, nodes_to_exclude=excluded,
-                         use_external_data_format=large)
+                         weight_type=QuantType.QUInt8, nodes_to_exclude=excluded)
+        files.save(onnx.load(dst), dst)  # quantize_dynamic writes one file
     return {"scheme": scheme, "op": "MatMulInteger", "weights": "uint8 per channel",
             "activations": "uint8 per tensor, dynamic", "fp32_matmuls": len(excluded)}
 

@@ -33,6 +33,8 @@ from edge_c2i.arch import context_length, token_ids
 from edge_c2i.errors import EdgeC2IError
 from edge_c2i.tasks import Example
 
+from .files import data_path
+
 MANIFEST = "edge_c2i_export.json"
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model_int8.onnx", "int4": "model_int4.onnx"}
 PREFILL_CHUNK = 512  # prompt tokens per pass: memory grows with chunk x context, not context^2
@@ -234,10 +236,13 @@ class OnnxLM:
                                                 providers=["CPUExecutionProvider"])
         except _ORT_ERRORS as e:
             reason = str(e).split(" failed:")[-1].strip().rstrip(".") or type(e).__name__
-            files, size = self.spec.get("files"), self.path.stat().st_size
-            wrote = files.get(self.path.name) if isinstance(files, dict) else None
-            if wrote is not None and wrote != size:
-                reason += f"; it is {size} bytes, the export wrote {wrote}"
+            wrote = self.spec.get("files")
+            for part in (self.path, data_path(self.path)):  # the graph, its weights
+                size = part.stat().st_size if part.is_file() else None
+                expected = wrote.get(part.name) if isinstance(wrote, dict) else None
+                if expected is not None and expected != size:
+                    reason += (f"; {part.name} is {size} bytes, the export wrote {expected}"
+                               if size is not None else f"; {part.name} is missing")
             raise EdgeC2IError(f"cannot load {self.path}: {reason} (corrupt or truncated?); "
                                "export the model again") from None
         inputs = {i.name: i for i in self.session.get_inputs()}

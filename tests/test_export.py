@@ -57,6 +57,11 @@ def exported(adapted, tmp_path_factory):
     return out, manifest
 
 
+def _with_weights(files: dict) -> dict:
+    """A manifest's file sizes, each .onnx file with its weights (NAME.onnx_data)."""
+    return {name: size + files.get(name + "_data", 0) for name, size in files.items()}
+
+
 def test_fp32_logits_and_greedy_tokens_match_pytorch(exported, adapted):
     out, manifest = exported
     fig = manifest["parity"]["model.onnx"]
@@ -115,7 +120,7 @@ def test_int8_is_within_tolerance_and_smaller(exported):
     assert parity.failure(fig, "int8") is None
     assert fig["logit_corr_mean"] >= parity.INT8_MIN_CORR
     assert fig["top1_agreement"] >= parity.INT8_MIN_TOP1
-    files = manifest["files"]
+    files = _with_weights(manifest["files"])
     # the tied LM head and the embedding share one 8-bit table: no fp32 copy of it is left
     assert manifest["int8"]["lm_head_and_embedding"] == "shared 8-bit table, blocks of 64"
     assert files["model_int8.onnx"] < 0.3 * files["model.onnx"]
@@ -138,7 +143,7 @@ def test_int4_keeps_the_4bit_model_and_the_factors(exported, adapted):
     # (0.9971 at accuracy level 1, the int8 file 0.9983), over 0.995 on the CPU before it
     assert info["accuracy_level"] == 4
     assert fig["top1_agreement"] >= 0.9 and fig["logit_corr_mean"] >= 0.99
-    files = manifest["files"]
+    files = _with_weights(manifest["files"])
     assert files["model_int4.onnx"] < 0.25 * files["model.onnx"]
     assert files["model_int4.onnx"] < 0.75 * files["model_int8.onnx"]
     graph = onnx.load(out / "model_int4.onnx", load_external_data=False).graph
@@ -208,7 +213,47 @@ def test_ort_format_loads_and_gives_the_same_greedy_tokens(exported):
         assert ort_lm.greedy(ids, 8) == onnx_lm.greedy(ids, 8)
     assert manifest["parity"]["model_int8.ort"]["greedy_same"] >= 1
     # the tied LM head reads the embedding in place: no transposed copy in the .ort file
-    assert manifest["files"]["model.ort"] < 1.05 * manifest["files"]["model.onnx"]
+    assert manifest["files"]["model.ort"] < 1.05 * (manifest["files"]["model.onnx"]
+                                                   + manifest["files"]["model.onnx_data"])
+
+
+def test_every_onnx_file_keeps_its_weights_beside_it(exported):
+    """NAME.onnx holds the graph, NAME.onnx_data the weights (export/files.py), both in the
+    manifest, the data file as readable as the graph (onnx writes it owner-only)."""
+    out, manifest = exported
+    for name in ("model.onnx", "model_int8.onnx", "model_int4.onnx"):
+        graph, data = out / name, out / (name + "_data")
+        assert graph.stat().st_size < 1e6 and data.stat().st_size > 50e6, name
+        assert manifest["files"][data.name] == data.stat().st_size
+        assert data.stat().st_mode == graph.stat().st_mode
+        assert all(t.data_location == onnx.TensorProto.EXTERNAL
+                   for t in onnx.load(graph, load_external_data=False).graph.initializer
+                   if t.ByteSize() > 4096)
+
+
+def test_android_copy_script_joins_an_onnx_file_with_its_weights(exported, tmp_path):
+    """Without a .ort file copy_model.sh takes the .onnx; the app copies one asset, so the
+    graph and its weights are joined into one file that gives the same tokens."""
+    out, _ = exported
+    src = tmp_path / "export"
+    src.mkdir()
+    for f in out.iterdir():  # the int8 file and what the app reads, no .ort files
+        if f.name.startswith("model_int8.onnx") or f.suffix == ".json":
+            shutil.copy(f, src / f.name)
+    script = tmp_path / "demo" / "copy_model.sh"
+    script.parent.mkdir()
+    shutil.copy(Path(__file__).parents[1] / "android_demo" / "copy_model.sh", script)
+    run = subprocess.run(["bash", str(script), str(src), "--int8"], capture_output=True,
+                         text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assets = tmp_path / "demo" / "app" / "src" / "main" / "assets" / "model"
+    assert sorted(f.name for f in assets.iterdir() if "onnx" in f.name) == ["model.onnx"]
+    joined = onnx.load(assets / "model.onnx", load_external_data=False)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL
+                   for t in joined.graph.initializer)
+    ids = OnnxLM(out, model_file="model_int8.onnx").encode("The capital of France is")
+    assert OnnxLM(assets, model_file="model.onnx").greedy(ids, 6) == \
+        OnnxLM(out, model_file="model_int8.onnx").greedy(ids, 6)
 
 
 def test_manifest_has_what_the_android_app_reads(exported):
@@ -436,7 +481,7 @@ def test_onnxruntime_genai_reads_gemma3_tokenizer_with_special_tokens(exported, 
     out, _ = exported
     folder = tmp_path / "gemma-tokenizer"
     folder.mkdir()
-    for f in ("genai_config.json", "model_int8.onnx"):
+    for f in ("genai_config.json", "model_int8.onnx", "model_int8.onnx_data"):
         (folder / f).symlink_to(out / f)
     hf = AutoTokenizer.from_pretrained(resolve("gemma3-270m"))  # as load_model reads it
     write_tokenizer(AutoTokenizer.from_pretrained(resolve("gemma3-270m")), folder)

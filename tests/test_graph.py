@@ -66,7 +66,7 @@ def _reduce(model, layer: int, kind: str, rate: float, clusters: int = 1) -> Non
 def _run(model, tmp_path) -> tuple[np.ndarray, np.ndarray]:
     """(ONNX Runtime's logits, PyTorch's) over the prompt (2 chunks) and 4 decoded tokens."""
     path = tmp_path / "model.onnx"
-    fused.write(model, path, large_bytes=1 << 40)
+    fused.write(model, path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

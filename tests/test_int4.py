@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_c2i.export.files import size
 from edge_c2i.export.int4 import grid_codes, quantize_int4
 
 
@@ -72,7 +73,7 @@ def test_int4_of_a_grid_matrix_is_exact_and_of_others_is_rounded(smol_weight, tm
     assert (info["matmuls_exact_grid"], info["matmuls_fitted"]) == (0, 1)
     err = np.abs(_run(tmp_path / "off4.onnx", x) - x @ off).max() / np.abs(x @ off).max()
     assert max(1e-4, 2 * fast) < err < 0.2
-    assert (tmp_path / "grid4.onnx").stat().st_size < 0.2 * (tmp_path / "grid.onnx").stat().st_size
+    assert size(tmp_path / "grid4.onnx") < 0.2 * size(tmp_path / "grid.onnx")
 
 
 def test_a_grid_matrix_stays_exact_beside_a_rounded_one(smol_weight, tmp_path):
@@ -132,8 +133,7 @@ def test_folded_remainders_are_near_exact_in_one_product(smol_weight, tmp_path):
     err_dropped = np.abs(x @ dropped - want).max() / np.abs(want).max()
     assert 1e-6 < err < 0.1 * err_dropped
     quantize_int4(tmp_path / "grid.onnx", tmp_path / "product.onnx", remainder="product")
-    size = (tmp_path / "folded.onnx").stat().st_size
-    assert size < 0.93 * (tmp_path / "product.onnx").stat().st_size
+    assert size(tmp_path / "folded.onnx") < 0.93 * size(tmp_path / "product.onnx")
 
 
 def test_fitted_codes_are_never_worse_than_round_to_nearest(smol_weight):
@@ -218,7 +218,7 @@ def test_int4_keeps_a_q5_0_matrix_in_8_bits_unless_told(gemma_weights, tmp_path)
     assert (info["matmuls_8bit"], info["matmuls_fitted"]) == (0, 1)
     rounded = np.abs(_run(tmp_path / "q5_4.onnx", x) - want).max() / np.abs(want).max()
     assert rounded > 100 * max(kept, 1e-7)
-    assert (tmp_path / "q5_4.onnx").stat().st_size < (tmp_path / "q5_8.onnx").stat().st_size
+    assert size(tmp_path / "q5_4.onnx") < size(tmp_path / "q5_8.onnx")
 
 
 def test_the_packaged_gemma3_matrices_by_grid():

@@ -97,9 +97,9 @@ def assert_one_line_error(run: subprocess.CompletedProcess, *words: str) -> None
 # ----------------------------------------------------------------------- broken exports
 
 
-def _truncate(folder: Path) -> None:
-    data = (folder / "model.onnx").read_bytes()
-    (folder / "model.onnx").write_bytes(data[: len(data) // 2])
+def _truncate(folder: Path, name: str = "model.onnx") -> None:
+    data = (folder / name).read_bytes()
+    (folder / name).write_bytes(data[: len(data) // 2])
 
 
 def _random_bytes(folder: Path) -> None:
@@ -112,6 +112,9 @@ BROKEN = {
     "empty model.onnx": (lambda f: (f / "model.onnx").write_bytes(b""), "model.onnx"),
     "random model.onnx": (_random_bytes, "corrupt"),
     "no model.onnx": (lambda f: (f / "model.onnx").unlink(), "no model.onnx"),
+    "truncated model.onnx_data": (lambda f: _truncate(f, "model.onnx_data"),
+                                  "model.onnx_data is"),
+    "no model.onnx_data": (lambda f: (f / "model.onnx_data").unlink(), "model.onnx_data"),
     "no manifest": (lambda f: (f / MANIFEST).unlink(), "not an edge-c2i export"),
     "truncated manifest": (lambda f: (f / MANIFEST).write_text((f / MANIFEST).read_text()[:99]),
                            MANIFEST),
