@@ -265,7 +265,7 @@ def _finer(folder: Path, name: str) -> str | None:
     """What an edge-c2i int4 file did with matrices on a finer grid (int8, int4)."""
     if name == FINER4_FILE:
         return "int4"
-    if name == FILES["int4"]:
+    if name in (FILES["int4"], ONEFILE_FILE):  # the default int4, or it saved as one file
         return (_manifest(folder).get("int4") or {}).get("finer")
     if name == PRODUCT_FILE or (name in BLOCK_FILES and BLOCK_FILES[name][0] == "int4"):
         from edge_c2i.export.int4 import FINER
@@ -282,8 +282,8 @@ def _remainder(folder: Path, name: str) -> str | None:
         from edge_c2i.export.int4 import REMAINDERS
 
         return REMAINDERS[0]  # written with export's default
-    return (_manifest(folder).get("int4") or {}).get("remainder") if name == FILES["int4"] \
-        else None
+    return (_manifest(folder).get("int4") or {}).get("remainder") \
+        if name in (FILES["int4"], ONEFILE_FILE) else None
 
 
 def edge_exports(model: str, work: Path, graph: str = "auto") -> dict[str, Path]:
@@ -462,8 +462,9 @@ def main() -> None:
 
 def targets(rows: list[dict]) -> list[dict]:
     """Issue #16's targets, met or not, from the dense rows of one run (per model): the
-    default files, then the int8 speed target again with --int8-block 64 and the int4
-    targets with --int4-finer int4 where that file was made (``option``).  Speed is the
+    default files, then the int8 speed target again with --int8-block 64 and with
+    --head-block 128 and the int4 targets with --int4-finer int4 where that file was made
+    (``option``).  Speed is the
     paired median (``paired_vs_builder``) where the row has one."""
     def ratio(key):
         return lambda ours, builder: ours[key] / builder[key]
@@ -487,11 +488,12 @@ def targets(rows: list[dict]) -> list[dict]:
 
     dense = {(r["model"], r["tool"], r["precision"], blocks(r)): r for r in rows
              if r["variant"] == "dense" and r.get("int4_remainder") != "product"}
-    fast = BLOCK_FILES["model_int8_block64.onnx"]
+    fast, wide = BLOCK_FILES["model_int8_block64.onnx"], BLOCK_FILES["model_int8_head128.onnx"]
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         for option, precision_blocks in (("", DEFAULT_BLOCKS),
                                          (f"--int8-block {fast[1]}", {"int8": fast[1:]}),
+                                         (f"--head-block {wide[2]}", {"int8": wide[1:]}),
                                          ("--int4-finer int4",
                                           {"int4": (*DEFAULT_BLOCKS["int4"], "int4")})):
             for name, precision, measured, op, bound in checks:

@@ -401,6 +401,18 @@ def section_runtime(d: dict) -> str:
                                            ("value", "measured"), ("met", "met")]))
 
 
+def section_load(d: dict) -> str:
+    from bench_load import COLUMNS as LOAD_COLUMNS
+
+    return ("### Loading an export: weights beside the graph or inside it\n\n"
+            "`python bench/bench_load.py` -> bench/results/load.json: the dense exports' files "
+            f"loaded by ONNX Runtime {d['onnxruntime']} ({d['threads']} thread) in a fresh "
+            "torch-free process, as export writes them (weights in NAME.onnx_data) and saved "
+            "as one file; peak RSS of the process after creating the session (the median of "
+            f"{d['rounds']} alternating rounds; the interpreter and ONNX Runtime alone: "
+            f"{d['rows'][0]['runtime_mb']:.0f} MB).\n\n" + table(d["rows"], LOAD_COLUMNS))
+
+
 COMPRESS_METHODS = ("svd", "whitened_svd", "gradient_svd", "edge_c2i")
 
 
@@ -535,7 +547,7 @@ def main() -> None:
              "svd": section_svd, "scan": section_scan, "memory": section_memory,
              "device_arm64": section_device_arm64, "device_x86": section_device_x86,
              "contention": section_contention, "runtime": section_runtime,
-             "compress": section_compress}
+             "compress": section_compress, "load": section_load}
     for name, render in known.items():
         d = load(name)
         if d:

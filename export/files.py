@@ -3,13 +3,14 @@
 write large models).
 
 ONNX Runtime reads a one-file model by parsing the whole protobuf and then copying each
-weight out of it; weights in an external file are read (or mapped) straight into their
-tensors.  A one-off check of the peak RSS of creating the session (ONNX Runtime 1.32, one
-thread): the dense SmolLM2's fp32 file 753 -> 681 MB, its int4 239 -> 220 MB; Gemma-3's
-fp32 1901 -> 1722 MB, its int4 593 -> 555 MB.  bench/bench_runtime.py runs a one-file copy
-of the int4 beside the default (runtime.json, key ``weights``).  A runtime that takes a model from bytes (ORT Mobile's ``.ort``, the
-Android demo's asset) needs one file: ``export --ort`` writes the ``.ort`` files, and
-android_demo/copy_model.sh joins an ``.onnx`` with its data (``onnx.save`` in one file).
+weight out of it; weights in an external file are read straight into their tensors.
+bench/bench_load.py (load.json) measures both on the dense exports: the peak RSS of
+creating a session 13-179 MB lower (SmolLM2 fp32 683 against 756 MB, Gemma-3 fp32 1724
+against 1903) and the load 1.5-2.8x faster; bench_runtime.py's whole decoding runs, whose
+peak the prompts' logits set, did not move beyond their spread (key ``weights``).  A runtime
+that takes a model from bytes (ORT Mobile's ``.ort``, the Android demo's asset) needs one
+file: ``export --ort`` writes the ``.ort`` files, and android_demo/copy_model.sh joins an
+``.onnx`` with its data (``onnx.save`` in one file).
 """
 
 from __future__ import annotations
