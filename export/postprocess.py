@@ -132,8 +132,14 @@ def quantize_int8(src: Path, dst: Path, scheme: str = "blockwise",
         excluded = [n.name for n in graph.node if n.op_type == "MatMul"
                     and any(n.name.startswith(p) for p in exclude_prefixes or ())]
         quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True,
-                         weight_type=QuantType.QUInt8, nodes_to_exclude=excluded)
-        files.save(onnx.load(dst), dst)  # quantize_dynamic writes one file
+                         weight_type=QuantType.QUInt8, nodes_to_exclude=excluded,
+                         use_external_data_format=True,  # no 2 GB limit
+                         # the fused graph's contrib ops (GroupQueryAttention, ...) stop ONNX
+                         # shape inference: the untyped tensors it leaves are float32
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        theirs = dst.with_name(dst.name + ".data")  # where quantize_dynamic puts the weights
+        files.save(onnx.load(dst), dst)  # ours: NAME.onnx_data, as every export file
+        theirs.unlink(missing_ok=True)
     return {"scheme": scheme, "op": "MatMulInteger", "weights": "uint8 per channel",
             "activations": "uint8 per tensor, dynamic", "fp32_matmuls": len(excluded)}
 

@@ -217,6 +217,18 @@ def test_ort_format_loads_and_gives_the_same_greedy_tokens(exported):
                                                    + manifest["files"]["model.onnx_data"])
 
 
+def test_dynamic_int8_scheme_exports_and_keeps_its_weights_beside_it(adapted, tmp_path):
+    """--int8-scheme dynamic (quantize_dynamic) on the fused graph: MatMulInteger, the MLP
+    output matrices in fp32, parity checked at export, its weights in NAME.onnx_data like
+    every export file (no other data file)."""
+    out = tmp_path / "dynamic"
+    manifest = export_model(str(adapted[0]), out, int8=True, int8_scheme="dynamic")
+    assert manifest["int8"]["op"] == "MatMulInteger" and manifest["int8"]["fp32_matmuls"] > 0
+    assert parity.failure(manifest["parity"]["model_int8.onnx"], "int8") is None
+    assert sorted(f.name for f in out.iterdir() if f.name.startswith("model_int8")) == \
+        ["model_int8.onnx", "model_int8.onnx_data"]
+
+
 def test_every_onnx_file_keeps_its_weights_beside_it(exported):
     """NAME.onnx holds the graph, NAME.onnx_data the weights (export/files.py), both in the
     manifest, the data file as readable as the graph (onnx writes it owner-only)."""
