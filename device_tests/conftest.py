@@ -22,11 +22,11 @@ HERE = Path(__file__).parent
 ADAPT = ["--model", "smollm2-135m", "--task", "bigbench:fact_checker/fever", "--samples", "32",
          "--eval-samples", "32", "--top-k", "2", "--rates", "0.2,0.05", "--clusters", "1,4",
          "--test-samples", "20"]
-CACHE_KEY = "smollm2-fever-c2i-v9"  # v9: .onnx weights in NAME.onnx_data (export/files.py)
+CACHE_KEY = "smollm2-fever-c2i-v10"  # v10: logits_to_keep (export/graph.py KEEP_INPUT)
 COMPRESS = ["--model", "smollm2-135m", "--task", "bigbench:fact_checker/fever", "--size", "0.8",
             "--samples", "32", "--test-samples", "20"]
 EXPORTS = {"adapted": (CACHE_KEY, "adapt", ADAPT),
-           "compressed": ("smollm2-fever-compress-v3", "compress", COMPRESS)}
+           "compressed": ("smollm2-fever-compress-v4", "compress", COMPRESS)}
 
 
 def _run(*args: str) -> None:

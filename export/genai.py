@@ -7,7 +7,10 @@ its input and output names and the search defaults.  Both of our layouts take
 GroupQueryAttention writes the new keys and values into the past buffer in place, so
 ``past_present_share_buffer`` is on (onnxruntime-genai allocates one buffer of
 ``max_length`` per layer, as for its own builder's models); optimum's graph concatenates, so
-it is off there.  Greedy search by default, as ``edge-c2i generate`` decodes.
+it is off there.  The fused graph's logits are declared one per sequence (its
+``logits_to_keep`` input, not fed by onnxruntime-genai, defaults to the last position), which
+onnxruntime-genai reads as a graph that skips the LM head for the rest of a prompt.  Greedy
+search by default, as ``edge-c2i generate`` decodes.
 
 The config names one model file (``decoder.filename``): the export's most compact file
 (int4, else int8, else fp32; .onnx before .ort).  Another file of the same folder runs with

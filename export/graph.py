@@ -18,7 +18,8 @@ transposed in place (``FusedMatMul``), as postprocess.share_tied_weights does fo
 Inputs and outputs keep optimum's names without ``position_ids`` (positions follow from the
 attention mask, batch entries left-aligned): ``input_ids``, ``attention_mask``,
 ``past_key_values.{i}.key/value`` -> ``logits``, ``present.{i}.key/value``; export.runtime and
-onnxruntime-genai run either layout.
+onnxruntime-genai run either layout.  One more input, ``logits_to_keep`` (KEEP_INPUT, below),
+with a default: the logits of the last position only unless it is fed (0: every position).
 
 Architectures: Llama-style (``llama``, and the same layout under ``mistral``, ``qwen2``) and
 Gemma-3 text (``gemma3_text``: q/k norms, sandwich norms, scaled embeddings, local and global
@@ -37,6 +38,12 @@ LLAMA_LIKE = ("llama", "mistral", "qwen2")
 GEMMA3 = ("gemma3_text",)
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 STATIC_ROPE = ("default", "linear", "llama3", "yarn", "longrope_static")
+# The LM head runs on the last KEEP_INPUT positions (transformers' ``logits_to_keep``; 0: all
+# of them), 1 when the input is not fed: a prompt's logits are what sets a large vocabulary's
+# peak memory (Gemma-3: 1 MB per prompt token), and onnxruntime-genai reads only the last
+# position's (it allocates one row per sequence when the graph declares that length, which
+# it does).  export.runtime feeds 0 where it scores every position.
+KEEP_INPUT = "logits_to_keep"
 
 
 def unsupported(model) -> str | None:
@@ -298,8 +305,10 @@ def build(model, opset: int = OPSET):
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
                                             ["batch_size", "total_sequence_length"])]
+    # the logits of the last position only, unless asked for more (KEEP_INPUT): declared
+    # one per sequence, as onnxruntime-genai allocates them (and runs the graph)
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                             ["batch_size", "sequence_length", config.vocab_size])]
+                                             ["batch_size", 1, config.vocab_size])]
     kv_shape = lambda length: ["batch_size", kv_heads, length, head_dim]
     residual, pending = x, None  # pending: an output still to be added to the residual
     h, _ = norm(x, layers[0].input_layernorm, "model.layers.0.input_layernorm")
@@ -355,6 +364,14 @@ def build(model, opset: int = OPSET):
             pending, _ = norm(pending, layer.post_feedforward_layernorm,
                               f"{p}.post_feedforward_layernorm")
     h, _ = norm(pending, decoder.norm, "model.norm", residual)
+    # KEEP_INPUT: how many last positions go through the LM head (0: all), 1 when not fed
+    # (an input that is also an initializer: its default)
+    keep = b.const(KEEP_INPUT, np.array([1], np.int64))
+    inputs.append(helper.make_tensor_value_info(keep, TensorProto.INT64, [1]))
+    h = b.one("Slice", [h, b.one("Neg", [keep], "/lm_head/keep/Neg"),
+                        b.const("lm_head.keep_end", np.array([2**62], np.int64)),
+                        b.const("lm_head.keep_axis", np.array([1], np.int64))],
+              "/lm_head/keep/Slice")
 
     head = model.lm_head
     tied = head.weight.data_ptr() == embed.weight.data_ptr() and _plain(head)

@@ -34,6 +34,7 @@ from edge_c2i.errors import EdgeC2IError
 from edge_c2i.tasks import Example
 
 from .files import data_path
+from .graph import KEEP_INPUT
 
 MANIFEST = "edge_c2i_export.json"
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model_int8.onnx", "int4": "model_int4.onnx"}
@@ -252,6 +253,10 @@ class OnnxLM:
                                f"{', '.join(inputs)}); export it with `edge-c2i export`")
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
         self.has_position_ids = "position_ids" in inputs
+        # the fused graph's logits_to_keep: an input with a default (ONNX Runtime lists it
+        # among the overridable initializers), the last position only unless fed 0 (all)
+        self.has_keep = KEEP_INPUT in inputs or KEEP_INPUT in {
+            i.name for i in self.session.get_overridable_initializers()}
         self.kv_dtype = _NUMPY_TYPES.get(inputs[self.past_names[0]].type, np.float32)
 
     # ------------------------------------------------------------------ tokens
@@ -302,8 +307,11 @@ class OnnxLM:
         shape = (1, self.kv_heads, 0, self.head_dim)
         return KVCache([np.zeros(shape, self.kv_dtype) for _ in self.past_names], 0)
 
-    def step(self, ids: list[int], cache: KVCache | None = None) -> tuple[np.ndarray, KVCache]:
-        """Logits (len(ids) x vocab) of ``ids`` following ``cache``, and the extended cache."""
+    def step(self, ids: list[int], cache: KVCache | None = None,
+             last: bool = False) -> tuple[np.ndarray, KVCache]:
+        """Logits (len(ids) x vocab; with ``last``, of the last position only where the graph
+        can skip the others: 1 x vocab) of ``ids`` following ``cache``, and the extended
+        cache."""
         if self.session is None:  # made with load=False
             self.load()
         cache = cache or self.empty_cache()
@@ -312,6 +320,8 @@ class OnnxLM:
                 "attention_mask": np.ones((1, total), dtype=np.int64)}
         if self.has_position_ids:
             feed["position_ids"] = np.arange(cache.length, total, dtype=np.int64)[None]
+        if self.has_keep:
+            feed[KEEP_INPUT] = np.array([1 if last else 0], dtype=np.int64)
         feed.update(zip(self.past_names, cache.arrays))
         logits, *present = self.session.run(["logits", *self.present_names], feed)
         return logits[0], KVCache(present, total)
@@ -325,7 +335,7 @@ class OnnxLM:
         long prompt never holds full logits or a len(ids)^2 attention."""
         cache = None
         for start in range(0, len(ids), PREFILL_CHUNK):
-            logits, cache = self.step(ids[start:start + PREFILL_CHUNK], cache)
+            logits, cache = self.step(ids[start:start + PREFILL_CHUNK], cache, last=True)
         return logits[-1], cache
 
     def room(self, ids: list[int]) -> int | None:

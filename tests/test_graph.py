@@ -82,11 +82,18 @@ def _run(model, tmp_path) -> tuple[np.ndarray, np.ndarray]:
     got, done = [], 0
     for chunk in (7, PROMPT - 7, 1, 1, 1, 1):
         feed = {"input_ids": ids[:, done:done + chunk].numpy(),
-                "attention_mask": np.ones((1, done + chunk), np.int64), **past}
+                "attention_mask": np.ones((1, done + chunk), np.int64),
+                fused.KEEP_INPUT: np.array([0], np.int64), **past}  # every position
         logits, *present = session.run(None, feed)
         past = {n.replace("present.", "past_key_values."): p for n, p in zip(names[1:], present)}
         got.append(logits[0])
         done += chunk
+    # not fed, the input keeps the last position only (as onnxruntime-genai runs the graph)
+    empty = {n: np.zeros((1, kv, 0, head_dim), np.float32) for n in past}
+    last, *_ = session.run(None, {"input_ids": ids[:, :PROMPT].numpy(),
+                                  "attention_mask": np.ones((1, PROMPT), np.int64), **empty})
+    assert last.shape == (1, 1, cfg.vocab_size)
+    np.testing.assert_allclose(last[0, 0], want[PROMPT - 1], atol=1e-4, rtol=0)
     return np.concatenate(got), want
 
 
