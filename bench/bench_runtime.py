@@ -24,7 +24,9 @@ Measured per file: size on disk (MB, with external data), prefill of a 128-token
 (ms), mean ms per token over 32 greedy steps (best of 3 in each of ``--rounds`` rounds that
 run every file of a model in turn, so a slow spell of a noisy machine hits all of them;
 after a warm-up), peak RSS of the
-process (VmHWM), the next-token logits on 200 task prompts against the same tool's fp32 of
+process (VmHWM) after those timed decodes (``peak_rss_mb``: the model, its prefill and
+decode; ``peak_rss_all_mb``, at the end, adds the harness's own arrays of 200 prompts'
+logits and the reference they are compared with), the next-token logits on 200 task prompts against the same tool's fp32 of
 the same variant (top-1 agreement, mean Pearson correlation), and task accuracy on 100
 qa_wikidata test examples (top-1 first token, LASER's metric for open tasks).  All files of
 a model get the same token ids (edge-c2i's fp32 export tokenizes them), so only the graphs
@@ -166,6 +168,9 @@ def child(job: dict) -> dict:
     timing = {"prefill_ms": min(prefill) * 1e3, "ms_per_token": min(per_token) * 1e3}
     if job.get("timing_only"):
         return timing
+    # the decode's peak: the model, a 128-token prefill and 32 steps; what follows holds this
+    # harness's own arrays (200 prompts' logits, a reference as large, their products)
+    timing["peak_rss_mb"] = _peak_rss_mb()
     logits = np.stack([_last_logits(og, model, ids)[0] for ids in data["prompts"]])
     figures = {}
     if job.get("reference"):
@@ -179,7 +184,8 @@ def child(job: dict) -> dict:
         np.save(job["save"], logits)
     correct = sum(int(_last_logits(og, model, ex["context"])[0].argmax()) in ex["firsts"]
                   for ex in data["accuracy"])
-    return {**timing, "peak_rss_mb": _peak_rss_mb(), "accuracy": correct / len(data["accuracy"]),
+    return {**timing, "peak_rss_all_mb": _peak_rss_mb(),
+            "accuracy": correct / len(data["accuracy"]),
             **figures}
 
 
@@ -291,6 +297,7 @@ def edge_exports(model: str, work: Path, graph: str = "auto") -> dict[str, Path]
     when the folder holds another graph than ``graph`` asks for."""
     from edge_c2i.adapted import save_adapted
     from edge_c2i.export import files
+    from edge_c2i.export.graph import KEEP_INPUT
     from edge_c2i.export.int4 import (
         FINER,
         HEAD_BLOCK,
@@ -321,7 +328,8 @@ def edge_exports(model: str, work: Path, graph: str = "auto") -> dict[str, Path]
                 or _remainder(folder, FILES["int4"]) != REMAINDERS[0]
                 or _head_block(folder) != HEAD_BLOCK
                 or _finer(folder, FILES["int4"]) != FINER[0]
-                or not files.data_path(folder / FILES["int4"]).is_file()):
+                or not files.data_path(folder / FILES["int4"]).is_file()
+                or (kind == "fused" and KEEP_INPUT not in _manifest(folder)["input_names"])):
             print(f"exporting {model} {variant} ({graph} graph)", file=sys.stderr)
             for name in (PRODUCT_FILE, FINER4_FILE, ONEFILE_FILE, *BLOCK_FILES):  # older
                 for old in (folder / name, files.data_path(folder / name)):

@@ -357,7 +357,11 @@ def section_runtime(d: dict) -> str:
             f"{d['runtime']} (onnxruntime {d['onnxruntime']}), {d['threads']} thread, each in a "
             f"fresh torch-free process, fed the same token ids: prefill of {d['prefill_tokens']} "
             f"tokens, ms per token over {d['new_tokens']} greedy steps (best of 3 in each of "
-            f"{d.get('rounds', 1)} rounds over all files of a model in turn), peak RSS; "
+            f"{d.get('rounds', 1)} rounds over all files of a model in turn), peak RSS of the "
+            "process after those decodes (the model, its prefill and decode: 'peak RSS MB'; "
+            "'all MB', at the end of the process, adds the harness's own arrays of the "
+            "prompts' logits and the reference they are compared with, which the runs "
+            "committed before d55d4d7 reported as the peak); "
             f"top-1 agreement and logit correlation of the next-token logits on {d['n_prompts']} "
             f"{d['task']} prompts against the same tool's fp32 of the same variant; accuracy on "
             f"{d['n_accuracy']} test examples. adapted = C2I's qa_wikidata pick (search.json). "
@@ -391,6 +395,7 @@ def section_runtime(d: dict) -> str:
                            ("variant", "variant"), ("graph", "graph"), ("mb", "MB"),
                            ("prefill_ms", "prefill ms"),
                            ("ms_per_token", "ms/token"), ("peak_rss_mb", "peak RSS MB"),
+                           ("peak_rss_all_mb", "all MB"),
                            ("top1_agreement", "top-1 vs fp32"), ("logit_corr", "logit corr"),
                            ("accuracy", "accuracy"), ("vs_builder_ms", "ms/token vs builder"),
                            ("paired_vs_builder", "paired vs builder"),

@@ -6,8 +6,8 @@ ONNX Runtime reads a one-file model by parsing the whole protobuf and then copyi
 weight out of it; weights in an external file are read straight into their tensors.
 bench/bench_load.py (load.json) measures both on the dense exports: the peak RSS of
 creating a session 13-179 MB lower (SmolLM2 fp32 683 against 756 MB, Gemma-3 fp32 1724
-against 1903) and the load 1.5-2.8x faster; bench_runtime.py's whole decoding runs, whose
-peak the prompts' logits set, did not move beyond their spread (key ``weights``).  A runtime
+against 1903) and the load 1.5-2.8x faster; bench_runtime.py's int4 saved as one file (key
+``weights``) peaked higher in decoding too.  A runtime
 that takes a model from bytes (ORT Mobile's ``.ort``, the Android demo's asset) needs one
 file: ``export --ort`` writes the ``.ort`` files, and android_demo/copy_model.sh joins an
 ``.onnx`` with its data (``onnx.save`` in one file).

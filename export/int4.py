@@ -79,7 +79,7 @@ BITS = 4
 #   target), at agreement 0.925 and 0.915 against 0.965 and 0.93 (the builder's int8: 0.96,
 #   0.935).
 # What a block buys depends on the CPU's kernels: on an AVX512-VNNI/AMX Xeon (runtime.json
-# as committed after 345b956) the head's 64 gave int8 0.965x / 0.962x against 0.970x / 0.999x at
+# committed at 5845fe5) the head's 64 gave int8 0.965x / 0.962x against 0.970x / 0.999x at
 # 32, the int8 matrices' 64 nothing (0.986x / 0.955x), and Gemma-3's head at 128 0.878x
 # (agreement 0.925 against 0.93): an option, on one model's evidence, not the default.
 INT8_BLOCKS = (32, 64, 128)
