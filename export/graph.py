@@ -21,7 +21,8 @@ attention mask, batch entries left-aligned): ``input_ids``, ``attention_mask``,
 onnxruntime-genai run either layout.  One more input, ``logits_to_keep`` (KEEP_INPUT, below),
 with a default: the logits of the last position only unless it is fed (0: every position).
 
-Architectures: Llama-style (``llama``, and the same layout under ``mistral``, ``qwen2``) and
+Architectures: Llama-style (``llama``, and the same layout under ``mistral``, ``qwen2``),
+Qwen3 (``qwen3``: the Llama layout with per-head RMS norms of q and k before the rotary) and
 Gemma-3 text (``gemma3_text``: q/k norms, sandwich norms, scaled embeddings, local and global
 rotary tables, sliding-window layers).  ``unsupported(model)`` says why another model (or a
 rotary scaling that depends on the length) goes through optimum instead.
@@ -35,6 +36,7 @@ import numpy as np
 
 OPSET = 17
 LLAMA_LIKE = ("llama", "mistral", "qwen2")
+QK_NORM = ("qwen3",)  # Llama-style, with q_norm and k_norm over each head (Gemma-3 has them too)
 GEMMA3 = ("gemma3_text",)
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 STATIC_ROPE = ("default", "linear", "llama3", "yarn", "longrope_static")
@@ -50,7 +52,7 @@ def unsupported(model) -> str | None:
     """Why ``model`` cannot be built as a fused graph (None: it can)."""
     config = model.config
     model_type = getattr(config, "model_type", None)
-    if model_type not in LLAMA_LIKE + GEMMA3:
+    if model_type not in LLAMA_LIKE + QK_NORM + GEMMA3:
         return f"no fused graph for model type {model_type!r}"
     decoder = getattr(model, "model", None)
     if decoder is None or not hasattr(decoder, "layers") or not hasattr(model, "lm_head"):
@@ -251,6 +253,7 @@ def build(model, opset: int = OPSET):
 
     config, decoder = model.config, model.model
     gemma = config.model_type in GEMMA3
+    qk_norm = gemma or config.model_type in QK_NORM
     layers = decoder.layers
     attn0 = layers[0].self_attn
     heads = config.num_attention_heads
@@ -294,7 +297,7 @@ def build(model, opset: int = OPSET):
         return out[0], out[3]
 
     def head_norm(h: str, module, path: str, n: int) -> str:
-        """Gemma-3's per-head RMS norm of q or k (B x S x n*head_dim)."""
+        """The per-head RMS norm of q or k (B x S x n*head_dim): Gemma-3's and Qwen3's."""
         pre = _prefix(path)[:-1]
         split = b.one("Reshape", [h, b.const(f"{path}.shape", np.array([0, 0, n, head_dim], np.int64))],
                       pre + "/Reshape")
@@ -317,13 +320,12 @@ def build(model, opset: int = OPSET):
         if i > 0:
             h, residual = norm(pending, layer.input_layernorm, f"{p}.input_layernorm", residual)
         attn = layer.self_attn
-        # packed q/k/v go to GroupQueryAttention as one input, unless Gemma's q/k norms
-        # come between
+        # packed q/k/v go to GroupQueryAttention as one input, unless q/k norms come between
         qkv = fused_linear(b, h, [attn.q_proj, attn.k_proj, attn.v_proj],
                            [f"{p}.self_attn.{n}_proj" for n in "qkv"], f"{p}.self_attn.qkv_proj",
-                           split=gemma)
+                           split=qk_norm)
         q, k, v = qkv if len(qkv) == 3 else (qkv[0], "", "")
-        if gemma:
+        if qk_norm:
             q = head_norm(q, attn.q_norm, f"{p}.self_attn.q_norm", heads)
             k = head_norm(k, attn.k_norm, f"{p}.self_attn.k_norm", kv_heads)
         sliding = getattr(attn, "sliding_window", None) if getattr(attn, "is_sliding", True) else None

@@ -38,6 +38,9 @@ TINY = {
                                              head_dim=8, num_hidden_layers=2, vocab_size=100)),
     "qwen2": ("Qwen2Config", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4,
                                   num_key_value_heads=2, num_hidden_layers=2, vocab_size=100)),
+    "qwen3": ("Qwen3Config", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                  num_key_value_heads=2, head_dim=16, num_hidden_layers=2,
+                                  vocab_size=100)),
     "gpt2": ("GPT2Config", dict(n_embd=32, n_head=4, n_layer=2, vocab_size=100, n_positions=128)),
     "gptj": ("GPTJConfig", dict(n_embd=32, n_head=4, n_layer=2, vocab_size=100, rotary_dim=4,
                                 n_positions=128)),
@@ -47,6 +50,36 @@ TINY = {
     "phi": ("PhiConfig", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4,
                               num_hidden_layers=2, vocab_size=100)),
 }
+
+
+def genai_greedy(model, ids: list[int], n: int) -> list[int]:
+    """onnxruntime-genai's greedy continuation of ``ids`` (``n`` tokens) by ``model``."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + n)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    return tokens
+
+
+def byte_bpe_tokenizer(text: str, vocab_size: int = 300):
+    """A byte-level BPE trained on ``text`` (any string encodes), as a transformers fast
+    tokenizer whose <|endoftext|> (id 0) is the BOS."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([text] * 20, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>")
 
 
 def tiny_model(arch: str):

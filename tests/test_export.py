@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import genai_greedy
 
 from edge_c2i.errors import EdgeC2IError
 from edge_c2i.export import onnx_export, parity
@@ -427,19 +428,11 @@ def test_onnxruntime_genai_runs_every_model_file_with_our_greedy_tokens(exported
     assert "position_ids" not in genai["model"]["decoder"]["inputs"]
     for filename in ("model.onnx", "model_int8.onnx", "model_int4.onnx", "model.ort",
                      "model_int8.ort", "model_int4.ort"):
-        og, model = _genai_model(out, filename)
+        _, model = _genai_model(out, filename)
         lm = OnnxLM(out, 1, filename)
         for prompt in ("The capital of France is", "Q: Is a tomato a fruit?\nA:"):
             ids = lm.prompt_ids(prompt)
-            params = og.GeneratorParams(model)
-            params.set_search_options(max_length=len(ids) + 8)
-            generator = og.Generator(model, params)
-            generator.append_tokens(ids)
-            tokens = []
-            while not generator.is_done():
-                generator.generate_next_token()
-                tokens.append(int(generator.get_next_tokens()[0]))
-            assert tokens == lm.greedy(ids, 8), (filename, prompt)
+            assert genai_greedy(model, ids, 8) == lm.greedy(ids, 8), (filename, prompt)
         del model
 
 

@@ -1,8 +1,8 @@
 """The fused decoder graph (export/graph.py) against PyTorch, architecture by architecture.
 
 Tiny random configs cover what the packaged models do not (an untied head, q/k/v biases,
-a sliding window shorter than the prompt, local and global rotary tables, reduced
-matrices); the real SmolLM2 and Gemma-3 exports are checked by test_export.py and by every
+Qwen3's q/k norms, a sliding window shorter than the prompt, local and global rotary tables,
+reduced matrices); the real SmolLM2 and Gemma-3 exports are checked by test_export.py and by every
 export's parity check.  Each graph runs a 12-token prompt in two chunks and then decodes
 token by token from its own cache, and must give PyTorch's logits at every position.
 """
@@ -30,16 +30,21 @@ def _tiny(kind: str, **extra):
         LlamaForCausalLM,
         Qwen2Config,
         Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
     )
 
     torch.manual_seed(0)
     common = {"vocab_size": 96, "hidden_size": 64, "intermediate_size": 96,
               "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
               "max_position_embeddings": 128}
+    common.update({k: extra.pop(k) for k in list(extra) if k in common})  # sizes overridden
     if kind == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common, **extra))
     elif kind == "qwen2":  # q/k/v biases
         model = Qwen2ForCausalLM(Qwen2Config(**common, **extra))
+    elif kind == "qwen3":  # per-head q/k norms; a head size other than hidden / heads
+        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=32, **extra))
     elif kind == "gemma3":
         cfg = Gemma3TextConfig(**common, head_dim=16, sliding_window=4, query_pre_attn_scalar=24,
                                layer_types=["sliding_attention", "full_attention",
@@ -98,7 +103,8 @@ def _run(model, tmp_path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("kind, extra", [("llama", {}), ("llama", {"tie_word_embeddings": False}),
-                                         ("qwen2", {}), ("gemma3", {})])
+                                         ("qwen2", {}), ("qwen3", {}),
+                                         ("qwen3", {"attention_bias": True}), ("gemma3", {})])
 def test_fused_graph_matches_pytorch(kind, extra, tmp_path):
     model = _tiny(kind, **extra)
     assert fused.unsupported(model) is None
@@ -176,3 +182,31 @@ def test_factors_reading_one_input_share_their_first_product(tmp_path):
     assert first("/model/layers.2/mlp/gate_up_proj/") == (64, 10 + 7 + 7)
     assert not any(n.name.startswith("/model/layers.2/self_attn/q_proj/MatMul") and
                    n.name.endswith("/MatMul") for n in graph.node)
+
+
+def test_qwen3_export_runs_in_onnxruntime_genai_with_our_greedy_tokens(tmp_path):
+    """A Qwen3 folder (no packaged Qwen3: a tiny random one with a trained tokenizer) exports
+    as a fused graph through the whole `export` (int8 and int4, parity checked), and
+    onnxruntime-genai, told its type by genai_config.json, decodes it as edge-c2i does."""
+    import json
+
+    import onnxruntime_genai as og
+    from conftest import byte_bpe_tokenizer, genai_greedy
+
+    from edge_c2i.export.onnx_export import export_model
+    from edge_c2i.export.runtime import OnnxLM
+
+    tokenizer = byte_bpe_tokenizer("The capital of France is Paris. Grüße aus Köln.")
+    model = _tiny("qwen3", vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=None)
+    src = tmp_path / "qwen3"
+    model.save_pretrained(src)
+    tokenizer.save_pretrained(src)
+    manifest = export_model(str(src), tmp_path / "onnx", int8=True, int4=True)
+    assert manifest["graph"]["kind"] == "fused" and manifest["model_type"] == "qwen3"
+    for filename in ("model.onnx", "model_int8.onnx", "model_int4.onnx"):
+        config = og.Config(str(tmp_path / "onnx"))
+        config.overlay(json.dumps({"model": {"decoder": {"filename": filename}}}))
+        genai = og.Model(config)
+        lm = OnnxLM(tmp_path / "onnx", 1, filename)
+        ids = lm.prompt_ids("The capital of France")
+        assert genai_greedy(genai, ids, 8) == lm.greedy(ids, 8), filename

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import byte_bpe_tokenizer
 
 from edge_c2i.export.runtime import MANIFEST, OnnxLM, TextStream, clean_up_spaces
 
@@ -35,17 +36,10 @@ def export_dir(tmp_path_factory) -> Path:
     generation runs until --max-new-tokens or the context)."""
     import torch
     import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from edge_c2i.export.onnx_export import export_model
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([TEXT] * 20, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>")
+    fast = byte_bpe_tokenizer(TEXT)
     config = transformers.LlamaConfig(
         hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
         num_hidden_layers=2, vocab_size=len(fast), max_position_embeddings=CONTEXT,
