@@ -73,6 +73,13 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, str]]] = {
             "out": "mlp.dense_4h_to_h",
         },
     ),
+    # Phi-3 and Phi-4-mini keep q/k/v in one matrix and the MLP's gate and up in another
+    # (its input, as GPT-NeoX's dense_h_to_4h)
+    "phi3": (
+        "model.layers",
+        {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj", "in": "mlp.gate_up_proj",
+         "out": "mlp.down_proj"},
+    ),
     "phi": (
         "model.layers",
         {

@@ -28,6 +28,8 @@ def _tiny(kind: str, **extra):
         GPT2LMHeadModel,
         LlamaConfig,
         LlamaForCausalLM,
+        Phi3Config,
+        Phi3ForCausalLM,
         Qwen2Config,
         Qwen2ForCausalLM,
         Qwen3Config,
@@ -45,6 +47,8 @@ def _tiny(kind: str, **extra):
         model = Qwen2ForCausalLM(Qwen2Config(**common, **extra))
     elif kind == "qwen3":  # per-head q/k norms; a head size other than hidden / heads
         model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=32, **extra))
+    elif kind == "phi3":  # q/k/v in one matrix, gate/up in another
+        model = Phi3ForCausalLM(Phi3Config(**common, pad_token_id=0, **extra))
     elif kind == "gemma3":
         cfg = Gemma3TextConfig(**common, head_dim=16, sliding_window=4, query_pre_attn_scalar=24,
                                layer_types=["sliding_attention", "full_attention",
@@ -60,12 +64,12 @@ def _tiny(kind: str, **extra):
     return model.eval()
 
 
-def _reduce(model, layer: int, kind: str, rate: float, clusters: int = 1) -> None:
+def _reduce(model, layer: int, kind: str, rate: float, clusters: int = 1):
     """One matrix replaced by its factors, as adapt and compress do (factorize.reduce)."""
     from edge_c2i.factorize import reduce
     from edge_c2i.targets import get_target
 
-    reduce(model, get_target(model, layer, kind), rate, clusters=clusters)
+    return reduce(model, get_target(model, layer, kind), rate, clusters=clusters)
 
 
 def _run(model, tmp_path) -> tuple[np.ndarray, np.ndarray]:
@@ -184,25 +188,28 @@ def test_factors_reading_one_input_share_their_first_product(tmp_path):
                    n.name.endswith("/MatMul") for n in graph.node)
 
 
-def test_qwen3_export_runs_in_onnxruntime_genai_with_our_greedy_tokens(tmp_path):
-    """A Qwen3 folder (no packaged Qwen3: a tiny random one with a trained tokenizer) exports
-    as a fused graph through the whole `export` (int8 and int4, parity checked), and
-    onnxruntime-genai, told its type by genai_config.json, decodes it as edge-c2i does."""
+def _export_and_decode(model, tmp_path, reduce: list[tuple] = ()) -> dict:
+    """``model`` saved as a folder (a tokenizer trained for it, ``reduce``'s matrices as
+    factors, as adapt saves them), exported with int8 and int4 (parity checked); every file
+    must decode in onnxruntime-genai as edge-c2i does.  Returns the manifest."""
     import json
 
     import onnxruntime_genai as og
     from conftest import byte_bpe_tokenizer, genai_greedy
 
+    from edge_c2i.adapted import save_adapted
     from edge_c2i.export.onnx_export import export_model
     from edge_c2i.export.runtime import OnnxLM
 
     tokenizer = byte_bpe_tokenizer("The capital of France is Paris. Grüße aus Köln.")
-    model = _tiny("qwen3", vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=None)
-    src = tmp_path / "qwen3"
-    model.save_pretrained(src)
-    tokenizer.save_pretrained(src)
+    model.resize_token_embeddings(len(tokenizer))
+    for config in (model.config, model.generation_config):  # no EOS: 8 tokens each time
+        config.bos_token_id, config.eos_token_id = 0, None
+    reductions = [_reduce(model, *args) for args in reduce]
+    src = tmp_path / "model"
+    save_adapted(model, tokenizer, src, reductions, info={"base_model": "tiny", "task": "-",
+                                                          "method": "c2i"})
     manifest = export_model(str(src), tmp_path / "onnx", int8=True, int4=True)
-    assert manifest["graph"]["kind"] == "fused" and manifest["model_type"] == "qwen3"
     for filename in ("model.onnx", "model_int8.onnx", "model_int4.onnx"):
         config = og.Config(str(tmp_path / "onnx"))
         config.overlay(json.dumps({"model": {"decoder": {"filename": filename}}}))
@@ -210,3 +217,23 @@ def test_qwen3_export_runs_in_onnxruntime_genai_with_our_greedy_tokens(tmp_path)
         lm = OnnxLM(tmp_path / "onnx", 1, filename)
         ids = lm.prompt_ids("The capital of France")
         assert genai_greedy(genai, ids, 8) == lm.greedy(ids, 8), filename
+    return manifest
+
+
+def test_qwen3_exports_fused_and_runs_in_onnxruntime_genai(tmp_path):
+    """Qwen3 (no packaged one: a tiny random model) through the whole `export`, its reduced
+    q/k/v as factors; onnxruntime-genai, told its type by genai_config.json, decodes it."""
+    manifest = _export_and_decode(_tiny("qwen3"), tmp_path, [(1, "k", 0.25)])
+    assert manifest["graph"]["kind"] == "fused" and manifest["model_type"] == "qwen3"
+
+
+def test_phi3_exports_through_optimum_with_its_packed_matrices_reduced(tmp_path):
+    """Phi-3 has no fused graph: optimum's trace, with its packed q/k/v (two groups of rows)
+    and gate/up reduced to factors (the scan's "qkv" and "in" types), parity checked."""
+    from edge_c2i.factorize import LowRankLinear
+
+    model = _tiny("phi3")
+    manifest = _export_and_decode(model, tmp_path, [(1, "qkv", 0.25, 2), (0, "in", 0.25)])
+    assert manifest["graph"]["kind"] == "optimum" and manifest["model_type"] == "phi3"
+    assert isinstance(model.model.layers[0].mlp.gate_up_proj, LowRankLinear)
+    assert manifest["parity"]["model.onnx"]["max_abs_logit_diff"] < 1e-3
