@@ -14,16 +14,16 @@ from dataclasses import dataclass
 
 from .errors import EdgeC2IError
 
-# Each fact under its transformers name first, then the name GPT-2 and GPT-J keep in
-# config.json (their PretrainedConfig maps those; a plain dict does not).
+# Each fact under its transformers name first, then the names GPT-2, GPT-J, Bloom and MPT
+# keep in config.json (their PretrainedConfig maps those; a plain dict does not).
 _NAMES = {
-    "num_layers": ("num_hidden_layers", "n_layer"),
-    "hidden_size": ("hidden_size", "n_embd"),
-    "num_heads": ("num_attention_heads", "n_head"),
+    "num_layers": ("num_hidden_layers", "n_layer", "n_layers"),
+    "hidden_size": ("hidden_size", "n_embd", "d_model"),
+    "num_heads": ("num_attention_heads", "n_head", "n_heads"),
     "num_kv_heads": ("num_key_value_heads",),
     "head_dim": ("head_dim",),
     "intermediate_size": ("intermediate_size", "n_inner"),
-    "context": ("max_position_embeddings", "n_positions"),
+    "context": ("max_position_embeddings", "n_positions", "max_seq_len"),
 }
 
 # (dotted path of the block list, {type: dotted path inside a block}) for a Llama-like model
@@ -136,6 +136,14 @@ def context_length(config) -> int | None:
     return n if isinstance(n, int) and n > 0 else None
 
 
+def _kv_heads(config, heads: int) -> int:
+    """The key/value heads of the KV cache.  Falcon and GPT-BigCode say ``multi_query`` for
+    one; Falcon's new layout broadcasts its ``num_kv_heads`` to every head before caching."""
+    if _get(config, "multi_query") and not _get(config, "new_decoder_architecture"):
+        return 1
+    return _fact(config, "num_kv_heads") or heads
+
+
 def arch(config, generation_config=None) -> Arch:
     """The facts of ``config``; eos/bos from ``generation_config`` first, as ``generate`` does."""
     text = text_config(config)
@@ -153,7 +161,7 @@ def arch(config, generation_config=None) -> Arch:
         num_layers=layers,
         hidden_size=hidden,
         num_heads=heads,
-        num_kv_heads=_fact(text, "num_kv_heads") or heads,
+        num_kv_heads=_kv_heads(text, heads),
         head_dim=_fact(text, "head_dim") or hidden // heads,
         intermediate_size=_fact(text, "intermediate_size") or 4 * hidden,
         vocab_size=_get(text, "vocab_size"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -140,6 +141,37 @@ def body(model: nn.Module) -> nn.Module:
     return prefix if isinstance(prefix, nn.Module) else model.get_decoder()
 
 
+@contextlib.contextmanager
+def _hooks_aside(model: nn.Module):
+    """Within the block, no module of ``model`` runs its forward hooks (a probe is not one
+    of the batches that the scan's or calibration's hooks count)."""
+    kept = [(m, m._forward_hooks, m._forward_pre_hooks) for m in model.modules()]
+    for m, _, _ in kept:
+        m._forward_hooks, m._forward_pre_hooks = type(m._forward_hooks)(), type(
+            m._forward_pre_hooks)()
+    try:
+        yield
+    finally:
+        for m, hooks, pre_hooks in kept:
+            m._forward_hooks, m._forward_pre_hooks = hooks, pre_hooks
+
+
+def follows_position_ids(model: nn.Module) -> bool:
+    """Whether ``model``'s output moves with its position ids (rotary or learned positions),
+    which packed answers need; an ALiBi model's does not (its positions are the token
+    indices).  Four tokens, the last one's position moved: rotary is relative, so moving all
+    of them would change nothing."""
+    ids = torch.tensor([[1, 2, 3, 4]])
+    out = []
+    with torch.no_grad(), warnings.catch_warnings(), _hooks_aside(model):
+        warnings.simplefilter("ignore")  # Bloom warns that its position ids do nothing
+        for last in (3, 7):
+            pos = torch.tensor([[0, 1, 2, last]])
+            out.append(body(model)(input_ids=ids, position_ids=pos,
+                                   use_cache=False).last_hidden_state[0, -1])
+    return not torch.equal(*out)
+
+
 class _Skip(nn.Module):
     """Stands in for a block below the cached one: passes its input through."""
 
@@ -153,6 +185,15 @@ class _Skip(nn.Module):
         return (hidden_states,) if self.tuple_output else hidden_states
 
 
+def _inputs(batch: dict, model: nn.Module) -> dict:
+    """The keyword arguments of a batch's pass through ``body(model)``."""
+    kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"].to(model.dtype),
+          "use_cache": False}
+    if batch["position_ids"] is not None:  # Bloom warns at any, None included
+        kw["position_ids"] = batch["position_ids"]
+    return kw
+
+
 class _Stop(Exception):
     """Ends a caching pass at the deepest block it needs."""
 
@@ -164,7 +205,13 @@ class Scorer:
     sequence is ``prompt + answer_1 + answer_2 + ...`` with a 4D attention mask
     in which each answer sees the prompt and itself only, and position ids that
     restart after the prompt for every answer.  Same numbers as one sequence per
-    answer (a test checks it), at a fraction of the cost.
+    answer (a test checks it on every architecture), at a fraction of the cost.
+
+    A model whose positions are not its position ids (ALiBi: Bloom, MPT, Falcon with
+    ``alibi``) would see a packed answer as far from its prompt as the answers before it,
+    and Bloom takes no 4D mask: ``check_context`` finds such a model by feeding it two
+    position ids and getting the same output, and then every answer gets a row of its own
+    after its prompt (a 2D padding mask), as an evaluation harness scores them.
     """
 
     def __init__(self, tokenizer, examples: list[Example], max_batch_tokens: int = 4096,
@@ -212,6 +259,8 @@ class Scorer:
         packed.sort(key=lambda p: len(p[1]) + sum(map(len, p[2])))
         self.longest = len(packed[-1][1]) + sum(map(len, packed[-1][2]))  # tokens, one example
         self._packed, self._max_batch_tokens = packed, max_batch_tokens
+        self._pack = True  # answers after one prompt (check_context decides per model)
+        self._follows: bool | None = None
         self._batches: list[dict] | None = None  # built on first use, after the length check
         self._cached: dict[int, list[torch.Tensor]] = {}
         self._tuple_output: bool | None = None
@@ -225,7 +274,10 @@ class Scorer:
             self._batches = []
             batch: list = []
             used = 0
-            for p in self._packed:
+            rows = self._packed if self._pack else sorted(
+                ((i, ctx, [a], j) for i, ctx, answers, *_ in self._packed
+                 for j, a in enumerate(answers)), key=lambda r: len(r[1]) + len(r[2][0]))
+            for p in rows:
                 length = len(p[1]) + sum(map(len, p[2]))
                 area = length * (len(batch) + 1)
                 if batch and (area > self._max_batch_tokens
@@ -244,16 +296,21 @@ class Scorer:
         limit = context_length(model)
         if limit:
             _refuse_longer(self.examples, self.positions, limit)
+        if self._follows is None:  # one architecture per scorer: probed once
+            self._follows = follows_position_ids(model)
+        if self._follows != self._pack:
+            self._pack, self._batches = self._follows, None
 
     def _collate(self, packed: list) -> dict:
-        length = max(len(c) + sum(map(len, answers)) for _, c, answers in packed)
+        length = max(len(p[1]) + sum(map(len, p[2])) for p in packed)
         B = len(packed)
         ids = torch.full((B, length), self.pad_id, dtype=torch.long)
         pos = torch.zeros((B, length), dtype=torch.long)
         seg = torch.full((B, length), -1, dtype=torch.long)  # 0 prompt, j+1 answer j, -1 pad
         rows, cols, targets, slots = [], [], [], []  # one entry per answer token
         owner = []  # slot -> (example, answer)
-        for b, (i, ctx, answers) in enumerate(packed):
+        for b, (i, ctx, answers, *first) in enumerate(packed):
+            first = first[0] if first else 0  # a row of one answer says which it is
             P = len(ctx)
             ids[b, :P] = torch.tensor(ctx)
             pos[b, :P] = torch.arange(P)
@@ -269,18 +326,21 @@ class Scorer:
                     cols.append(P - 1 if t == 0 else at + t - 1)  # the position predicting it
                     targets.append(tok)
                     slots.append(len(owner))
-                owner.append((i, j))
+                owner.append((i, first + j))
                 at += n
         q, k = seg[:, :, None], seg[:, None, :]
         causal = torch.ones(length, length, dtype=torch.bool).tril()
         allowed = causal & ((k == 0) | (k == q)) & (q >= 0)
         allowed |= torch.eye(length, dtype=torch.bool)  # pads see themselves: no empty softmax row
-        mask = torch.zeros((B, 1, length, length))
-        mask.masked_fill_(~allowed[:, None], torch.finfo(torch.float32).min)
+        if self._pack:
+            mask = torch.zeros((B, 1, length, length))
+            mask.masked_fill_(~allowed[:, None], torch.finfo(torch.float32).min)
+        else:  # one answer a row: a causal model needs only to know the padding
+            mask = (seg >= 0).float()
         return {
             "input_ids": ids,
             "attention_mask": mask,
-            "position_ids": pos,
+            "position_ids": pos if self._pack else None,
             "rows": torch.tensor(rows),
             "cols": torch.tensor(cols),
             "targets": torch.tensor(targets),
@@ -293,10 +353,7 @@ class Scorer:
 
     def _answer_logprobs(self, model: nn.Module, batch: dict):
         """Log-prob of each answer token and the argmax token at its position."""
-        base = body(model)
-        mask = batch["attention_mask"].to(model.dtype)
-        hidden = base(input_ids=batch["input_ids"], attention_mask=mask,
-                      position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+        hidden = body(model)(**_inputs(batch, model)).last_hidden_state
         h = hidden[batch["rows"], batch["cols"]]
         head = model.get_output_embeddings()
         cap = getattr(model.config, "final_logit_softcapping", None)
@@ -395,6 +452,7 @@ class Scorer:
         run), and starts at ``start_layer`` when its inputs are cached already: caches
         taken in depth order each run only the blocks between them.
         """
+        self.check_context(model)
         deepest = max(layers)
         blocks = decoder_layers(model)
         ctx = contextlib.ExitStack()
@@ -414,9 +472,7 @@ class Scorer:
                     self._batch_index = bi
                     threads.rebalance()
                     try:
-                        body(model)(input_ids=batch["input_ids"],
-                                    attention_mask=batch["attention_mask"].to(model.dtype),
-                                    position_ids=batch["position_ids"], use_cache=False)
+                        body(model)(**_inputs(batch, model))
                     except _Stop:
                         pass
             finally:

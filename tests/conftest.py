@@ -52,6 +52,18 @@ TINY = {
                                        vocab_size=100)),
     "phi": ("PhiConfig", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4,
                               num_hidden_layers=2, vocab_size=100)),
+    # not in arch.ARCHITECTURES: their layouts are read off their modules (targets.inferred)
+    "opt": ("OPTConfig", dict(hidden_size=32, ffn_dim=64, num_attention_heads=4,
+                              num_hidden_layers=2, vocab_size=100, word_embed_proj_dim=32)),
+    "olmo2": ("Olmo2Config", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                  num_hidden_layers=2, vocab_size=100)),
+    "falcon": ("FalconConfig", dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                                    vocab_size=100)),  # multi_query: one key/value head
+    "bloom": ("BloomConfig", dict(hidden_size=32, n_head=4, n_layer=2, vocab_size=100)),
+    "mpt": ("MptConfig", dict(d_model=32, n_heads=4, n_layers=2, vocab_size=100)),
+    "starcoder2": ("Starcoder2Config", dict(hidden_size=32, intermediate_size=64,
+                                            num_attention_heads=4, num_key_value_heads=2,
+                                            num_hidden_layers=2, vocab_size=100)),
 }
 
 

@@ -140,6 +140,32 @@ def test_cached_prefix_on_every_architecture(arch):
     assert flat(part.choice_logprobs) == pytest.approx(flat(full.choice_logprobs), abs=1e-4)
 
 
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_packed_scores_equal_one_at_a_time_on_every_architecture(arch):
+    """Answers packed after their prompt (a 4D mask, positions restarting) and prompts of
+    different lengths padded into one batch score as each answer alone."""
+    model = tiny_model(arch)
+    examples = [Example("q" * (3 + 2 * i) + ": ", "yes", ("yes", "no way", "maybe so"))
+                for i in range(3)]
+    res = Scorer(Tok(), examples).run(model)
+    for ex, got in zip(examples, res.choice_logprobs, strict=True):
+        assert got == pytest.approx(one_at_a_time(model, Tok(), ex), abs=1e-4)
+
+
+def test_alibi_models_are_found_by_their_outputs_and_the_probe_runs_no_hook():
+    """Bloom and MPT place tokens by index (ALiBi): their answers get rows of their own."""
+    from edge_c2i.evaluate import follows_position_ids
+
+    found = {a: follows_position_ids(tiny_model(a)) for a in ("llama", "opt", "bloom", "mpt")}
+    assert found == {"llama": True, "opt": True, "bloom": False, "mpt": False}
+    model = tiny_model("bloom")
+    calls = []
+    model.transformer.h[0].register_forward_hook(lambda *a: calls.append(1))
+    assert not follows_position_ids(model) and calls == []
+    model(torch.tensor([[1, 2]]))
+    assert calls == [1]  # still registered
+
+
 def test_calibration_control_fits_a_bias_that_flips_a_biased_model():
     # the model always prefers choice 0 by a margin of 1, but gold is choice 1 when margin < 1.5
     def res(margins, gold):

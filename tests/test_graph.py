@@ -188,6 +188,24 @@ def test_factors_reading_one_input_share_their_first_product(tmp_path):
                    n.name.endswith("/MatMul") for n in graph.node)
 
 
+def _adapted_folder(model, tmp_path, reduce: list[tuple] = ()):
+    """``model`` saved as adapt saves it: a tokenizer trained for it (BOS 0, no EOS: every
+    greedy run gives all its tokens), ``reduce``'s matrices as factors.  (folder, reductions)"""
+    from conftest import byte_bpe_tokenizer
+
+    from edge_c2i.adapted import save_adapted
+
+    tokenizer = byte_bpe_tokenizer("The capital of France is Paris. Grüße aus Köln.")
+    model.resize_token_embeddings(len(tokenizer))
+    for config in (model.config, model.generation_config):
+        config.bos_token_id, config.eos_token_id = 0, None
+    reductions = [_reduce(model, *args) for args in reduce]
+    src = tmp_path / "model"
+    save_adapted(model, tokenizer, src, reductions, info={"base_model": "tiny", "task": "-",
+                                                          "method": "c2i"})
+    return src, reductions
+
+
 def _export_and_decode(model, tmp_path, reduce: list[tuple] = ()) -> dict:
     """``model`` saved as a folder (a tokenizer trained for it, ``reduce``'s matrices as
     factors, as adapt saves them), exported with int8 and int4 (parity checked); every file
@@ -195,20 +213,12 @@ def _export_and_decode(model, tmp_path, reduce: list[tuple] = ()) -> dict:
     import json
 
     import onnxruntime_genai as og
-    from conftest import byte_bpe_tokenizer, genai_greedy
+    from conftest import genai_greedy
 
-    from edge_c2i.adapted import save_adapted
     from edge_c2i.export.onnx_export import export_model
     from edge_c2i.export.runtime import OnnxLM
 
-    tokenizer = byte_bpe_tokenizer("The capital of France is Paris. Grüße aus Köln.")
-    model.resize_token_embeddings(len(tokenizer))
-    for config in (model.config, model.generation_config):  # no EOS: 8 tokens each time
-        config.bos_token_id, config.eos_token_id = 0, None
-    reductions = [_reduce(model, *args) for args in reduce]
-    src = tmp_path / "model"
-    save_adapted(model, tokenizer, src, reductions, info={"base_model": "tiny", "task": "-",
-                                                          "method": "c2i"})
+    src, _ = _adapted_folder(model, tmp_path, reduce)
     manifest = export_model(str(src), tmp_path / "onnx", int8=True, int4=True)
     for filename in ("model.onnx", "model_int8.onnx", "model_int4.onnx"):
         config = og.Config(str(tmp_path / "onnx"))
@@ -237,3 +247,36 @@ def test_phi3_exports_through_optimum_with_its_packed_matrices_reduced(tmp_path)
     assert manifest["graph"]["kind"] == "optimum" and manifest["model_type"] == "phi3"
     assert isinstance(model.model.layers[0].mlp.gate_up_proj, LowRankLinear)
     assert manifest["parity"]["model.onnx"]["max_abs_logit_diff"] < 1e-3
+
+
+@pytest.mark.parametrize("name, reduce", [
+    ("falcon", [(1, "qkv", 0.25, 2), (0, "out", 0.25)]),  # packed q/k/v, one key/value head
+    ("olmo2", [(1, "k", 0.25), (0, "gate", 0.25)]),  # norms after q/k, before the rotary
+])
+def test_an_architecture_outside_the_table_adapts_and_exports(name, reduce, tmp_path):
+    """A type no table names (its layout read off its modules): reduced as adapt does, saved,
+    exported by optimum with parity; ONNX Runtime's greedy tokens are PyTorch's."""
+    import transformers
+    from conftest import TINY
+
+    from edge_c2i.adapted import FACTOR_TYPES, load_adapted
+    from edge_c2i.export.onnx_export import export_model
+    from edge_c2i.export.runtime import OnnxLM
+    from edge_c2i.targets import get_target
+
+    torch.manual_seed(0)
+    cls_name, kw = TINY[name]
+    model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, cls_name)(**kw))
+    src, reductions = _adapted_folder(model.eval(), tmp_path, reduce)
+    loaded = load_adapted(src)
+    for r in reductions:  # the factors back where the inferred layout puts them
+        assert isinstance(loaded.get_submodule(get_target(loaded, r.layer, r.type).name),
+                          FACTOR_TYPES)
+    manifest = export_model(str(src), tmp_path / "onnx", int8=True)
+    assert manifest["graph"]["kind"] == "optimum" and manifest["model_type"] == name
+    assert manifest["parity"]["model.onnx"]["max_abs_logit_diff"] < 1e-3
+    lm = OnnxLM(tmp_path / "onnx", 1, "model.onnx")
+    ids = lm.prompt_ids("The capital of France")
+    with torch.no_grad():
+        want = loaded.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
+    assert lm.greedy(ids, 8) == want[0, len(ids):].tolist()
