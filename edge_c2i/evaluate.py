@@ -365,11 +365,14 @@ class Scorer:
             logp = torch.log_softmax(logits, dim=-1)
             return logp.gather(1, tgt[:, None])[:, 0], logits.argmax(-1)
 
-        # with autograd, each chunk's logits are recomputed in backward instead of kept:
-        # only one chunk of (positions x vocabulary) is ever alive (Gemma-3: 262k entries)
-        grad = torch.is_grad_enabled() and h.requires_grad
-        lps, hits = [], []
+        # with autograd and several chunks, each chunk's logits are recomputed in backward
+        # instead of kept: only one chunk of (positions x vocabulary) is ever alive (Gemma-3:
+        # 262k entries).  A batch of one chunk keeps its logits, which are no more than the
+        # recomputation would hold, and saves reading the head a third time (Gemma-3's 671 MB
+        # table, for a few answer tokens when a budget makes the batches small)
         step = self.lm_head_chunk
+        grad = torch.is_grad_enabled() and h.requires_grad and h.shape[0] > step
+        lps, hits = [], []
         for start in range(0, h.shape[0], step):
             args = (h[start : start + step], batch["targets"][start : start + step])
             lp, hit = checkpoint(chunk, *args, use_reentrant=False) if grad else chunk(*args)

@@ -166,6 +166,25 @@ def test_alibi_models_are_found_by_their_outputs_and_the_probe_runs_no_hook():
     assert calls == [1]  # still registered
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])  # Gemma-3: softcapped logits
+def test_the_lm_head_in_chunks_gives_the_gradients_of_one_chunk(arch):
+    """Chunks of answer positions (their logits recomputed in backward) and one chunk (kept):
+    the same loss and gradients."""
+    model = tiny_model(arch)
+    if arch == "gemma3_text":
+        model.config.final_logit_softcapping = 5.0
+    weight = decoder_layers(model)[0].mlp.down_proj.weight.requires_grad_(True)
+    examples = [Example(f"question {i}: ", "yes", ("yes", "no way")) for i in range(6)]
+    grads, losses = [], []
+    for chunk in (2, 1024):
+        weight.grad = None
+        losses.append(Scorer(Tok(), examples, lm_head_chunk=chunk, gold_only=True)
+                      .loss_and_backward(model))
+        grads.append(weight.grad.clone())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-8) and grads[0].abs().sum() > 0
+
+
 def test_calibration_control_fits_a_bias_that_flips_a_biased_model():
     # the model always prefers choice 0 by a margin of 1, but gold is choice 1 when margin < 1.5
     def res(margins, gold):
