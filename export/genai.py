@@ -12,6 +12,11 @@ it is off there.  The fused graph's logits are declared one per sequence (its
 onnxruntime-genai reads as a graph that skips the LM head for the rest of a prompt.  Greedy
 search by default, as ``edge-c2i generate`` decodes.
 
+``model.type`` is the model's own type where onnxruntime-genai knows it (GENAI_TYPES, the
+decoder-only types of its releases since 0.8) and its generic ``decoder`` otherwise (OPT,
+Falcon, OLMo2, ...: "Unsupported model_type" before), which runs any graph with these inputs
+and outputs.
+
 The config names one model file (``decoder.filename``): the export's most compact file
 (int4, else int8, else fp32; .onnx before .ort).  Another file of the same folder runs with
 ``og.Config.overlay``: ``config.overlay(json.dumps({"model": {"decoder": {"filename":
@@ -26,6 +31,10 @@ from pathlib import Path
 from edge_c2i.arch import arch, context_length
 
 CONFIG = "genai_config.json"
+# decoder-only types every onnxruntime-genai release since 0.8 accepts (its ModelType::LLM)
+GENAI_TYPES = ("chatglm", "gemma", "gemma2", "gemma3_text", "gpt2", "granite", "llama",
+               "mistral", "nemotron", "olmo", "phi", "phimoe", "phi3", "phi3small", "qwen2",
+               "qwen3")
 # most compact first: the file genai_config.json names when several were written
 PREFERENCE = ("model_int4.onnx", "model_int8.onnx", "model.onnx",
               "model_int4.ort", "model_int8.ort", "model.ort")
@@ -47,7 +56,7 @@ def genai_config(config: dict, manifest: dict, filename: str) -> dict:
     pad = config.get("pad_token_id")
     return {
         "model": {
-            "type": manifest["model_type"],
+            "type": manifest["model_type"] if manifest["model_type"] in GENAI_TYPES else "decoder",
             "bos_token_id": manifest["bos_token_id"],
             "eos_token_id": eos,
             "pad_token_id": pad if isinstance(pad, int) else (eos or [0])[0],

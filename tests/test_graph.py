@@ -256,8 +256,11 @@ def test_phi3_exports_through_optimum_with_its_packed_matrices_reduced(tmp_path)
 def test_an_architecture_outside_the_table_adapts_and_exports(name, reduce, tmp_path):
     """A type no table names (its layout read off its modules): reduced as adapt does, saved,
     exported by optimum with parity; ONNX Runtime's greedy tokens are PyTorch's."""
+    import json
+
+    import onnxruntime_genai as og
     import transformers
-    from conftest import TINY
+    from conftest import TINY, genai_greedy
 
     from edge_c2i.adapted import FACTOR_TYPES, load_adapted
     from edge_c2i.export.onnx_export import export_model
@@ -266,7 +269,8 @@ def test_an_architecture_outside_the_table_adapts_and_exports(name, reduce, tmp_
 
     torch.manual_seed(0)
     cls_name, kw = TINY[name]
-    model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, cls_name)(**kw))
+    hf_config = getattr(transformers, cls_name)(**kw, initializer_range=0.2)  # tokens that vary
+    model = transformers.AutoModelForCausalLM.from_config(hf_config)
     src, reductions = _adapted_folder(model.eval(), tmp_path, reduce)
     loaded = load_adapted(src)
     for r in reductions:  # the factors back where the inferred layout puts them
@@ -280,3 +284,9 @@ def test_an_architecture_outside_the_table_adapts_and_exports(name, reduce, tmp_
     with torch.no_grad():
         want = loaded.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
     assert lm.greedy(ids, 8) == want[0, len(ids):].tolist()
+    # onnxruntime-genai knows neither type: its generic decoder runs the export
+    genai = json.loads((tmp_path / "onnx" / "genai_config.json").read_text())
+    assert genai["model"]["type"] == "decoder"
+    config = og.Config(str(tmp_path / "onnx"))
+    config.overlay(json.dumps({"model": {"decoder": {"filename": "model.onnx"}}}))
+    assert genai_greedy(og.Model(config), ids, 8) == lm.greedy(ids, 8)
