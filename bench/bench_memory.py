@@ -15,13 +15,15 @@ runs ``--size 0.8`` with 200 test examples.
 budget.default_budget).  ``--baseline REV`` also runs each command without a budget in
 the code of git revision REV (installed into a temporary folder, same process layout),
 so that the default plan's time is compared with the earlier unbudgeted one in the
-same run (#17: at most 1.1x).
+same run (#17: at most 1.1x).  Every command runs with the cache of singular vectors off
+(``EDGE_C2I_SPECTRA_CACHE=off``): each decomposes its matrices, as the baseline does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -56,8 +58,11 @@ sys.exit(main())
 
 
 def measure(cmd: list[str]) -> dict:
+    # every command decomposes its own matrices (the baseline revision predates the cache of
+    # singular vectors, and a cache the first command filled would speed up the next ones)
+    env = {**os.environ, "EDGE_C2I_SPECTRA_CACHE": "off"}
     out = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], capture_output=True, text=True,
-                         check=True)
+                         check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
