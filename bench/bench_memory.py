@@ -16,7 +16,10 @@ budget.default_budget).  ``--baseline REV`` also runs each command without a bud
 the code of git revision REV (installed into a temporary folder, same process layout),
 so that the default plan's time is compared with the earlier unbudgeted one in the
 same run (#17: at most 1.1x).  Every command runs with the cache of singular vectors off
-(``EDGE_C2I_SPECTRA_CACHE=off``): each decomposes its matrices, as the baseline does.
+(``EDGE_C2I_SPECTRA_CACHE=off``): each decomposes its matrices, as the baseline does.  The
+baseline keeps its converted models in a cache of its own (``EDGE_C2I_HOME``), filled
+before its timed runs: the packaged models' conversion changed since, and in one shared
+cache each revision converted them again, timed.  ``--budgets ""`` runs the baseline only.
 """
 
 from __future__ import annotations
@@ -57,10 +60,12 @@ sys.exit(main())
 """
 
 
-def measure(cmd: list[str]) -> dict:
+def measure(cmd: list[str], home: str | None = None) -> dict:
     # every command decomposes its own matrices (the baseline revision predates the cache of
     # singular vectors, and a cache the first command filled would speed up the next ones)
     env = {**os.environ, "EDGE_C2I_SPECTRA_CACHE": "off"}
+    if home:
+        env["EDGE_C2I_HOME"] = home
     out = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], capture_output=True, text=True,
                          check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -85,10 +90,16 @@ def main() -> None:
         write_result("memory", {**data, "targets": targets(data["rows"])})
         return
     cli = [sys.executable, "-m", "edge_c2i.cli"]
-    budgets = [None if b == "none" else b for b in args.budgets.split(",")]
+    budgets = [None if b == "none" else b for b in args.budgets.split(",") if b]
     old = _install(args.baseline) if args.baseline else None
+    # the earlier revision converts the packaged models in its own format, into its own cache
+    # (in the shared one, each revision would convert them again, timed, in turn)
+    old_home = tempfile.mkdtemp(prefix="edge-c2i-baseline-home-") if old else None
     if old:
         budgets.append(f"{args.baseline} unbudgeted")
+        for model in args.models:  # untimed: its conversion of the model and the task data
+            measure([sys.executable, "-c", BASELINE, old, "eval", "--model", model, "--task",
+                     args.task, "--limit", "1"], old_home)
     commands = args.commands.split(",")
     rows = []
     previous = RESULTS / "memory.json"
@@ -114,7 +125,7 @@ def main() -> None:
                         cmd += ["--size", "0.8", "--test-samples", "200", "--force"]
                     if budget and not baseline:
                         cmd += ["--max-memory", budget]
-                    res = measure(cmd)
+                    res = measure(cmd, old_home if baseline else None)
                     row = {"model": model, "command": command, "budget": budget or "none", **res,
                            "peak_rss_gb": res["peak_rss_bytes"] / 1e9, "threads": args.threads}
                     if command == "scan" and res["rc"] == 0:

@@ -283,7 +283,11 @@ def section_memory(d: dict) -> str:
             "(2048-token batches, no plan). adapt runs a reduced grid (--top-k 2 --rates "
             "0.2,0.05 --clusters 1, 200 test examples); compress runs --size 0.8 with 200 test "
             "examples (`--commands compress`; those rows ran at 1 thread beside other work: "
-            "their peaks hold, their seconds are not comparable). 'threads' blank: 2.\n\n"
+            "their peaks hold, their seconds are not comparable). 'threads' blank: 2. The scan "
+            "rows are of that date, on this machine, each command decomposing its own matrices "
+            "(the cache of singular vectors off; the baseline in a cache of its own); the "
+            "adapt and compress rows are kept from a run of 2026-11-30 on another machine "
+            "(`--append`): compare within a command.\n\n"
             + table(rows, [("model", "model"), ("command", "command"), ("budget", "--max-memory"),
                            ("peak_rss_gb", "peak RSS GB"), ("within_budget", "within budget"),
                            ("passes", "passes"), ("batch_tokens", "batch tokens"),
