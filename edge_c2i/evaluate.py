@@ -483,6 +483,7 @@ class Scorer:
 
     def hidden_bytes(self, model: nn.Module) -> int:
         """Bytes the cached inputs of one block take (every batch, padding included)."""
+        self.check_context(model)  # the batches as this model gets them (packed or not)
         width = model.get_input_embeddings().weight.shape[1]
         size = torch.finfo(model.dtype).bits // 8
         return sum(b["input_ids"].numel() for b in self.batches) * width * size

@@ -36,6 +36,10 @@ import numpy as np
 
 OPSET = 17
 LLAMA_LIKE = ("llama", "mistral", "qwen2")
+# Llama-style with scalars on the embeddings, on each block's two outputs before they join
+# the residual, and on the logits (embedding_multiplier, residual_multiplier,
+# logits_scaling; its attention_multiplier is the attention's scaling)
+GRANITE = ("granite",)
 QK_NORM = ("qwen3",)  # Llama-style, with q_norm and k_norm over each head (Gemma-3 has them too)
 GEMMA3 = ("gemma3_text",)
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -52,7 +56,7 @@ def unsupported(model) -> str | None:
     """Why ``model`` cannot be built as a fused graph (None: it can)."""
     config = model.config
     model_type = getattr(config, "model_type", None)
-    if model_type not in LLAMA_LIKE + QK_NORM + GEMMA3:
+    if model_type not in LLAMA_LIKE + GRANITE + QK_NORM + GEMMA3:
         return f"no fused graph for model type {model_type!r}"
     decoder = getattr(model, "model", None)
     if decoder is None or not hasattr(decoder, "layers") or not hasattr(model, "lm_head"):
@@ -283,6 +287,17 @@ def build(model, opset: int = OPSET):
         scale = np.array(float(embed.embed_scale.float()), np.float32)
         x = b.one("Mul", [x, b.const("model.embed_tokens.embed_scale", scale)],
                   "/model/embed_tokens/Mul")
+    granite = config.model_type in GRANITE
+
+    def times(h: str, owner, factor: str, path: str) -> str:
+        """h times Granite's ``owner.<factor>`` (the copy its module reads; others: h)."""
+        value = float(getattr(owner, factor, 1.0)) if granite else 1.0
+        if value == 1.0:
+            return h
+        return b.one("Mul", [h, b.const(f"{path}.{factor}", np.array(value, np.float32))],
+                     _prefix(path)[:-1] + f"/{factor}/Mul")
+
+    x = times(x, decoder, "embedding_multiplier", "model.embed_tokens")
 
     def norm(h: str, module, path: str, skip: str | None = None) -> tuple[str, str | None]:
         """RMS norm of h (+ skip): (normalized, the sum h + skip when skip is given)."""
@@ -344,7 +359,8 @@ def build(model, opset: int = OPSET):
                  [_prefix(f"{p}.self_attn") + "attention_out", *present], domain="com.microsoft",
                  num_heads=heads, kv_num_heads=kv_heads, scale=float(attn.scaling), do_rotary=1,
                  rotary_interleaved=0, local_window_size=window, softcap=float(softcap))
-        o = linear(b, a[0], attn.o_proj, f"{p}.self_attn.o_proj")
+        o = times(linear(b, a[0], attn.o_proj, f"{p}.self_attn.o_proj"), layer,
+                  "residual_multiplier", f"{p}.self_attn")
         if gemma:
             o, _ = norm(o, layer.post_attention_layernorm, f"{p}.post_attention_layernorm")
             h, residual = norm(o, layer.pre_feedforward_layernorm,
@@ -361,7 +377,8 @@ def build(model, opset: int = OPSET):
                          mp + "/act_fn/Mul")
         else:
             gate = b.one("FastGelu", [gate], mp + "/act_fn/FastGelu", domain="com.microsoft")
-        pending = linear(b, b.one("Mul", [gate, up], mp + "/Mul"), mlp.down_proj, f"{p}.mlp.down_proj")
+        pending = times(linear(b, b.one("Mul", [gate, up], mp + "/Mul"), mlp.down_proj,
+                               f"{p}.mlp.down_proj"), layer, "residual_multiplier", f"{p}.mlp")
         if gemma:
             pending, _ = norm(pending, layer.post_feedforward_layernorm,
                               f"{p}.post_feedforward_layernorm")
@@ -382,6 +399,9 @@ def build(model, opset: int = OPSET):
                       domain="com.microsoft", alpha=1.0, transB=1)[0]
     else:
         logits = linear(b, h, head, "lm_head")
+    if granite and float(getattr(config, "logits_scaling", 1.0)) != 1.0:  # read off the config
+        c = b.const("logits_scaling", np.array(config.logits_scaling, np.float32))
+        logits = b.one("Div", [logits, c], "/lm_head/logits_scaling/Div")
     cap = getattr(config, "final_logit_softcapping", None)
     if cap:
         c = b.const("final_logit_softcapping", np.array(cap, np.float32))

@@ -26,6 +26,8 @@ def _tiny(kind: str, **extra):
         Gemma3TextConfig,
         GPT2Config,
         GPT2LMHeadModel,
+        GraniteConfig,
+        GraniteForCausalLM,
         LlamaConfig,
         LlamaForCausalLM,
         Phi3Config,
@@ -47,6 +49,10 @@ def _tiny(kind: str, **extra):
         model = Qwen2ForCausalLM(Qwen2Config(**common, **extra))
     elif kind == "qwen3":  # per-head q/k norms; a head size other than hidden / heads
         model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=32, **extra))
+    elif kind == "granite":  # scalars on the embeddings, residual branches, logits, attention
+        model = GraniteForCausalLM(GraniteConfig(
+            **common, embedding_multiplier=6.0, residual_multiplier=0.3, logits_scaling=4.0,
+            attention_multiplier=0.06, **extra))
     elif kind == "phi3":  # q/k/v in one matrix, gate/up in another
         model = Phi3ForCausalLM(Phi3Config(**common, pad_token_id=0, **extra))
     elif kind == "gemma3":
@@ -108,13 +114,30 @@ def _run(model, tmp_path) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("kind, extra", [("llama", {}), ("llama", {"tie_word_embeddings": False}),
                                          ("qwen2", {}), ("qwen3", {}),
-                                         ("qwen3", {"attention_bias": True}), ("gemma3", {})])
+                                         ("qwen3", {"attention_bias": True}), ("gemma3", {}),
+                                         ("granite", {})])
 def test_fused_graph_matches_pytorch(kind, extra, tmp_path):
     model = _tiny(kind, **extra)
     assert fused.unsupported(model) is None
     got, want = _run(model, tmp_path)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_granite_multipliers_matter(tmp_path):
+    """The match above would not see a multiplier left out if it changed nothing: with all of
+    them at 1 (and the attention's at 1/sqrt(head size)) the logits move."""
+    model = _tiny("granite")
+    got, _ = _run(model, tmp_path)
+    config = model.config
+    config.embedding_multiplier = config.residual_multiplier = config.logits_scaling = 1.0
+    model.model.embedding_multiplier = 1.0
+    for layer in model.model.layers:
+        layer.residual_multiplier = 1.0  # transformers reads the modules' copies
+        layer.self_attn.scaling = layer.self_attn.head_dim ** -0.5
+    plain, want = _run(model, tmp_path)
+    assert np.abs(plain - got).max() > 1e-2
+    np.testing.assert_allclose(plain, want, atol=1e-4, rtol=0)
 
 
 def test_gemma3_sliding_window_matters(tmp_path):
@@ -235,6 +258,13 @@ def test_qwen3_exports_fused_and_runs_in_onnxruntime_genai(tmp_path):
     q/k/v as factors; onnxruntime-genai, told its type by genai_config.json, decodes it."""
     manifest = _export_and_decode(_tiny("qwen3"), tmp_path, [(1, "k", 0.25)])
     assert manifest["graph"]["kind"] == "fused" and manifest["model_type"] == "qwen3"
+
+
+def test_granite_exports_fused_and_runs_in_onnxruntime_genai(tmp_path):
+    """Granite's multipliers in the fused graph, its down_proj reduced; onnxruntime-genai
+    (type granite) decodes every file with edge-c2i's greedy tokens."""
+    manifest = _export_and_decode(_tiny("granite"), tmp_path, [(1, "out", 0.25)])
+    assert manifest["graph"]["kind"] == "fused" and manifest["model_type"] == "granite"
 
 
 def test_phi3_exports_through_optimum_with_its_packed_matrices_reduced(tmp_path):
