@@ -40,6 +40,9 @@ LLAMA_LIKE = ("llama", "mistral", "qwen2")
 # the residual, and on the logits (embedding_multiplier, residual_multiplier,
 # logits_scaling; its attention_multiplier is the attention's scaling)
 GRANITE = ("granite",)
+# q/k/v in one matrix (qkv_proj, packed as GroupQueryAttention takes them) and gate/up in
+# another (gate_up_proj, split), a sliding window on every layer where the config sets one
+PACKED = ("phi3",)
 QK_NORM = ("qwen3",)  # Llama-style, with q_norm and k_norm over each head (Gemma-3 has them too)
 GEMMA3 = ("gemma3_text",)
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -56,7 +59,7 @@ def unsupported(model) -> str | None:
     """Why ``model`` cannot be built as a fused graph (None: it can)."""
     config = model.config
     model_type = getattr(config, "model_type", None)
-    if model_type not in LLAMA_LIKE + GRANITE + QK_NORM + GEMMA3:
+    if model_type not in LLAMA_LIKE + GRANITE + PACKED + QK_NORM + GEMMA3:
         return f"no fused graph for model type {model_type!r}"
     decoder = getattr(model, "model", None)
     if decoder is None or not hasattr(decoder, "layers") or not hasattr(model, "lm_head"):
@@ -70,6 +73,9 @@ def unsupported(model) -> str | None:
     for rotary in _rotaries(model).values():
         if getattr(rotary, "rope_type", "default") not in STATIC_ROPE:
             return f"rotary scaling {rotary.rope_type!r} depends on the length"
+        half = rotary.inv_freq.numel()  # rotary_dim / 2: all of the head, or part (Phi-4-mini)
+        if half < head_dim // 2 and half % 8:  # ONNX Runtime's kernel refuses others
+            return f"GroupQueryAttention rotates part of a head only in multiples of 16, not {2 * half}"
     if getattr(config, "attn_logit_softcapping", None) and model_type not in GEMMA3:
         return "attention soft-capping outside Gemma"
     if any(getattr(layer.self_attn, "sliding_window", None) for layer in decoder.layers) \
@@ -258,6 +264,7 @@ def build(model, opset: int = OPSET):
     config, decoder = model.config, model.model
     gemma = config.model_type in GEMMA3
     qk_norm = gemma or config.model_type in QK_NORM
+    packed = config.model_type in PACKED
     layers = decoder.layers
     attn0 = layers[0].self_attn
     heads = config.num_attention_heads
@@ -336,14 +343,19 @@ def build(model, opset: int = OPSET):
             h, residual = norm(pending, layer.input_layernorm, f"{p}.input_layernorm", residual)
         attn = layer.self_attn
         # packed q/k/v go to GroupQueryAttention as one input, unless q/k norms come between
-        qkv = fused_linear(b, h, [attn.q_proj, attn.k_proj, attn.v_proj],
-                           [f"{p}.self_attn.{n}_proj" for n in "qkv"], f"{p}.self_attn.qkv_proj",
-                           split=qk_norm)
+        if packed:
+            qkv = [linear(b, h, attn.qkv_proj, f"{p}.self_attn.qkv_proj")]
+        else:
+            qkv = fused_linear(b, h, [attn.q_proj, attn.k_proj, attn.v_proj],
+                               [f"{p}.self_attn.{n}_proj" for n in "qkv"],
+                               f"{p}.self_attn.qkv_proj", split=qk_norm)
         q, k, v = qkv if len(qkv) == 3 else (qkv[0], "", "")
         if qk_norm:
             q = head_norm(q, attn.q_norm, f"{p}.self_attn.q_norm", heads)
             k = head_norm(k, attn.k_norm, f"{p}.self_attn.k_norm", kv_heads)
         sliding = getattr(attn, "sliding_window", None) if getattr(attn, "is_sliding", True) else None
+        if packed:  # Phi-3 reads its window off the config, for every layer
+            sliding = getattr(config, "sliding_window", None)
         cos, sin = tables["local" if sliding and "local" in tables else "global"]
         past = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
         present = [f"present.{i}.key", f"present.{i}.value"]
@@ -369,9 +381,14 @@ def build(model, opset: int = OPSET):
             h, residual = norm(o, layer.post_attention_layernorm,
                                f"{p}.post_attention_layernorm", residual)
         mlp = layer.mlp
-        gate, up = fused_linear(b, h, [mlp.gate_proj, mlp.up_proj],
-                                [f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"], f"{p}.mlp.gate_up_proj")
         mp = _prefix(f"{p}.mlp")[:-1]
+        if packed:  # gate first, then up, as transformers chunks them
+            both = linear(b, h, mlp.gate_up_proj, f"{p}.mlp.gate_up_proj")
+            gate, up = b.op("Split", [both], mp + "/gate_up_proj/Split", 2, axis=-1)
+        else:
+            gate, up = fused_linear(b, h, [mlp.gate_proj, mlp.up_proj],
+                                    [f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"],
+                                    f"{p}.mlp.gate_up_proj")
         if act == "silu":
             gate = b.one("Mul", [gate, b.one("Sigmoid", [gate], mp + "/act_fn/Sigmoid")],
                          mp + "/act_fn/Mul")

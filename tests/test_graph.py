@@ -115,7 +115,11 @@ def _run(model, tmp_path) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("kind, extra", [("llama", {}), ("llama", {"tie_word_embeddings": False}),
                                          ("qwen2", {}), ("qwen3", {}),
                                          ("qwen3", {"attention_bias": True}), ("gemma3", {}),
-                                         ("granite", {})])
+                                         ("granite", {}), ("phi3", {}),
+                                         ("phi3", {"sliding_window": 4}),
+                                         ("phi3", {"partial_rotary_factor": 0.5,  # Phi-4-mini's
+                                                   "num_attention_heads": 2,
+                                                   "num_key_value_heads": 1})])
 def test_fused_graph_matches_pytorch(kind, extra, tmp_path):
     model = _tiny(kind, **extra)
     assert fused.unsupported(model) is None
@@ -138,6 +142,17 @@ def test_granite_multipliers_matter(tmp_path):
     plain, want = _run(model, tmp_path)
     assert np.abs(plain - got).max() > 1e-2
     np.testing.assert_allclose(plain, want, atol=1e-4, rtol=0)
+
+
+def test_phi3_sliding_window_matters(tmp_path):
+    """Phi-3 reads its window off the config, for every layer: without it the logits move
+    (and still match PyTorch)."""
+    model = _tiny("phi3", sliding_window=4)
+    got, _ = _run(model, tmp_path)
+    model.config.sliding_window = None
+    wider, want = _run(model, tmp_path)
+    assert np.abs(wider - got).max() > 1e-2
+    np.testing.assert_allclose(wider, want, atol=1e-4, rtol=0)
 
 
 def test_gemma3_sliding_window_matters(tmp_path):
@@ -177,6 +192,11 @@ def test_an_architecture_without_a_fused_graph_is_named():
     # a head size ONNX Runtime's attention kernel refuses (test_runtime_cli exports such a
     # model with graph="auto": it goes through optimum)
     assert "multiple of 16" in fused.unsupported(_tiny("llama", head_dim=8))
+    # Phi-4-mini rotates part of each head: 8 of 16 dimensions is not a size the kernel takes
+    # (16 of 32, tested above, is)
+    partial = _tiny("phi3", partial_rotary_factor=0.5)
+    assert partial.model.rotary_emb.inv_freq.numel() == 4
+    assert "multiples of 16, not 8" in fused.unsupported(partial)
 
 
 def test_export_refuses_a_fused_graph_it_cannot_build(tmp_path):
@@ -267,14 +287,15 @@ def test_granite_exports_fused_and_runs_in_onnxruntime_genai(tmp_path):
     assert manifest["graph"]["kind"] == "fused" and manifest["model_type"] == "granite"
 
 
-def test_phi3_exports_through_optimum_with_its_packed_matrices_reduced(tmp_path):
-    """Phi-3 has no fused graph: optimum's trace, with its packed q/k/v (two groups of rows)
-    and gate/up reduced to factors (the scan's "qkv" and "in" types), parity checked."""
+def test_phi3_exports_fused_with_its_packed_matrices_reduced(tmp_path):
+    """Phi-3's packed q/k/v (two groups of rows) and gate/up reduced to factors (the scan's
+    "qkv" and "in" types) stay factored in the fused graph, parity checked; onnxruntime-genai
+    decodes every file."""
     from edge_c2i.factorize import LowRankLinear
 
     model = _tiny("phi3")
     manifest = _export_and_decode(model, tmp_path, [(1, "qkv", 0.25, 2), (0, "in", 0.25)])
-    assert manifest["graph"]["kind"] == "optimum" and manifest["model_type"] == "phi3"
+    assert manifest["graph"]["kind"] == "fused" and manifest["model_type"] == "phi3"
     assert isinstance(model.model.layers[0].mlp.gate_up_proj, LowRankLinear)
     assert manifest["parity"]["model.onnx"]["max_abs_logit_diff"] < 1e-3
 
