@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 OPSET = 17
-LLAMA_LIKE = ("llama", "mistral", "qwen2")
+LLAMA_LIKE = ("llama", "mistral", "qwen2",
+              "smollm3")  # SmolLM3: every fourth layer without rotary (use_rope, "NoPE")
 # Llama-style with scalars on the embeddings, on each block's two outputs before they join
 # the residual, and on the logits (embedding_multiplier, residual_multiplier,
 # logits_scaling; its attention_multiplier is the attention's scaling)
@@ -366,10 +367,13 @@ def build(model, opset: int = OPSET):
         softcap = getattr(config, "attn_logit_softcapping", None) or 0.0
         # the same count in both (tests/test_graph.py: w - 1 and w + 1 differ from transformers)
         window = int(sliding) if sliding else -1
-        a = b.op("GroupQueryAttention", [q, k, v, *past, seqlens, total, cos, sin],
+        rope = bool(getattr(attn, "use_rope", True))  # SmolLM3's NoPE layers: no rotary
+        a = b.op("GroupQueryAttention", [q, k, v, *past, seqlens, total,
+                                         *((cos, sin) if rope else ("", ""))],
                  _prefix(f"{p}.self_attn") + "GroupQueryAttention",
                  [_prefix(f"{p}.self_attn") + "attention_out", *present], domain="com.microsoft",
-                 num_heads=heads, kv_num_heads=kv_heads, scale=float(attn.scaling), do_rotary=1,
+                 num_heads=heads, kv_num_heads=kv_heads, scale=float(attn.scaling),
+                 do_rotary=int(rope),
                  rotary_interleaved=0, local_window_size=window, softcap=float(softcap))
         o = times(linear(b, a[0], attn.o_proj, f"{p}.self_attn.o_proj"), layer,
                   "residual_multiplier", f"{p}.self_attn")

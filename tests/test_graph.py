@@ -36,6 +36,8 @@ def _tiny(kind: str, **extra):
         Qwen2ForCausalLM,
         Qwen3Config,
         Qwen3ForCausalLM,
+        SmolLM3Config,
+        SmolLM3ForCausalLM,
     )
 
     torch.manual_seed(0)
@@ -49,6 +51,9 @@ def _tiny(kind: str, **extra):
         model = Qwen2ForCausalLM(Qwen2Config(**common, **extra))
     elif kind == "qwen3":  # per-head q/k norms; a head size other than hidden / heads
         model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=32, **extra))
+    elif kind == "smollm3":  # no rotary on every fourth layer (here: the last of three)
+        model = SmolLM3ForCausalLM(SmolLM3Config(**common, pad_token_id=0,
+                                                 no_rope_layer_interval=3, **extra))
     elif kind == "granite":  # scalars on the embeddings, residual branches, logits, attention
         model = GraniteForCausalLM(GraniteConfig(
             **common, embedding_multiplier=6.0, residual_multiplier=0.3, logits_scaling=4.0,
@@ -115,7 +120,7 @@ def _run(model, tmp_path) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("kind, extra", [("llama", {}), ("llama", {"tie_word_embeddings": False}),
                                          ("qwen2", {}), ("qwen3", {}),
                                          ("qwen3", {"attention_bias": True}), ("gemma3", {}),
-                                         ("granite", {}), ("phi3", {}),
+                                         ("granite", {}), ("smollm3", {}), ("phi3", {}),
                                          ("phi3", {"sliding_window": 4}),
                                          ("phi3", {"partial_rotary_factor": 0.5,  # Phi-4-mini's
                                                    "num_attention_heads": 2,
@@ -142,6 +147,17 @@ def test_granite_multipliers_matter(tmp_path):
     plain, want = _run(model, tmp_path)
     assert np.abs(plain - got).max() > 1e-2
     np.testing.assert_allclose(plain, want, atol=1e-4, rtol=0)
+
+
+def test_smollm3_layers_without_rotary_matter(tmp_path):
+    """SmolLM3's NoPE layers: with rotary on every layer the logits move (and match PyTorch)."""
+    model = _tiny("smollm3")
+    assert [layer.self_attn.use_rope for layer in model.model.layers] == [1, 1, 0]
+    got, _ = _run(model, tmp_path)
+    model.model.layers[2].self_attn.use_rope = 1
+    rotated, want = _run(model, tmp_path)
+    assert np.abs(rotated - got).max() > 10 * 1e-4  # ten times the tolerance of the match
+    np.testing.assert_allclose(rotated, want, atol=1e-4, rtol=0)
 
 
 def test_phi3_sliding_window_matters(tmp_path):
