@@ -44,6 +44,9 @@ GRANITE = ("granite",)
 # q/k/v in one matrix (qkv_proj, packed as GroupQueryAttention takes them) and gate/up in
 # another (gate_up_proj, split), a sliding window on every layer where the config sets one
 PACKED = ("phi3",)
+# no norm before the attention or the MLP: each block's two outputs are normed before they
+# join the residual, and q and k are normed over their whole width before the rotary
+POST_NORM = ("olmo2",)
 QK_NORM = ("qwen3",)  # Llama-style, with q_norm and k_norm over each head (Gemma-3 has them too)
 GEMMA3 = ("gemma3_text",)
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -60,7 +63,7 @@ def unsupported(model) -> str | None:
     """Why ``model`` cannot be built as a fused graph (None: it can)."""
     config = model.config
     model_type = getattr(config, "model_type", None)
-    if model_type not in LLAMA_LIKE + GRANITE + PACKED + QK_NORM + GEMMA3:
+    if model_type not in LLAMA_LIKE + GRANITE + PACKED + POST_NORM + QK_NORM + GEMMA3:
         return f"no fused graph for model type {model_type!r}"
     decoder = getattr(model, "model", None)
     if decoder is None or not hasattr(decoder, "layers") or not hasattr(model, "lm_head"):
@@ -266,6 +269,7 @@ def build(model, opset: int = OPSET):
     gemma = config.model_type in GEMMA3
     qk_norm = gemma or config.model_type in QK_NORM
     packed = config.model_type in PACKED
+    post_norm = config.model_type in POST_NORM
     layers = decoder.layers
     attn0 = layers[0].self_attn
     heads = config.num_attention_heads
@@ -337,10 +341,19 @@ def build(model, opset: int = OPSET):
                                              ["batch_size", 1, config.vocab_size])]
     kv_shape = lambda length: ["batch_size", kv_heads, length, head_dim]
     residual, pending = x, None  # pending: an output still to be added to the residual
-    h, _ = norm(x, layers[0].input_layernorm, "model.layers.0.input_layernorm")
+
+    def post(out: str, module, path: str) -> str:
+        """OLMo2: the residual plus the block output normed."""
+        normed, _ = norm(out, module, path)
+        return b.one("Add", [residual, normed], _prefix(path)[:-1] + "/Add")
+
+    h = x if post_norm else norm(x, layers[0].input_layernorm, "model.layers.0.input_layernorm")[0]
     for i, layer in enumerate(layers):
         p = f"model.layers.{i}"
-        if i > 0:
+        if i > 0 and post_norm:
+            h = residual = post(pending, layers[i - 1].post_feedforward_layernorm,
+                                f"model.layers.{i - 1}.post_feedforward_layernorm")
+        elif i > 0:
             h, residual = norm(pending, layer.input_layernorm, f"{p}.input_layernorm", residual)
         attn = layer.self_attn
         # packed q/k/v go to GroupQueryAttention as one input, unless q/k norms come between
@@ -349,11 +362,14 @@ def build(model, opset: int = OPSET):
         else:
             qkv = fused_linear(b, h, [attn.q_proj, attn.k_proj, attn.v_proj],
                                [f"{p}.self_attn.{n}_proj" for n in "qkv"],
-                               f"{p}.self_attn.qkv_proj", split=qk_norm)
+                               f"{p}.self_attn.qkv_proj", split=qk_norm or post_norm)
         q, k, v = qkv if len(qkv) == 3 else (qkv[0], "", "")
         if qk_norm:
             q = head_norm(q, attn.q_norm, f"{p}.self_attn.q_norm", heads)
             k = head_norm(k, attn.k_norm, f"{p}.self_attn.k_norm", kv_heads)
+        elif post_norm:  # over all heads at once
+            q, _ = norm(q, attn.q_norm, f"{p}.self_attn.q_norm")
+            k, _ = norm(k, attn.k_norm, f"{p}.self_attn.k_norm")
         sliding = getattr(attn, "sliding_window", None) if getattr(attn, "is_sliding", True) else None
         if packed:  # Phi-3 reads its window off the config, for every layer
             sliding = getattr(config, "sliding_window", None)
@@ -381,6 +397,8 @@ def build(model, opset: int = OPSET):
             o, _ = norm(o, layer.post_attention_layernorm, f"{p}.post_attention_layernorm")
             h, residual = norm(o, layer.pre_feedforward_layernorm,
                                f"{p}.pre_feedforward_layernorm", residual)
+        elif post_norm:
+            h = residual = post(o, layer.post_attention_layernorm, f"{p}.post_attention_layernorm")
         else:
             h, residual = norm(o, layer.post_attention_layernorm,
                                f"{p}.post_attention_layernorm", residual)
@@ -403,6 +421,9 @@ def build(model, opset: int = OPSET):
         if gemma:
             pending, _ = norm(pending, layer.post_feedforward_layernorm,
                               f"{p}.post_feedforward_layernorm")
+    if post_norm:
+        pending, _ = norm(pending, layers[-1].post_feedforward_layernorm,
+                          f"model.layers.{len(layers) - 1}.post_feedforward_layernorm")
     h, _ = norm(pending, decoder.norm, "model.norm", residual)
     # KEEP_INPUT: how many last positions go through the LM head (0: all), 1 when not fed
     # (an input that is also an initializer: its default)

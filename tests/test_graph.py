@@ -30,6 +30,8 @@ def _tiny(kind: str, **extra):
         GraniteForCausalLM,
         LlamaConfig,
         LlamaForCausalLM,
+        Olmo2Config,
+        Olmo2ForCausalLM,
         Phi3Config,
         Phi3ForCausalLM,
         Qwen2Config,
@@ -51,6 +53,8 @@ def _tiny(kind: str, **extra):
         model = Qwen2ForCausalLM(Qwen2Config(**common, **extra))
     elif kind == "qwen3":  # per-head q/k norms; a head size other than hidden / heads
         model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=32, **extra))
+    elif kind == "olmo2":  # norms after the attention and the MLP, q/k normed over all heads
+        model = Olmo2ForCausalLM(Olmo2Config(**common, pad_token_id=0, **extra))
     elif kind == "smollm3":  # no rotary on every fourth layer (here: the last of three)
         model = SmolLM3ForCausalLM(SmolLM3Config(**common, pad_token_id=0,
                                                  no_rope_layer_interval=3, **extra))
@@ -120,7 +124,8 @@ def _run(model, tmp_path) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("kind, extra", [("llama", {}), ("llama", {"tie_word_embeddings": False}),
                                          ("qwen2", {}), ("qwen3", {}),
                                          ("qwen3", {"attention_bias": True}), ("gemma3", {}),
-                                         ("granite", {}), ("smollm3", {}), ("phi3", {}),
+                                         ("granite", {}), ("smollm3", {}), ("olmo2", {}),
+                                         ("phi3", {}),
                                          ("phi3", {"sliding_window": 4}),
                                          ("phi3", {"partial_rotary_factor": 0.5,  # Phi-4-mini's
                                                    "num_attention_heads": 2,
