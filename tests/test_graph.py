@@ -308,6 +308,19 @@ def test_granite_exports_fused_and_runs_in_onnxruntime_genai(tmp_path):
     assert manifest["graph"]["kind"] == "fused" and manifest["model_type"] == "granite"
 
 
+@pytest.mark.parametrize("kind", ["olmo2", "smollm3"])
+def test_types_onnxruntime_genai_does_not_name_export_fused_and_run_as_its_decoder(kind,
+                                                                                   tmp_path):
+    """OLMo2 and SmolLM3 (not in onnxruntime-genai 0.18's list): fused, a matrix reduced, and
+    decoded by its generic decoder with edge-c2i's greedy tokens, every file."""
+    import json
+
+    manifest = _export_and_decode(_tiny(kind), tmp_path, [(1, "q", 0.25)])
+    assert manifest["graph"]["kind"] == "fused" and manifest["model_type"] == kind
+    genai = json.loads((tmp_path / "onnx" / "genai_config.json").read_text())
+    assert genai["model"]["type"] == "decoder"
+
+
 def test_phi3_exports_fused_with_its_packed_matrices_reduced(tmp_path):
     """Phi-3's packed q/k/v (two groups of rows) and gate/up reduced to factors (the scan's
     "qkv" and "in" types) stay factored in the fused graph, parity checked; onnxruntime-genai
