@@ -25,8 +25,10 @@ cache each revision converted them again, timed.  ``--budgets ""`` runs the base
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -95,6 +97,8 @@ def main() -> None:
     # the earlier revision converts the packaged models in its own format, into its own cache
     # (in the shared one, each revision would convert them again, timed, in turn)
     old_home = tempfile.mkdtemp(prefix="edge-c2i-baseline-home-") if old else None
+    if old_home:  # its converted models: GBs
+        atexit.register(shutil.rmtree, old_home, True)
     if old:
         budgets.append(f"{args.baseline} unbudgeted")
         for model in args.models:  # untimed: its conversion of the model and the task data

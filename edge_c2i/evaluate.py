@@ -328,11 +328,11 @@ class Scorer:
                     slots.append(len(owner))
                 owner.append((i, first + j))
                 at += n
-        q, k = seg[:, :, None], seg[:, None, :]
-        causal = torch.ones(length, length, dtype=torch.bool).tril()
-        allowed = causal & ((k == 0) | (k == q)) & (q >= 0)
-        allowed |= torch.eye(length, dtype=torch.bool)  # pads see themselves: no empty softmax row
         if self._pack:
+            q, k = seg[:, :, None], seg[:, None, :]
+            causal = torch.ones(length, length, dtype=torch.bool).tril()
+            allowed = causal & ((k == 0) | (k == q)) & (q >= 0)
+            allowed |= torch.eye(length, dtype=torch.bool)  # pads see themselves: no empty row
             mask = torch.zeros((B, 1, length, length))
             mask.masked_fill_(~allowed[:, None], torch.finfo(torch.float32).min)
         else:  # one answer a row: a causal model needs only to know the padding

@@ -341,18 +341,11 @@ def build(model, opset: int = OPSET):
                                              ["batch_size", 1, config.vocab_size])]
     kv_shape = lambda length: ["batch_size", kv_heads, length, head_dim]
     residual, pending = x, None  # pending: an output still to be added to the residual
-
-    def post(out: str, module, path: str) -> str:
-        """OLMo2: the residual plus the block output normed."""
-        normed, _ = norm(out, module, path)
-        return b.one("Add", [residual, normed], _prefix(path)[:-1] + "/Add")
-
     h = x if post_norm else norm(x, layers[0].input_layernorm, "model.layers.0.input_layernorm")[0]
     for i, layer in enumerate(layers):
         p = f"model.layers.{i}"
-        if i > 0 and post_norm:
-            h = residual = post(pending, layers[i - 1].post_feedforward_layernorm,
-                                f"model.layers.{i - 1}.post_feedforward_layernorm")
+        if i > 0 and post_norm:  # OLMo2's block reads the residual itself
+            h = residual = b.one("Add", [residual, pending], f"/model/layers.{i}/residual/Add")
         elif i > 0:
             h, residual = norm(pending, layer.input_layernorm, f"{p}.input_layernorm", residual)
         attn = layer.self_attn
@@ -398,7 +391,8 @@ def build(model, opset: int = OPSET):
             h, residual = norm(o, layer.pre_feedforward_layernorm,
                                f"{p}.pre_feedforward_layernorm", residual)
         elif post_norm:
-            h = residual = post(o, layer.post_attention_layernorm, f"{p}.post_attention_layernorm")
+            o, _ = norm(o, layer.post_attention_layernorm, f"{p}.post_attention_layernorm")
+            h = residual = b.one("Add", [residual, o], f"/model/layers.{i}/self_attn/residual/Add")
         else:
             h, residual = norm(o, layer.post_attention_layernorm,
                                f"{p}.post_attention_layernorm", residual)
@@ -418,12 +412,9 @@ def build(model, opset: int = OPSET):
             gate = b.one("FastGelu", [gate], mp + "/act_fn/FastGelu", domain="com.microsoft")
         pending = times(linear(b, b.one("Mul", [gate, up], mp + "/Mul"), mlp.down_proj,
                                f"{p}.mlp.down_proj"), layer, "residual_multiplier", f"{p}.mlp")
-        if gemma:
+        if gemma or post_norm:
             pending, _ = norm(pending, layer.post_feedforward_layernorm,
                               f"{p}.post_feedforward_layernorm")
-    if post_norm:
-        pending, _ = norm(pending, layers[-1].post_feedforward_layernorm,
-                          f"model.layers.{len(layers) - 1}.post_feedforward_layernorm")
     h, _ = norm(pending, decoder.norm, "model.norm", residual)
     # KEEP_INPUT: how many last positions go through the LM head (0: all), 1 when not fed
     # (an input that is also an initializer: its default)

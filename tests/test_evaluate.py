@@ -152,10 +152,12 @@ def test_packed_scores_equal_one_at_a_time_on_every_architecture(arch):
         assert got == pytest.approx(one_at_a_time(model, Tok(), ex), abs=1e-4)
 
 
-def test_alibi_models_are_found_by_their_outputs_and_the_probe_runs_no_hook():
-    """Bloom and MPT place tokens by index (ALiBi): their answers get rows of their own."""
+def test_alibi_models_are_found_by_their_outputs_and_the_probe_runs_no_hook(smol):
+    """Bloom and MPT place tokens by index (ALiBi): their answers get rows of their own;
+    the packaged SmolLM2 (rotary) keeps its packed answers."""
     from edge_c2i.evaluate import follows_position_ids
 
+    assert follows_position_ids(smol[0])
     found = {a: follows_position_ids(tiny_model(a)) for a in ("llama", "opt", "bloom", "mpt")}
     assert found == {"llama": True, "opt": True, "bloom": False, "mpt": False}
     model = tiny_model("bloom")
