@@ -2,9 +2,9 @@
 
 By default two, each exported with int8, int4 and the ORT format, plus PyTorch reference
 outputs, built once with the edge-c2i CLI and cached under $EDGE_C2I_HOME/device_export:
-the packaged smollm2-135m adapted by C2I to fact_checker/fever (a small search, so CI
-stays quick), and the same model compressed to 0.8 of its linear parameters on that task
-(every matrix two factor products).  Set EDGE_C2I_DEVICE_DIR to test another
+the packaged smollm2-135m adapted by C2I to bundled:continents (a small search, so CI
+stays quick; a task that ships with edge-c2i, so nothing downloads), and the same model
+compressed to 0.8 of its linear parameters on that task (every matrix two factor products).  Set EDGE_C2I_DEVICE_DIR to test another
 export (it needs device_reference.json: python device_tests/make_reference.py).
 """
 
@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-ADAPT = ["--model", "smollm2-135m", "--task", "bigbench:fact_checker/fever", "--samples", "32",
+ADAPT = ["--model", "smollm2-135m", "--task", "bundled:continents", "--samples", "32",
          "--eval-samples", "32", "--top-k", "2", "--rates", "0.2,0.05", "--clusters", "1,4",
          "--test-samples", "20"]
-CACHE_KEY = "smollm2-fever-c2i-v10"  # v10: logits_to_keep (export/graph.py KEEP_INPUT)
-COMPRESS = ["--model", "smollm2-135m", "--task", "bigbench:fact_checker/fever", "--size", "0.8",
+CACHE_KEY = "smollm2-continents-c2i-v11"  # v11: bundled:continents (was BIG-bench's fever)
+COMPRESS = ["--model", "smollm2-135m", "--task", "bundled:continents", "--size", "0.8",
             "--samples", "32", "--test-samples", "20"]
 EXPORTS = {"adapted": (CACHE_KEY, "adapt", ADAPT),
-           "compressed": ("smollm2-fever-compress-v4", "compress", COMPRESS)}
+           "compressed": ("smollm2-continents-compress-v5", "compress", COMPRESS)}
 
 
 def _run(*args: str) -> None:

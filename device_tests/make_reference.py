@@ -22,7 +22,7 @@ from edge_c2i.tasks import load_task, split
 PROMPTS = ["The capital of France is",
            ("On June 2017, the following claim was made: The Eiffel Tower is in Paris.\n"
             "Q: Was this claim true or false?\nA:"), "One, two, three,"]
-TASK = "bigbench:fact_checker/fever"
+TASK = "bundled:continents"
 NEW_TOKENS = 12
 
 

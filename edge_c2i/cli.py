@@ -28,12 +28,14 @@ from .config import (
     DEFAULT_SCREEN,
     DEFAULT_TASK,
     DEFAULT_TOP_K,
+    DEMO_FALLBACK_TASK,
     FILE_PRECISIONS,
     KEEP_RULES,
     PRICES,
     SCORES,
 )
 from .errors import EdgeC2IError, note
+from .tasks import bundled_tasks
 
 # --------------------------------------------------------------------------- argument types
 
@@ -152,9 +154,13 @@ def _budget(text: str | None) -> int | None:
     return None if text is None else parse_size(text)
 
 
-def _task(args):
+def _task(args, max_memory: int | None = None):
+    """The task, loaded after the model's checks (models.check_model): a typo in --model is
+    refused before a BIG-bench task downloads."""
+    from .models import check_model
     from .tasks import load_task
 
+    check_model(args.model, max_memory)
     return load_task(args.task, getattr(args, "target_delimiter", None))
 
 
@@ -208,7 +214,7 @@ def cmd_scan(args) -> int:
     ours = json_with_keys(SCAN_KEYS)
     check_output(args.out, args.force, ours, "a scan result", is_dir=False)
     budget = _budget(args.max_memory)
-    task = _task(args)
+    task = _task(args, budget)
 
     from .models import load_model
     from .scan import rank_targets, singular_value_gradients
@@ -257,7 +263,6 @@ def cmd_adapt(args, method: str = "c2i") -> int:
 
     dest = output(args.out, args.force)  # refused now, not after the search
     budget = _budget(getattr(args, "max_memory", None))
-    task = _task(args)
     from .config import SearchConfig
 
     knobs = {"method": method, "n_eval": args.eval_samples, "n_test": args.test_samples,
@@ -267,6 +272,7 @@ def cmd_adapt(args, method: str = "c2i") -> int:
                      score=args.score, clustering=args.clustering, max_memory=budget,
                      screen=args.screen)
     config = SearchConfig(**knobs)  # checked now, before the model loads
+    task = _task(args, budget)
     from .api import adapt, save
     from .models import load_model
 
@@ -291,7 +297,6 @@ def cmd_compress(args) -> int:
     from .adapted import output
 
     dest = output(args.out, args.force)  # refused now, not after the work
-    task = _task(args)
     from .config import CompressConfig
 
     config = CompressConfig(size=args.size, params=args.params, file_mb=args.file_mb,
@@ -302,6 +307,7 @@ def cmd_compress(args) -> int:
                             n_eval=args.eval_samples, n_test=args.test_samples, seed=args.seed,
                             layers=args.layers, types=args.types,
                             max_memory=_budget(args.max_memory))
+    task = _task(args, config.max_memory)
     from .api import save
     from .compress import compress, per_layer_table
     from .models import load_model
@@ -395,14 +401,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no progress bars or notes on stderr (errors still show)")
         return sp
 
-    def common(sp, model=True, threads=True):
+    task_help = ("bigbench:NAME (nested: bigbench:fact_checker/fever; $EDGE_C2I_BIGBENCH: a "
+                 "BIG-bench sdist or checkout where PyPI does not serve it), bundled:NAME "
+                 f"({', '.join(bundled_tasks())}: no download) or jsonl:PATH")
+
+    def common(sp, model=True, threads=True, task=DEFAULT_TASK):
         if model:
             sp.add_argument("--model", default=DEFAULT_MODEL,
                             help="packaged name (smollm2-135m, gemma3-270m), Hugging Face "
                                  "folder, .gguf file, hub id or adapted folder")
-        sp.add_argument("--task", default=DEFAULT_TASK,
-                        help="bigbench:NAME (nested: bigbench:fact_checker/fever) or "
-                             "jsonl:PATH")
+        sp.add_argument("--task", default=task,
+                        help=task_help if task else
+                        f"{task_help} (default: {DEFAULT_TASK}, or {DEMO_FALLBACK_TASK} where "
+                        "BIG-bench cannot be downloaded)")
         sp.add_argument("--target-delimiter", default=None, metavar="TEXT",
                         help="JSONL tasks: put between a prompt and its answer when neither "
                              "has whitespace there (default: one space, as lm-eval; a line's "
@@ -548,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_apply)
 
     d = command("demo", "adapt the packaged model, export it, run it in ONNX Runtime")
-    common(d)
+    common(d, task=None)
     d.add_argument("--out", default="out/demo", help="the folder to write")
     d.add_argument("--force", action="store_true",
                    help="replace --out if it is a demo folder edge-c2i wrote")

@@ -17,6 +17,9 @@ PACKAGED = {
 }
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_TASK = "bigbench:qa_wikidata"
+# `edge-c2i demo` without --task where the BIG-bench sdist cannot be downloaded: shipped with
+# edge-c2i (tasks.py), an open answer as qa_wikidata's
+DEMO_FALLBACK_TASK = "bundled:continents-open"
 
 # How a matrix is ranked from its singular-value gradients (scan.py has the formulas).
 SCORES = ("first_order", "tail_grad")

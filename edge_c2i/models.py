@@ -159,6 +159,23 @@ def load_plain(where: Path | str, dtype: torch.dtype = torch.float32) -> nn.Modu
     return model
 
 
+def check_model(name_or_path: str, max_memory: int | None = None) -> Path | str:
+    """What load_model checks before it loads anything (the name resolves, an adapted folder
+    is whole, the stored weights fit ``max_memory``), so that a command can refuse bad input
+    before slower work such as a task's download; the resolved folder or hub id."""
+    from .adapted import FACTORS, is_adapted
+
+    where = resolve(name_or_path)
+    if isinstance(where, Path) and not is_adapted(where) and (where / FACTORS).exists():
+        raise EdgeC2IError(f"{where} holds edge-c2i factors ({FACTORS}) but not the "
+                           f"{ADAPTED_MANIFEST} that says what they are; restore it or re-run adapt")
+    if max_memory is not None:
+        from .budget import check_weights_fit
+
+        check_weights_fit(where, max_memory)
+    return where
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32,
     max_memory: int | None = None,
@@ -170,16 +187,9 @@ def load_model(
     """
     from transformers import AutoTokenizer
 
-    from .adapted import FACTORS, is_adapted, load_adapted
+    from .adapted import is_adapted, load_adapted
 
-    where = resolve(name_or_path)
-    if isinstance(where, Path) and not is_adapted(where) and (where / FACTORS).exists():
-        raise EdgeC2IError(f"{where} holds edge-c2i factors ({FACTORS}) but not the "
-                           f"{ADAPTED_MANIFEST} that says what they are; restore it or re-run adapt")
-    if max_memory is not None:
-        from .budget import check_weights_fit
-
-        check_weights_fit(where, max_memory)
+    where = check_model(name_or_path, max_memory)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
         if isinstance(where, Path) and is_adapted(where):

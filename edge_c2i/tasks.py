@@ -1,10 +1,16 @@
 """Tasks: lists of (prompt, answer[, choices]) examples, their loaders and their splits.
 
-Two sources:
+Three sources:
 
 - ``bigbench:NAME`` reads a task.json of the ``bigbench==1.0.0`` sdist from PyPI
   (fetched once with ``pip download --no-deps``; only the task files used are
   extracted).  Nested tasks are addressed by path: ``bigbench:fact_checker/fever``.
+  ``$EDGE_C2I_BIGBENCH`` names a copy to read instead, where the package index does not
+  serve that sdist: the sdist file, or a checkout of github.com/google/BIG-bench.
+- ``bundled:NAME``: a JSONL task that ships with edge-c2i and needs no download
+  (edge_c2i/tasks_data: ``continents``, a city's continent among six choices, and
+  ``continents-open``, the same as an open answer; from the time zone database's
+  zone.tab, see make_continents.py).
 - ``jsonl:PATH``: one JSON object a line,
   ``{"prompt": str, "answer": str, "choices": [str, ...]}``; with ``choices`` it
   is a choice task whose gold is ``answer``, without it an open-answer task.
@@ -23,6 +29,7 @@ not listed in the prompt: each is scored as a continuation of it, as LASER does.
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -34,7 +41,9 @@ from .errors import EdgeC2IError, note
 from .paths import home
 
 BIGBENCH_SDIST = "bigbench==1.0.0"
-TASKS_IN_ARCHIVE = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+BIGBENCH_ENV = "EDGE_C2I_BIGBENCH"  # a BIG-bench sdist or checkout to read instead
+TASKS_DIR = "bigbench/benchmark_tasks/"  # where the task folders are, in both
+BUNDLED = Path(__file__).with_name("tasks_data")  # bundled:NAME is BUNDLED/NAME.jsonl
 TARGET_DELIMITER = " "  # JSONL default, lm-evaluation-harness's
 DELIMITER_KEY = "target_delimiter"  # per line, or alone on a line for the lines after it
 MIN_SPLIT = 10  # fewer examples cannot give calibration, evaluation and test samples
@@ -89,59 +98,117 @@ class Splits:
 # --------------------------------------------------------------------------- BIG-bench
 
 
+class BigBenchUnavailable(EdgeC2IError):
+    """The BIG-bench tasks cannot be had: the sdist did not download and none was given."""
+
+
+_UNAVAILABLE: list[str] = []  # why the download failed, once per process (pip takes seconds)
+
+
+def bigbench_source() -> Path:
+    """Where the BIG-bench tasks are read: ``$EDGE_C2I_BIGBENCH`` (a BIG-bench sdist, or a
+    checkout of github.com/google/BIG-bench: its ``bigbench/benchmark_tasks`` folder), else
+    the ``bigbench==1.0.0`` sdist, downloaded once from the package index."""
+    given = os.environ.get(BIGBENCH_ENV, "")
+    if not given:
+        return bigbench_archive()
+    path = Path(given).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for root in (path / TASKS_DIR, path / "benchmark_tasks", path):
+            if root.name == "benchmark_tasks" and root.is_dir():
+                return root
+        raise EdgeC2IError(f"{BIGBENCH_ENV}={given} has no bigbench/benchmark_tasks folder; "
+                           "point it at a checkout of https://github.com/google/BIG-bench or at "
+                           "its sdist (bigbench-1.0.0.tar.gz)")
+    raise EdgeC2IError(f"{BIGBENCH_ENV}={given}: no such file or folder")
+
+
 def bigbench_archive() -> Path:
-    """The bigbench sdist, downloaded once from PyPI into the cache dir."""
+    """The bigbench sdist, downloaded once from the package index into the cache dir."""
     folder = home() / "bigbench"
     found = sorted(folder.glob("bigbench-1.0.0*.tar.gz"))
     if found:
         return found[0]
+    if _UNAVAILABLE:
+        raise BigBenchUnavailable(_UNAVAILABLE[0])
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"edge-c2i: downloading {BIGBENCH_SDIST} (358 MB, once) into {folder}", file=sys.stderr)
+    note(f"downloading {BIGBENCH_SDIST} (358 MB, once) into {folder}")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
            "--quiet", "-d", str(folder), BIGBENCH_SDIST]
-    if subprocess.run(cmd, check=False).returncode != 0:
-        raise EdgeC2IError(f"could not download {BIGBENCH_SDIST} with pip; check access to PyPI")
+    run = subprocess.run(cmd, check=False, capture_output=True, text=True)
     found = sorted(folder.glob("bigbench-1.0.0*.tar.gz"))
-    if not found:
-        raise EdgeC2IError(f"pip did not leave a bigbench sdist in {folder}")
+    if run.returncode != 0 or not found:
+        errors = [line.strip() for line in run.stderr.splitlines() if line.startswith("ERROR")]
+        why = errors[-1].removeprefix("ERROR: ") if errors else f"pip exited with {run.returncode}"
+        _UNAVAILABLE.append(
+            f"could not download {BIGBENCH_SDIST} from the package index ({why}); set "
+            f"{BIGBENCH_ENV} to a copy of that sdist or to a checkout of "
+            "https://github.com/google/BIG-bench, or use a task that needs no download: "
+            f"{', '.join('bundled:' + n for n in bundled_tasks())} or jsonl:PATH")
+        raise BigBenchUnavailable(_UNAVAILABLE[0])
     return found[0]
 
 
+def _task_files(source: Path):
+    """(path under benchmark_tasks, e.g. ``fact_checker/fever/task.json``, member) of every
+    task file of an sdist, in one streaming pass; a generator, so a caller may stop early."""
+    with tarfile.open(source) as tar:
+        for member in tar:
+            _, found, rest = member.name.partition(TASKS_DIR)
+            yield (rest if found else None), tar, member
+
+
 def bigbench_task_file(name: str) -> Path:
-    """Extract (once) and return the JSON file of a BIG-bench task."""
+    """The JSON file of a BIG-bench task: in the checkout, or extracted (once) from the sdist."""
     name = name.strip("/")
-    out_dir = home() / "bigbench" / "tasks" / name
-    for fname in ("task.json", "task_mc.json"):
+    source = bigbench_source()
+    wanted = {f"{name}/{f}": f for f in ("task.json", "task_mc.json")}  # truthful_qa: _mc
+    if source.is_dir():
+        for rel in wanted:
+            if (source / rel).is_file():
+                return source / rel
+        seen = [p.relative_to(source).as_posix() for p in source.glob(f"{name}/**/task.json")]
+        _refuse_parent_task(name, seen)
+        _refuse_unknown(name, source)
+    out_dir = home() / "bigbench" / "tasks"
+    if os.environ.get(BIGBENCH_ENV):  # a given sdist's tasks apart from the downloaded one's
+        out_dir = out_dir / source.name
+    out_dir = out_dir / name
+    for fname in wanted.values():
         if (out_dir / fname).is_file():
             return out_dir / fname
-    wanted = {f"{TASKS_IN_ARCHIVE}{name}/{f}": f for f in ("task.json", "task_mc.json")}
-    seen = []  # every name in the archive, if the task is not found
-    with tarfile.open(bigbench_archive()) as tar:  # one streaming pass, stop at the file
-        for member in tar:
-            seen.append(member.name)
-            if member.name in wanted and member.isfile():
-                out_dir.mkdir(parents=True, exist_ok=True)
-                target = out_dir / wanted[member.name]  # truthful_qa ships task_mc.json
-                tmp = target.with_suffix(".tmp")
-                tmp.write_bytes(tar.extractfile(member).read())
-                tmp.rename(target)
-                return target
+    seen = []  # every task file in the archive, if the task is not found
+    for rel, tar, member in _task_files(source):
+        if rel in wanted and member.isfile():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            target = out_dir / wanted[rel]
+            tmp = target.with_suffix(".tmp")
+            tmp.write_bytes(tar.extractfile(member).read())
+            tmp.rename(target)
+            return target
+        if rel:
+            seen.append(rel)
     _refuse_parent_task(name, seen)
-    raise EdgeC2IError(
-        f"unknown BIG-bench task {name!r}: no task.json for it in {BIGBENCH_SDIST} "
-        "(nested tasks are addressed by path, e.g. bigbench:fact_checker/fever)"
-    )
+    _refuse_unknown(name, source)
+
+
+def _refuse_unknown(name: str, source: Path) -> None:
+    raise EdgeC2IError(f"unknown BIG-bench task {name!r}: no task.json for it in {source} "
+                       "(nested tasks are addressed by path, e.g. bigbench:fact_checker/fever)")
 
 
 def _refuse_parent_task(name: str, names: list[str] | None = None) -> None:
     """A task split in subtasks (its own task.json, if any, has no examples): name them.
 
-    ``names``: the archive's member names, if a pass over it already read them.
+    ``names``: the task files' paths under benchmark_tasks, if a pass already read them.
     """
-    below = f"{TASKS_IN_ARCHIVE}{name}/"
     if names is None:
-        with tarfile.open(bigbench_archive()) as tar:
-            names = tar.getnames()
+        source = bigbench_source()
+        names = ([p.relative_to(source).as_posix() for p in source.glob(f"{name}/**/task.json")]
+                 if source.is_dir() else [rel for rel, _, _ in _task_files(source) if rel])
+    below = f"{name}/"
     subtasks = sorted(f"bigbench:{name}/{n[len(below):-len('/task.json')]}" for n in names
                       if n.startswith(below) and n.endswith("/task.json")
                       and n != f"{below}task.json")
@@ -284,8 +351,14 @@ def drop_duplicates(examples: list[Example], name: str) -> tuple[list[Example], 
 # --------------------------------------------------------------------------- loading and splits
 
 
+def bundled_tasks() -> list[str]:
+    """The tasks that ship with edge-c2i (``bundled:NAME``; edge_c2i/tasks_data)."""
+    return sorted(p.stem for p in BUNDLED.glob("*.jsonl"))
+
+
 def load_task(spec: str, target_delimiter: str | None = None) -> Task:
-    """``bigbench:NAME`` or ``jsonl:PATH`` (a bare path ending in .jsonl works too).
+    """``bigbench:NAME``, ``bundled:NAME`` or ``jsonl:PATH`` (a bare path ending in .jsonl
+    works too).
 
     ``target_delimiter`` (JSONL; default one space) goes between a prompt and its
     answer or choices when neither has whitespace there (``delimit``); a file's own
@@ -308,12 +381,19 @@ def load_task(spec: str, target_delimiter: str | None = None) -> Task:
         if isinstance(data, dict) and "examples" not in data:
             _refuse_parent_task(rest.strip("/"))
         examples = parse_bigbench(data, str(path))
-    elif (kind == "jsonl" and rest) or spec.endswith(".jsonl"):
+    elif (kind in ("jsonl", "bundled") and rest) or spec.endswith(".jsonl"):
         delimiter = TARGET_DELIMITER if target_delimiter is None else target_delimiter
-        path = Path(rest if kind == "jsonl" else spec).expanduser()
+        if kind == "bundled":
+            if rest not in bundled_tasks():
+                raise EdgeC2IError(f"unknown bundled task {rest!r}: edge-c2i ships "
+                                   + ", ".join(f"bundled:{n}" for n in bundled_tasks()))
+            path = BUNDLED / f"{rest}.jsonl"
+        else:
+            path = Path(rest if kind == "jsonl" else spec).expanduser()
         examples, delimited = parse_jsonl(path, delimiter)
     else:
-        raise EdgeC2IError(f"unknown task {spec!r}: use bigbench:NAME or jsonl:PATH")
+        raise EdgeC2IError(f"unknown task {spec!r}: use bigbench:NAME, bundled:NAME or "
+                           "jsonl:PATH")
     if not examples:
         raise EdgeC2IError(f"task {spec!r} has no examples")
     kinds = {e.choices is None for e in examples}

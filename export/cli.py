@@ -226,6 +226,23 @@ def eval_onnx_command(args) -> int:
 DEMO_SUMMARY = "summary.json"  # marks a demo folder edge-c2i wrote
 
 
+def demo_task(spec: str | None, target_delimiter: str | None):
+    """The demo's task: ``spec``, else DEFAULT_TASK, else (BIG-bench not downloadable) the
+    bundled DEMO_FALLBACK_TASK, said on stderr."""
+    from edge_c2i.config import DEFAULT_TASK, DEMO_FALLBACK_TASK
+    from edge_c2i.errors import note
+    from edge_c2i.tasks import BigBenchUnavailable, load_task
+
+    if spec is not None:
+        return load_task(spec, target_delimiter)
+    try:
+        return load_task(DEFAULT_TASK, target_delimiter)
+    except BigBenchUnavailable as e:
+        note(str(e))
+        note(f"the demo runs on {DEMO_FALLBACK_TASK} instead")
+        return load_task(DEMO_FALLBACK_TASK, target_delimiter)
+
+
 def main_demo(args) -> int:
     """``edge-c2i demo``: adapt the model to the task, export it (int8, .ort), run it in ORT.
 
@@ -236,7 +253,7 @@ def main_demo(args) -> int:
     from edge_c2i.cli import describe_choice
     from edge_c2i.io import OutputDir, json_with_keys
     from edge_c2i.models import load_model
-    from edge_c2i.tasks import examples_for, load_task
+    from edge_c2i.tasks import examples_for
 
     from .onnx_export import export_model
     from .runtime import OnnxLM, evaluate_onnx, model_file
@@ -245,7 +262,7 @@ def main_demo(args) -> int:
     dest = OutputDir(args.out, args.force, lambda folder: ours(folder / DEMO_SUMMARY),
                      "a demo folder")
     threads = _threads(args.threads)
-    task = load_task(args.task, args.target_delimiter)
+    task = demo_task(args.task, args.target_delimiter)
     out = dest.out
     with dest as tmp:
         model, tok = load_model(args.model)

@@ -24,6 +24,30 @@ def spectra_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def needs_bigbench():
+    """Skips a test of the real BIG-bench tasks where the bigbench sdist cannot be had (a
+    package index that does not serve it, and no $EDGE_C2I_BIGBENCH): the skip says why."""
+    from edge_c2i.tasks import BigBenchUnavailable, bigbench_source
+
+    try:
+        bigbench_source()
+    except BigBenchUnavailable as e:
+        pytest.skip(f"BIG-bench tasks unavailable: {e}")
+
+
+def write_bigbench(root, tasks: dict[str, dict]):
+    """``tasks`` (path under benchmark_tasks, e.g. "parent/sub/task.json" -> JSON) as a
+    BIG-bench checkout under ``root``; the folder that holds ``bigbench/``."""
+    import json
+
+    for rel, data in tasks.items():
+        path = root / "bigbench" / "benchmark_tasks" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+    return root
+
+
+@pytest.fixture(scope="session")
 def smol():
     from edge_c2i.models import load_model
 

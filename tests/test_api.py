@@ -58,9 +58,9 @@ def test_laser_refuses_c2i_only_fields():
         with pytest.raises(EdgeC2IError, match=f"{name} do not apply to LASER"):
             SearchConfig(method="laser", **{name: value})
     with pytest.raises(EdgeC2IError, match="n_calib do not apply to LASER"):
-        adapt(None, None, "bigbench:qa_wikidata", method="laser", n_calib=10)  # before any work
+        adapt(None, None, "bundled:continents-open", method="laser", n_calib=10)  # before any work
     with pytest.raises(EdgeC2IError, match="unknown parameter.*topk"):
-        adapt(None, None, "bigbench:qa_wikidata", topk=2)
+        adapt(None, None, "bundled:continents-open", topk=2)
 
 
 def a_report(**changes) -> AdaptReport:
@@ -118,7 +118,7 @@ def test_search_leaves_the_model_as_it_was(smol):
     before = logits(model)
     config = SearchConfig(top_k=1, rates=(0.05,), layers=(29,), types=("out",), n_calib=4,
                           n_eval=4, n_test=4)
-    found = search_fn(model, tok, "bigbench:epistemic_reasoning", config, progress=False)
+    found = search_fn(model, tok, "bundled:continents", config, progress=False)
     assert len(found.trials) == 1 and found.splits.sizes["eval"] == 4
     assert torch.equal(logits(model), before)
 
@@ -128,7 +128,7 @@ def test_apply_of_the_recipe_reproduces_the_adapted_model(monkeypatch):
     monkeypatch.setattr(sys.modules["edge_c2i.search"], "pick",
                         lambda base, trials, alpha=0.05: max(trials, key=Trial.key))
     model, tok = load_model("smollm2-135m")
-    report = adapt(model, tok, "bigbench:epistemic_reasoning", top_k=1, rates=(0.2,),
+    report = adapt(model, tok, "bundled:continents", top_k=1, rates=(0.2,),
                    clusters=(2,), layers=(28, 29), n_calib=8, n_eval=8, n_test=8,
                    progress=False, model_name="smollm2-135m")
     recipe = json.loads(json.dumps(report.to_dict()))["recipe"]
@@ -161,7 +161,7 @@ def test_the_search_decomposes_within_the_memory_plan(smol, monkeypatch):
 
     monkeypatch.setattr(svd_module, "svd", recording)
     monkeypatch.setattr(torch.linalg, "svd", linalg_svd)
-    s = split(load_task("bigbench:epistemic_reasoning"), n_calib=4, n_eval=4)
+    s = split(load_task("bundled:continents"), n_calib=4, n_eval=4)
     config = SearchConfig(top_k=2, rates=(0.5, 0.05), clusters=(1, 2), layers=(29,),
                           types=("out", "o"), max_memory=3 * 10**9, screen=None)
     found = c2i_search(model, tok, s.calib, s.eval, config, progress=False)

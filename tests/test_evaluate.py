@@ -34,7 +34,7 @@ CAPITALS = {
 
 @pytest.fixture(scope="module")
 def epistemic():
-    return split(load_task("bigbench:epistemic_reasoning"), n_calib=20, n_eval=20)
+    return split(load_task("bundled:continents"), n_calib=20, n_eval=20)
 
 
 def flat(rows):

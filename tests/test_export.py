@@ -45,7 +45,7 @@ def adapted(tmp_path_factory):
                   for layer, kind, c in (SINGLE, MULTI)]
     folder = tmp_path_factory.mktemp("adapted") / "smol-adapted"
     save_adapted(model, tok, folder, reductions,
-                 info={"base_model": "smollm2-135m", "task": "bigbench:epistemic_reasoning",
+                 info={"base_model": "smollm2-135m", "task": "bundled:continents",
                        "method": "test"})
     return folder, model, tok
 
@@ -280,7 +280,7 @@ def test_manifest_has_what_the_android_app_reads(exported):
     assert manifest["graph"]["kind"] == "fused" and manifest["graph"]["nodes"] < 500
     assert "past_key_values.29.value" in manifest["input_names"]
     assert manifest["output_names"][0] == "logits" and "present.0.key" in manifest["output_names"]
-    assert manifest["adapted"] and manifest["task"] == "bigbench:epistemic_reasoning"
+    assert manifest["adapted"] and manifest["task"] == "bundled:continents"
     assert [r["clusters"] for r in manifest["reductions"]] == [1, 4]
     for name in ("tokenizer.json", "config.json", "generation_config.json"):
         assert (out / name).is_file()
@@ -310,7 +310,7 @@ def test_onnx_accuracy_matches_pytorch_on_a_task_sample(exported, adapted):
     from edge_c2i.evaluate import evaluate
     from edge_c2i.tasks import load_task, split
 
-    examples = split(load_task("bigbench:epistemic_reasoning")).eval[:30]
+    examples = split(load_task("bundled:continents")).eval[:30]
     want = evaluate(adapted[1], adapted[2], examples)
     got = evaluate_onnx(exported[0], examples, threads=2)
     assert got["n"] == want["n"] == 30
@@ -454,6 +454,23 @@ def test_optimum_graph_stays_available_and_agrees(exported, tmp_path):
     assert a.greedy(ids, 8) == b.greedy(ids, 8)
 
 
+# prompts as BIG-bench builds them (task prefix, "\nQ: ", "\nA: "), with its accents, quotes
+# and punctuation
+QA_PROMPTS = [("Identify the relation between the following premises and hypotheses, choosing "
+               "from the options 'entailment' or 'non-entailment'.\nQ: Premise: Anna thinks that "
+               "the café in Zürich sells crêpes.\nHypothesis: The café sells crêpes.\nRelation: "),
+              ("\nQ: Is the claim \"Nikolaj Coster-Waldau worked with the Fox Broadcasting "
+               "Company.\" true or false?\nA: "),
+              "\nQ: What happens if you crack your knuckles a lot?\nA: ",
+              "\nQ: The native language of Émile Zola is\nA: "]
+
+
+def task_texts(load_task, n: int) -> list[str]:
+    """The first ``n`` prompts of each bundled task, and QA_PROMPTS."""
+    return [e.prompt for name in ("bundled:continents", "bundled:continents-open")
+            for e in load_task(name).examples[:n]] + QA_PROMPTS
+
+
 def test_onnxruntime_genai_tokenizes_as_transformers_does(exported, adapted):
     from edge_c2i.tasks import load_task
 
@@ -461,9 +478,7 @@ def test_onnxruntime_genai_tokenizes_as_transformers_does(exported, adapted):
     hf = adapted[2]
     og, model = _genai_model(out, "model_int8.onnx")
     tokenizer = og.Tokenizer(model)
-    texts = [e.prompt for name in ("bigbench:qa_wikidata", "bigbench:epistemic_reasoning",
-                                   "bigbench:truthful_qa")
-             for e in load_task(name).examples[:100]]
+    texts = task_texts(load_task, 100)
     texts += ["ünïcödé 日本語 🤗", "  two spaces", "\ttab\n\nnewlines", "l'été", "x" * 40, ""]
     differ = [t for t in texts if [int(i) for i in tokenizer.encode(t)] != hf(t)["input_ids"]]
     assert not differ, f"{len(differ)} of {len(texts)} differ, e.g. {differ[0]!r}"
@@ -492,9 +507,7 @@ def test_onnxruntime_genai_reads_gemma3_tokenizer_with_special_tokens(exported, 
     write_tokenizer(AutoTokenizer.from_pretrained(resolve("gemma3-270m")), folder)
     og, model = _genai_model(folder, "model_int8.onnx")
     tokenizer = og.Tokenizer(model)
-    texts = [e.prompt for name in ("bigbench:qa_wikidata", "bigbench:epistemic_reasoning",
-                                   "bigbench:truthful_qa")
-             for e in load_task(name).examples[:50]]
+    texts = task_texts(load_task, 50)
     texts += ["ünïcödé 日本語 🤗", "\ttab\nnewline", "l'été", "a  b", "  two", "end   ",
               "def f():\n    return 1", " " * 40, "x" + " " * 33 + "y", "\t  \t"]
     plain = [int(i) for i in tokenizer.encode(texts[0])]

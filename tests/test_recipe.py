@@ -24,7 +24,7 @@ def adapted(tmp_path_factory):
     reds = [reduce(model, get_target(model, 28, "out"), 0.2),
             reduce(model, get_target(model, 25, "gate"), 0.05, clusters=2)]
     info = {"base_model": "smollm2-135m", "base_sha256": fingerprint(resolve("smollm2-135m")),
-            "task": "bigbench:qa_wikidata", "method": "test"}
+            "task": "bundled:continents-open", "method": "test"}
     return save_adapted(model, tok, tmp_path_factory.mktemp("r") / "adapted", reds, info)
 
 

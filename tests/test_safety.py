@@ -25,7 +25,7 @@ from edge_c2i.io import OutputDir, has_manifest
 CLI = [sys.executable, "-m", "edge_c2i.cli"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 # adapt on the real SmolLM2, as small as it gets (one configuration tried)
-SMALL = ["--task", "bigbench:qa_wikidata", "--samples", "8", "--eval-samples", "8",
+SMALL = ["--task", "bundled:continents-open", "--samples", "8", "--eval-samples", "8",
          "--test-samples", "8", "--top-k", "1", "--rates", "0.2", "--layers", "29",
          "--types", "out", "--threads", "1", "--quiet"]
 
@@ -113,7 +113,7 @@ BAD_ARGS = {
     "no such model folder": (["eval", "--model", "./nowhere"], "no such model"),
     "not a model folder": (["eval", "--model", "notes"], "not a model folder"),
     "no such task file": (["eval", "--task", "jsonl:nowhere.jsonl"], "nowhere.jsonl"),
-    "unknown bigbench task": (["eval", "--task", "bigbench:no_such_task"], "no_such_task"),
+    "unknown bundled task": (["eval", "--task", "bundled:no_such_task"], "no_such_task"),
     "--max-memory nonsense": (["scan", "--max-memory", "lots"], "lots"),
     "compress --size 0": (["compress", "--out", "o", "--size", "0"], "--size"),
     "compress --size 1.5": (["compress", "--out", "o", "--size", "1.5"], "--size"),
@@ -122,7 +122,7 @@ BAD_ARGS = {
     "compress --file-mb 0": (["compress", "--out", "o", "--file-mb", "0"], "--file-mb"),
     "compress --file-mb and --size": (["compress", "--out", "o", "--file-mb", "100", "--size",
                                        "0.8"], "--size"),
-    "compress --file-mb too small": (["compress", "--out", "o", "--file-mb", "20"],
+    "compress --file-mb too small": (["compress", "--out", "o", "--file-mb", "20", "--task", "bundled:continents-open"],
                                      "--file-mb"),
     "compress --out user folder --force": (["compress", "--out", "notes", "--force"],
                                            "notes"),
@@ -194,7 +194,7 @@ def test_a_damaged_adapted_folder_gets_one_line(scratch):
     ok = run(["adapt", *SMALL, "--out", "ad"], scratch)
     assert ok.returncode == 0, ok.stderr
     (scratch / "ad" / "edge_c2i_factors.safetensors").unlink()
-    assert_refused(run(["eval", "--model", "ad", "--limit", "1"], scratch), "missing")
+    assert_refused(run(["eval", "--model", "ad", "--limit", "1", "--task", "bundled:continents-open"], scratch), "missing")
 
 
 # --------------------------------------------------------------------------- the swap

@@ -10,7 +10,7 @@ from edge_c2i.tasks import load_task, split
 
 def test_singular_value_gradients_match_autograd_on_the_real_model(smol):
     model, tok = smol
-    examples = split(load_task("bigbench:epistemic_reasoning"), n_calib=8, n_eval=8).calib
+    examples = split(load_task("bundled:continents"), n_calib=8, n_eval=8).calib
     targets = [get_target(model, 5, "out"), get_target(model, 27, "q")]
     scans, _ = singular_value_gradients(model, tok, examples, targets, progress=False)
     for t in targets:
@@ -61,7 +61,7 @@ def test_scores_follow_the_formulas():
 
 def test_ranking_orders_by_predicted_benefit(smol):
     model, tok = smol
-    examples = split(load_task("bigbench:epistemic_reasoning"), n_calib=4, n_eval=4).calib
+    examples = split(load_task("bundled:continents"), n_calib=4, n_eval=4).calib
     targets = [get_target(model, i, "o") for i in (1, 15, 28)]
     scans, timings = singular_value_gradients(model, tok, examples, targets, progress=False)
     ranked = rank_targets(scans, "first_order")
@@ -77,7 +77,7 @@ def test_a_second_scan_reads_the_singular_vectors_the_first_kept(smol, tmp_path,
     from edge_c2i import spectra
 
     model, tok = smol
-    examples = split(load_task("bigbench:epistemic_reasoning"), n_calib=4, n_eval=4).calib
+    examples = split(load_task("bundled:continents"), n_calib=4, n_eval=4).calib
     targets = [get_target(model, 3, "out"), get_target(model, 20, "k")]
     monkeypatch.setenv(spectra.ENV, str(tmp_path / "cache"))
     first, t1 = singular_value_gradients(model, tok, examples, targets, progress=False)

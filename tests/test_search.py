@@ -47,7 +47,7 @@ def test_pick_accepts_only_a_gain_beyond_noise():
 
 def test_c2i_search_on_the_real_model_with_a_tiny_grid(smol):
     model, tok = smol
-    s = split(load_task("bigbench:epistemic_reasoning"), n_calib=8, n_eval=8)
+    s = split(load_task("bundled:continents"), n_calib=8, n_eval=8)
     config = SearchConfig(top_k=2, rates=(0.05,), clusters=(1, 2))
     res = c2i_search(model, tok, s.calib, s.eval, config, progress=False)
     assert len(res.trials) == 4 and len(res.candidates) == 210
@@ -79,7 +79,7 @@ def test_c2i_search_on_the_real_model_with_a_tiny_grid(smol):
 
 def test_adapt_report_schema_and_saved_folder(tmp_path):
     model, tok = load_model("smollm2-135m")
-    report = adapt(model, tok, "bigbench:fact_checker/fever", n_calib=8, n_eval=8, n_test=8,
+    report = adapt(model, tok, "bundled:continents", n_calib=8, n_eval=8, n_test=8,
                    top_k=1, rates=(0.01,), clusters=(1,), progress=False,
                    model_name="smollm2-135m").to_dict()
     assert REPORT_KEYS <= set(report)
@@ -106,8 +106,9 @@ def run_cli(*args):
 @pytest.mark.parametrize("args,message", [
     (["adapt", "--rates", "0", "--out", "{tmp}/x"], "rate 0.0 out of range"),
     (["adapt", "--rates", "1.5", "--out", "{tmp}/x"], "rate 1.5 out of range"),
-    (["adapt", "--layers", "99", "--out", "{tmp}/x"], "out of range"),
-    (["adapt", "--types", "fc9", "--out", "{tmp}/x"], "unknown matrix type"),
+    # checked on the loaded model: a task that needs no download
+    (["adapt", "--layers", "99", "--out", "{tmp}/x", "--task", "bundled:continents-open"], "out of range"),
+    (["adapt", "--types", "fc9", "--out", "{tmp}/x", "--task", "bundled:continents-open"], "unknown matrix type"),
     (["adapt", "--out", "{tmp}/exists"], "exists; pass --force"),
     (["adapt", "--out", "/proc/nope/x"], "cannot write"),
     (["eval", "--task", "jsonl:/nonexistent.jsonl"], "no such task file"),
@@ -123,7 +124,7 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
 
 
 def test_eval_json_on_the_real_model():
-    r = run_cli("eval", "--model", "smollm2-135m", "--task", "bigbench:epistemic_reasoning",
+    r = run_cli("eval", "--model", "smollm2-135m", "--task", "bundled:continents",
                 "--limit", "10", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])

@@ -1,9 +1,26 @@
 import json
+import os
+import subprocess
+import sys
+import tarfile
 
 import pytest
+from conftest import write_bigbench
 
+from edge_c2i import tasks as T
 from edge_c2i.errors import EdgeC2IError
 from edge_c2i.tasks import MIN_SPLIT, examples_for, load_task, parse_bigbench, split
+
+# a BIG-bench of four tasks, as its checkout and its sdist lay them out
+FAKE = {
+    "tiny/task.json": {"task_prefix": "Say it.", "examples": [
+        {"input": "one", "target": ["1", "uno"]}, {"input": "two", "target": "2"},
+        {"input": "one", "target": ["1", "uno"]}]},  # BIG-bench's own repeats are kept
+    "parent/task.json": {"name": "parent"},  # split in subtasks: no examples of its own
+    "parent/sub/task.json": {"example_output_prefix": "\nRelation: ", "examples": [
+        {"input": "a", "target_scores": {"yes": 1, "no": 0}}]},
+    "mc/task_mc.json": {"examples": [{"input": "q", "target_scores": {"x": 0, "y": 1}}]},
+}
 
 
 def write(path, rows) -> str:
@@ -22,7 +39,7 @@ def numbered(n: int) -> list[dict]:
     ("fact_checker/fever", 6612, True),
     ("truthful_qa", 299, True),
 ])
-def test_bigbench_tasks_load_with_their_prompt_format(name, n, choice):
+def test_bigbench_tasks_load_with_their_prompt_format(needs_bigbench, name, n, choice):
     task = load_task(f"bigbench:{name}")
     assert len(task.examples) == n and task.is_choice == choice
     ex = task.examples[0]
@@ -36,19 +53,19 @@ def test_bigbench_tasks_load_with_their_prompt_format(name, n, choice):
 
 
 def test_splits_are_deterministic_and_disjoint():
-    task = load_task("bigbench:epistemic_reasoning")
+    task = load_task("bundled:continents")
     a, b = split(task, seed=3), split(task, seed=3)
     assert a.calib == b.calib and a.eval == b.eval and a.test == b.test
-    assert (len(a.calib), len(a.eval), len(a.test)) == (100, 100, 1000)
+    assert (len(a.calib), len(a.eval), len(a.test)) == (100, 100, 134)
     ids = lambda xs: {id(x) for x in xs}
     assert not ids(a.calib) & ids(a.eval) and not ids(a.eval) & ids(a.test)
     assert split(task, seed=4).calib != a.calib
 
 
 def test_laser_protocol_is_first_fifth_validation():
-    task = load_task("bigbench:epistemic_reasoning")
+    task = load_task("bundled:continents")
     s = split(task, protocol="laser", n_test=None)
-    assert s.eval == task.examples[:400] and s.test == task.examples[400:]
+    assert s.eval == task.examples[:66] and s.test == task.examples[66:]
 
 
 def test_jsonl_choice_and_open_tasks(tmp_path):
@@ -79,21 +96,103 @@ def test_malformed_jsonl_names_file_and_line(tmp_path, content, message):
         load_task(f"jsonl:{f}")
 
 
-def test_bad_task_names():
+@pytest.fixture(params=["checkout", "sdist"])
+def fake_bigbench(request, tmp_path, monkeypatch):
+    """FAKE as $EDGE_C2I_BIGBENCH: a checkout, or an sdist (extracted into a cache of the
+    test's own)."""
+    root = write_bigbench(tmp_path / "BIG-bench", FAKE)
+    if request.param == "sdist":
+        with tarfile.open(tmp_path / "bigbench-9.9.tar.gz", "w:gz") as tar:
+            tar.add(root / "bigbench", "bigbench-9.9/bigbench")
+        root = tmp_path / "bigbench-9.9.tar.gz"
+    monkeypatch.setenv("EDGE_C2I_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(T.BIGBENCH_ENV, str(root))
+    return root
+
+
+def test_bad_task_names(fake_bigbench):
     with pytest.raises(EdgeC2IError, match="no such task file"):
         load_task("jsonl:/nonexistent/x.jsonl")
     with pytest.raises(EdgeC2IError, match="unknown task"):
         load_task("squad")
-    with pytest.raises(EdgeC2IError, match="unknown BIG-bench task"):
+    with pytest.raises(EdgeC2IError, match="unknown BIG-bench task 'no_such_task_here'"):
         load_task("bigbench:no_such_task_here")
+    with pytest.raises(EdgeC2IError, match="unknown bundled task 'x': edge-c2i ships "
+                                           "bundled:continents, bundled:continents-open$"):
+        load_task("bundled:x")
 
 
-def test_a_task_split_in_subtasks_names_them():
-    # fact_checker's own task.json has no examples; its subtasks have
+def test_a_task_split_in_subtasks_names_them(fake_bigbench):
     with pytest.raises(EdgeC2IError, match="split in subtasks; pick one: ") as err:
-        load_task("bigbench:fact_checker")
+        load_task("bigbench:parent")
     named = str(err.value).split("pick one: ")[1].split(", ")
-    assert "bigbench:fact_checker/fever" in named and "bigbench:fact_checker/" not in named
+    assert named == ["bigbench:parent/sub"]
+
+
+def test_bigbench_from_a_checkout_or_an_sdist(fake_bigbench, tmp_path):
+    sub = load_task("bigbench:parent/sub")
+    assert sub.examples[0].prompt == "\nQ: a\nRelation: " and sub.examples[0].answer == "yes"
+    assert load_task("bigbench:mc").examples[0].answer == "y"  # only a task_mc.json
+    tiny = load_task("bigbench:tiny")
+    assert [e.answer for e in tiny.examples] == ["1", "2", "1"]
+    assert tiny.examples[0].aliases == ("uno",)
+    # a given sdist's tasks are extracted once, under the cache, by the sdist's name
+    cached = sorted(p.relative_to(tmp_path / "home") for p in (tmp_path / "home").rglob("*.json"))
+    if fake_bigbench.is_file():
+        assert [str(p) for p in cached] == [f"bigbench/tasks/bigbench-9.9.tar.gz/{t}" for t in
+                                            ("mc/task_mc.json", "parent/sub/task.json",
+                                             "tiny/task.json")]
+    else:
+        assert cached == []  # a checkout is read in place
+
+
+def test_bigbench_given_where_there_is_none_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv(T.BIGBENCH_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(EdgeC2IError, match=r"EDGE_C2I_BIGBENCH=.*nowhere: no such file or folder"):
+        load_task("bigbench:tiny")
+    monkeypatch.setenv(T.BIGBENCH_ENV, str(tmp_path))
+    with pytest.raises(EdgeC2IError, match="has no bigbench/benchmark_tasks folder; point it at"):
+        load_task("bigbench:tiny")
+
+
+def test_bigbench_the_index_does_not_serve_is_one_line_with_the_ways_out(tmp_path, monkeypatch):
+    """A package index without the sdist (as on a mirror that leaves it out): pip's reason,
+    what to set, what needs no download; asked once per process, and exit 2 from the CLI."""
+    env = dict(os.environ)  # the CLI below: the converted model in the user's cache
+    monkeypatch.delenv(T.BIGBENCH_ENV, raising=False)
+    monkeypatch.setenv("EDGE_C2I_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(T, "BIGBENCH_SDIST", "bigbench==0.0.0.999")  # no index has it
+    monkeypatch.setattr(T, "_UNAVAILABLE", [])
+    with pytest.raises(T.BigBenchUnavailable) as err:
+        load_task("bigbench:qa_wikidata")
+    message = str(err.value)
+    assert "could not download bigbench==0.0.0.999 from the package index (" in message
+    assert "set EDGE_C2I_BIGBENCH to a copy of that sdist" in message
+    assert message.endswith("bundled:continents, bundled:continents-open or jsonl:PATH")
+    with monkeypatch.context() as m:
+        m.setattr(T.subprocess, "run", None)  # the second ask does not run pip again
+        with pytest.raises(T.BigBenchUnavailable, match="could not download"):
+            load_task("bigbench:qa_wikidata")
+    env[T.BIGBENCH_ENV] = str(tmp_path / "nowhere")
+    run = subprocess.run([sys.executable, "-m", "edge_c2i.cli", "eval", "--task",
+                          "bigbench:qa_wikidata"], capture_output=True, text=True, check=False,
+                         env=env)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.strip().splitlines() == [
+        f"edge-c2i: error: {T.BIGBENCH_ENV}={tmp_path / 'nowhere'}: no such file or folder"]
+
+
+@pytest.mark.parametrize("name,choice", [("continents", True), ("continents-open", False)])
+def test_the_bundled_tasks_need_no_download(tmp_path, monkeypatch, name, choice):
+    monkeypatch.setenv("EDGE_C2I_HOME", str(tmp_path))
+    task = load_task(f"bundled:{name}")
+    assert len(task.examples) == 334 and task.is_choice == choice
+    ex = task.examples[0]
+    assert ex.prompt == "Andorra is a city on the continent of" and ex.answer == " Europe"
+    assert not list(tmp_path.iterdir())  # nothing downloaded, nothing cached
+    golds = {e.answer for e in task.examples}
+    assert golds == {" Africa", " Asia", " Australia", " Europe", " North America",
+                     " South America"}
 
 
 def test_malformed_bigbench_json():
@@ -142,14 +241,14 @@ def test_the_delimiter_can_be_changed_per_call_per_file_and_per_line(tmp_path):
         load_task(write(tmp_path / "h.jsonl", [{"target_delimiter": 1}, *rows]))
 
 
-def test_bigbench_tasks_keep_their_own_prompts(capsys):
-    task = load_task("bigbench:qa_wikidata")
+def test_bigbench_tasks_keep_their_own_prompts(fake_bigbench, capsys):
+    task = load_task("bigbench:tiny")
     ex = task.examples[0]
-    assert ex.prompt.endswith(" ") and not ex.answer.startswith(" ")  # encode moves the space
+    assert ex.prompt == "Say it.\nQ: one\nA: " and ex.answer == "1"
     assert task.delimited == 0 and task.target_delimiter is None
     # BIG-bench's own repeats are kept, as LASER and the recorded numbers have them
-    assert task.duplicates_kept > 0 and task.duplicates_dropped == 0
-    assert load_task("bigbench:qa_wikidata", target_delimiter=" ").examples == task.examples
+    assert task.duplicates_kept == 1 and task.duplicates_dropped == 0
+    assert load_task("bigbench:tiny", target_delimiter=" ").examples == task.examples
     assert "applies to jsonl tasks" in capsys.readouterr().err
 
 
@@ -214,6 +313,10 @@ def test_a_task_large_enough_keeps_the_requested_sizes(tmp_path, capsys):
     s = split(load_task(write(tmp_path / "t.jsonl", numbered(300))))  # truthful_qa has 299
     assert (len(s.calib), len(s.eval), len(s.test)) == (100, 100, 100)
     assert "requested" not in s.sizes
+    assert capsys.readouterr().err == ""
+
+
+def test_truthful_qa_keeps_the_requested_sizes(needs_bigbench, capsys):
     assert split(load_task("bigbench:truthful_qa")).sizes["test"] == 99
     assert capsys.readouterr().err == ""
 
@@ -245,3 +348,20 @@ def test_examples_for_gives_the_split_that_adapt_uses(tmp_path):
 def test_bad_split_sizes(tmp_path, kwargs, message):
     with pytest.raises(EdgeC2IError, match=message):
         split(load_task(write(tmp_path / "t.jsonl", numbered(50))), **kwargs)
+
+
+def test_the_demo_runs_on_a_bundled_task_where_bigbench_cannot_be_had(tmp_path, monkeypatch,
+                                                                         capsys):
+    from edge_c2i.config import DEMO_FALLBACK_TASK
+    from edge_c2i.export.cli import demo_task
+
+    monkeypatch.delenv(T.BIGBENCH_ENV, raising=False)
+    monkeypatch.setenv("EDGE_C2I_HOME", str(tmp_path))  # no sdist downloaded here
+    monkeypatch.setattr(T, "_UNAVAILABLE", ["could not download bigbench==1.0.0 (test)"])
+    task = demo_task(None, None)  # no --task: the default, else the bundled one, said so
+    assert task.name == DEMO_FALLBACK_TASK and not task.is_choice
+    err = capsys.readouterr().err
+    assert "could not download bigbench==1.0.0 (test)" in err
+    assert f"the demo runs on {DEMO_FALLBACK_TASK} instead" in err
+    with pytest.raises(T.BigBenchUnavailable):  # a task asked for is never swapped
+        demo_task("bigbench:qa_wikidata", None)

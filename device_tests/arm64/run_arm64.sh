@@ -109,7 +109,8 @@ case $TASK in
 ~/.cache/edge-c2i/bigbench/tasks/$NAME from a machine that has it (or set EDGE_C2I_HOME)"
             mkdir -p "$DEST" && cp "$SRC"/task*.json "$DEST/"
         fi ;;
-    *) die "task $TASK: only bigbench: tasks are staged for the device side" ;;
+    bundled:*) ;;  # ships inside edge-c2i (edge_c2i/tasks_data): nothing to stage
+    *) die "task $TASK: only bigbench: and bundled: tasks are staged for the device side" ;;
 esac
 
 # ---------------------------------------------------------------- helper: logits + versions
