@@ -79,3 +79,14 @@ def test_task_accuracy_matches_the_host(onnx_dir, model_file):
     tolerance = 0.01 if FILES[model_file] == "fp32" else 0.05
     assert abs(out["task"]["accuracy"] - ref["host"]["accuracy"]) <= tolerance + 1e-9
     assert np.isfinite(out["task"]["loss"])
+
+
+def test_the_exports_hold_factor_products(onnx_dir):
+    """What these tests are for: reduced matrices as two products each (the adapted export's
+    two reductions, every matrix of the compressed one), not a dense model."""
+    from conftest import GIVEN
+
+    if GIVEN:
+        pytest.skip("EDGE_C2I_DEVICE_DIR: an export given to test as it is")
+    manifest = json.loads((onnx_dir / MANIFEST).read_text())
+    assert manifest["adapted"] and len(manifest["reductions"]) >= 2
