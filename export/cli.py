@@ -123,8 +123,9 @@ def export_command(args) -> int:
     if m.get("int4"):
         q = m["int4"]
         print(f"  int4 matrices: {q['matmuls_exact_grid']} on a 4-bit grid (exact), "
-              f"{q['matmuls_8bit']} on a finer grid kept in 8 bits, {q['matmuls_fitted']} "
-              f"rounded to 4 bits")
+              f"{q['matmuls_8bit']} on a finer grid kept in 8 bits"
+              + (" (each as two 4-bit products)" if q.get("matmuls_8bit_as_two_4bit") else "")
+              + f", {q['matmuls_fitted']} rounded to 4 bits")
     for name, fig in (m["parity"] or {}).items():
         if isinstance(fig, dict):
             print(f"  parity {name:<15} max|dlogit| {fig['max_abs_logit_diff']:.2e}  "

@@ -92,6 +92,14 @@ HEAD_BLOCK = 64
 # teacher-forced positions of qa_wikidata from 0.982 to 0.991 on the dense SmolLM2 and from
 # 0.962 to 0.935 on the `make demo` adapted one (logit correlation 0.9999 -> 0.9989 and
 # 0.9989 -> 0.9980); level 1 is there for whoever wants that last bit of agreement.
+# On Gemma-3 it is more than a bit: rounding the activations that its 8-bit products read
+# (q/k/v and gate/up read the norms' outputs) is what loses its int4 the agreement with fp32
+# (a one-off, 3,584 teacher-forced positions of offline English text, dense Gemma-3: 0.939
+# at level 4, 0.960 with those 45 products at level 1, 0.941 with the 27 4-bit ones or the
+# head at level 1, 0.968 all at level 1).  ONNX Runtime 1.32 has no fast fp32-activation
+# kernel for 8-bit MatMulNBits, so at level 1 those are written as two 4-bit products
+# (_nibble_nodes): level 1 then decoded at 1.24x level 4's ms/token (one process, paired,
+# agreement 0.964 with the head at level 4) where the 8-bit slow path had been 6.1x.
 # Dropping the remainder product instead (zero points rounded, as a 4-bit-only format must)
 # falls to 0.595 on the dense SmolLM2: the remainders are what keep the grid exact.
 ACCURACY_LEVEL = 4
@@ -268,6 +276,30 @@ def _nbits_node(node, w_name: str, codes, step, zero, k: int, n: int, output: st
     return helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in inits)], [output],
                             name=f"{base}_MatMulNBits", domain="com.microsoft", K=k, N=n,
                             bits=bits, block_size=BLOCK, accuracy_level=level), inits
+
+
+def _nibble_nodes(node, w_name: str, codes, step, zero, k: int, n: int, level: int):
+    """8-bit codes as two 4-bit MatMulNBits added, exactly: ``q - z = 16 (q_hi - z_hi) +
+    (q_lo - z_lo)`` with the high and low nibbles of codes and zero points, the high
+    product's steps 16 times the low one's.  Why: ONNX Runtime 1.32 computes an 8-bit
+    MatMulNBits with fp32 activations (accuracy level 1) by a slow path (2.1 ms against 0.06
+    at level 4 for a 640 x 2048 product, one thread), and a 4-bit one by a fast kernel (0.13
+    ms); at level 4 the activations are rounded to int8, which is what costs Gemma-3's int4
+    its agreement with fp32 (see ACCURACY_LEVEL)."""
+    from onnx import helper
+
+    new, inits, outputs = [], [], []
+    for part, shift, scale in (("hi", 4, 16.0), ("lo", 0, 1.0)):
+        out = f"{node.output[0]}_{part}"
+        product, tensors = _nbits_node(node, f"{w_name}_{part}", (codes >> shift) & 15,
+                                       step * scale, (zero >> shift) & 15, k, n, out, level)
+        product.name += f"_{part}"
+        new.append(product)
+        inits += tensors
+        outputs.append(out)
+    base = node.name or w_name
+    new.append(helper.make_node("Add", outputs, [node.output[0]], name=f"{base}_nibbles"))
+    return new, inits
 
 
 def codes8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -497,9 +529,14 @@ def quantize_int4(src: Path, dst: Path,
             new, tensors = build(node, node.input[1], *grid, means[x], k, n, accuracy_level)
             on_grid += 1
         elif finer == "int8" and finer_grid(w):  # a 5- to 8-bit source: 8-bit codes
-            new, tensors = _nbits_node(node, node.input[1], *codes8(w), k, n,
-                                       node.output[0], accuracy_level, bits=8)
-            new, kept8 = [new], kept8 + 1
+            if accuracy_level == 1:  # as two 4-bit products: ORT's fp32-activation kernel
+                new, tensors = _nibble_nodes(node, node.input[1], *codes8(w), k, n,
+                                             accuracy_level)
+            else:
+                new, tensors = _nbits_node(node, node.input[1], *codes8(w), k, n,
+                                           node.output[0], accuracy_level, bits=8)
+                new = [new]
+            kept8 += 1
         else:  # off any grid (or a finer one, told to): 4-bit codes fitted per block
             new, tensors = _nbits_node(node, node.input[1], *fitted_codes(w), k, n,
                                        node.output[0], accuracy_level)
@@ -517,4 +554,6 @@ def quantize_int4(src: Path, dst: Path,
             "zero_points": "per block, of the codes' bits", "accuracy_level": accuracy_level,
             "remainder": remainder, "finer": finer,
             "matmuls_exact_grid": on_grid, "matmuls_fitted": fitted, "matmuls_8bit": kept8,
+            # the 8-bit ones as two 4-bit products each (_nibble_nodes), at level 1
+            "matmuls_8bit_as_two_4bit": kept8 if accuracy_level == 1 else 0,
             "lm_head_and_embedding": head_description(shared), "head_block": shared}

@@ -208,11 +208,19 @@ def test_int4_keeps_a_q5_0_matrix_in_8_bits_unless_told(gemma_weights, tmp_path)
     _one_matmul(w, tmp_path / "q5.onnx")
     info = quantize_int4(tmp_path / "q5.onnx", tmp_path / "q5_8.onnx", accuracy_level=1)
     assert (info["finer"], info["matmuls_8bit"], info["matmuls_fitted"]) == ("int8", 1, 0)
-    bits = {a.name: a.i for n in onnx.load(tmp_path / "q5_8.onnx").graph.node
-            for a in n.attribute if a.name == "bits"}
-    assert list(bits.values()) == [8]
+    assert info["matmuls_8bit_as_two_4bit"] == 1
+    nodes = onnx.load(tmp_path / "q5_8.onnx").graph.node
+    # fp32 activations: the 8-bit codes as two 4-bit products (their nibbles), added, which
+    # ONNX Runtime runs by its fast kernel; the same weights, to float rounding
+    assert [n.op_type for n in nodes] == ["MatMulNBits", "MatMulNBits", "Add"]
+    assert [a.i for n in nodes for a in n.attribute if a.name == "bits"] == [4, 4]
     kept = np.abs(_run(tmp_path / "q5_8.onnx", x) - want).max() / np.abs(want).max()
     assert kept <= 1e-5
+    info = quantize_int4(tmp_path / "q5.onnx", tmp_path / "q5_8l4.onnx")  # level 4: one product
+    assert (info["matmuls_8bit"], info["matmuls_8bit_as_two_4bit"]) == (1, 0)
+    nodes = onnx.load(tmp_path / "q5_8l4.onnx").graph.node
+    assert [(n.op_type, a.i) for n in nodes for a in n.attribute if a.name == "bits"] == [
+        ("MatMulNBits", 8)]
     info = quantize_int4(tmp_path / "q5.onnx", tmp_path / "q5_4.onnx", accuracy_level=1,
                          finer="int4")
     assert (info["matmuls_8bit"], info["matmuls_fitted"]) == (0, 1)
