@@ -422,6 +422,19 @@ def section_load(d: dict) -> str:
             f"{d['rows'][0]['runtime_mb']:.0f} MB).\n\n" + table(d["rows"], LOAD_COLUMNS))
 
 
+def section_int4_level(d: dict) -> str:
+    from bench_int4_level import COLUMNS as LEVEL_COLUMNS
+
+    return ("### int4: activations rounded to int8 (level 4) or kept fp32 (level 1)\n\n"
+            "`python bench/bench_int4_level.py` -> bench/results/int4_level.json: the dense "
+            "exports' int4 at accuracy level 4 (the default) and 1 (`--int4-accuracy-level 1`: "
+            "8-bit matrices as two 4-bit products), one thread; top-1 agreement with fp32 at "
+            f"every position of {d['chunks']} chunks of {d['chunk_tokens']} tokens of this "
+            f"README (teacher forced); ms/token of {d['new_tokens']} greedy steps after a "
+            f"{d['prefill']}-token prefill, paired ({d['paired']} alternations, each file loaded "
+            "first once).\n\n" + table(d["rows"], LEVEL_COLUMNS))
+
+
 COMPRESS_METHODS = ("svd", "whitened_svd", "gradient_svd", "edge_c2i")
 
 
@@ -556,7 +569,8 @@ def main() -> None:
              "svd": section_svd, "scan": section_scan, "memory": section_memory,
              "device_arm64": section_device_arm64, "device_x86": section_device_x86,
              "contention": section_contention, "runtime": section_runtime,
-             "compress": section_compress, "load": section_load}
+             "compress": section_compress, "load": section_load,
+             "int4_level": section_int4_level}
     for name, render in known.items():
         d = load(name)
         if d:

@@ -98,8 +98,9 @@ HEAD_BLOCK = 64
 # at level 4, 0.960 with those 45 products at level 1, 0.941 with the 27 4-bit ones or the
 # head at level 1, 0.968 all at level 1).  ONNX Runtime 1.32 has no fast fp32-activation
 # kernel for 8-bit MatMulNBits, so at level 1 those are written as two 4-bit products
-# (_nibble_nodes): level 1 then decoded at 1.24x level 4's ms/token (one process, paired,
-# agreement 0.964 with the head at level 4) where the 8-bit slow path had been 6.1x.
+# (_nibble_nodes), where the 8-bit slow path had decoded at 6.1x level 4's ms/token.
+# bench/bench_int4_level.py (int4_level.json; every position of 3,584 README tokens):
+# Gemma-3 0.942 -> 0.963 at 1.39x level 4's ms/token, SmolLM2 0.940 -> 0.953 at 1.30x.
 # Dropping the remainder product instead (zero points rounded, as a 4-bit-only format must)
 # falls to 0.595 on the dense SmolLM2: the remainders are what keep the grid exact.
 ACCURACY_LEVEL = 4
