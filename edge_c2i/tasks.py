@@ -154,7 +154,13 @@ def bigbench_archive() -> Path:
 def _task_files(source: Path):
     """(path under benchmark_tasks, e.g. ``fact_checker/fever/task.json``, member) of every
     task file of an sdist, in one streaming pass; a generator, so a caller may stop early."""
-    with tarfile.open(source) as tar:
+    try:
+        tar = tarfile.open(source)  # noqa: SIM115 (closed by the with below)
+    except (tarfile.TarError, OSError) as e:
+        raise EdgeC2IError(f"{source} is not a readable BIG-bench sdist ({e}); point "
+                           f"{BIGBENCH_ENV} at bigbench-1.0.0.tar.gz or a BIG-bench checkout"
+                           ) from None
+    with tar:
         for member in tar:
             _, found, rest = member.name.partition(TASKS_DIR)
             yield (rest if found else None), tar, member

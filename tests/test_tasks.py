@@ -153,6 +153,11 @@ def test_bigbench_given_where_there_is_none_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv(T.BIGBENCH_ENV, str(tmp_path))
     with pytest.raises(EdgeC2IError, match="has no bigbench/benchmark_tasks folder; point it at"):
         load_task("bigbench:tiny")
+    (tmp_path / "notes.txt").write_text("not an archive")
+    monkeypatch.setenv(T.BIGBENCH_ENV, str(tmp_path / "notes.txt"))
+    monkeypatch.setenv("EDGE_C2I_HOME", str(tmp_path / "home"))
+    with pytest.raises(EdgeC2IError, match="notes.txt is not a readable BIG-bench sdist"):
+        load_task("bigbench:tiny")
 
 
 def test_bigbench_the_index_does_not_serve_is_one_line_with_the_ways_out(tmp_path, monkeypatch):
