@@ -4,10 +4,6 @@ import pytest
 import torch
 
 from edge_c2i.gguf_tokenizer import fix_spm_bpe_tokenizer
-from edge_c2i.paths import home
-
-GGUF = home() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
-MODEL = home() / "models" / "gemma3-270m"  # float32 conversion (its weights are what matter)
 
 PARAGRAPHS = [
     (
@@ -24,25 +20,29 @@ PARAGRAPHS = [
     ),
 ]
 
-needs_gemma = pytest.mark.skipif(
-    not (GGUF.is_file() and (MODEL / "config.json").is_file()), reason="Gemma-3 files missing"
-)
-
-
 @pytest.fixture(scope="module")
 def gemma_tokenizers():
-    """(broken Unigram tokenizer as transformers builds it, fixed BPE tokenizer)."""
+    """(broken Unigram tokenizer as transformers builds it, fixed BPE tokenizer), from the
+    packaged Gemma-3's .gguf (assembled from its parts once; these tests skipped on a fresh
+    machine while they looked for it before anything had made it)."""
     from transformers import AutoTokenizer
 
-    broken = AutoTokenizer.from_pretrained(GGUF.parent, gguf_file=GGUF.name)
-    return broken, fix_spm_bpe_tokenizer(broken, GGUF)
+    from edge_c2i.models import packaged_gguf
+
+    gguf = packaged_gguf("gemma3-270m")
+    broken = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return broken, fix_spm_bpe_tokenizer(broken, gguf)
 
 
 @pytest.fixture(scope="module")
 def model():
+    """The packaged Gemma-3 converted to float32 (its weights are what matter)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
+    from edge_c2i.models import resolve
+
+    return AutoModelForCausalLM.from_pretrained(resolve("gemma3-270m"),
+                                                dtype=torch.float32).eval()
 
 
 def test_other_tokenizers_are_returned_unchanged(tmp_path):
@@ -55,7 +55,6 @@ def test_other_tokenizers_are_returned_unchanged(tmp_path):
     assert fix_spm_bpe_tokenizer(gpt2_like, tmp_path / "unread.gguf") is gpt2_like
 
 
-@needs_gemma
 def test_segmentation(gemma_tokenizers):
     broken, fixed = gemma_tokenizers
     tokens = fixed.convert_ids_to_tokens(fixed("The capital of France is").input_ids)
@@ -82,7 +81,6 @@ def test_segmentation(gemma_tokenizers):
     assert (fixed.bos_token_id, fixed.eos_token_id, fixed.pad_token_id) == (2, 1, 0)
 
 
-@needs_gemma
 @pytest.mark.parametrize(
     "text",
     [
@@ -110,7 +108,6 @@ def _nll(model, tokenizer, text: str) -> float:
     return loss.item() * (ids.shape[1] - 1)
 
 
-@needs_gemma
 @pytest.mark.slow
 def test_model_prefers_fixed_tokenizer(gemma_tokenizers, model):
     broken, fixed = gemma_tokenizers
