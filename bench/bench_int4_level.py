@@ -13,7 +13,8 @@ Measured, one thread, in processes that import no torch:
 
 - agreement: top-1 of every position of the README of this checkout (English prose and
   tables, no download; CHUNKS chunks of 256 tokens, teacher forced) against model.onnx, and
-  the mean Pearson correlation of the logits;
+  the mean Pearson correlation of the logits.  The README changes as the project does: the
+  JSON keeps the sha256 of the text measured (``text_sha256``), and runs compare within one;
 - speed: ms per token of 32 greedy steps after a 128-token prefill, both files loaded in one
   process and decoded in turn PAIRED times, the median of the per-pair ratios; twice, each
   file loaded first once, and the geometric mean of the two (bench_runtime.py's paired
@@ -52,6 +53,13 @@ def _chunks(lm) -> list[list[int]]:
     return [ids[i:i + CHUNK] for i in range(0, CHUNKS * CHUNK, CHUNK)]
 
 
+def _text_sha256(lm) -> str:
+    """sha256 of the text the chunks hold (decoded back from their tokens)."""
+    import hashlib
+
+    return hashlib.sha256(lm.decode([i for c in _chunks(lm) for i in c]).encode()).hexdigest()
+
+
 def agreement_child(folder: str, name: str) -> dict:
     import numpy as np
 
@@ -70,7 +78,7 @@ def agreement_child(folder: str, name: str) -> dict:
         corr.append((a * b).sum(-1) / np.sqrt((a * a).sum(-1) * (b * b).sum(-1)))
     same = np.concatenate(same)
     return {"positions": int(same.size), "top1_agreement": float(same.mean()),
-            "logit_corr": float(np.concatenate(corr).mean())}
+            "logit_corr": float(np.concatenate(corr).mean()), "text_sha256": _text_sha256(lm)}
 
 
 def _decode_ms(lm, prefill: list[int]) -> float:

@@ -530,7 +530,8 @@ def write(rows: list[dict], args, seconds: float, controls: dict | None = None,
           paired_date: str | None = None) -> None:
     import onnxruntime
 
-    data = {"task": args.task, "adapted_task": TASK, "rounds": args.rounds, "n_prompts": N_PROMPTS, "n_accuracy": N_ACCURACY,
+    data = {"task": args.task, "adapted_task": TASK, "rounds": args.rounds,
+            "n_prompts": N_PROMPTS, "n_accuracy": N_ACCURACY,
             "prefill_tokens": PREFILL, "new_tokens": NEW_TOKENS, "threads": 1,
             "runtime": "onnxruntime-genai " + _version("onnxruntime-genai"),
             "onnxruntime": onnxruntime.__version__, "machine": {"cpus": os.cpu_count()},

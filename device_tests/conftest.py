@@ -25,7 +25,7 @@ HERE = Path(__file__).parent
 # subspace, and row-clustered subspaces), fixed, so that the export always holds factor
 # products; a small search on the bundled task keeps nothing as often as not
 REDUCTIONS = [(28, "out", 0.2, 1), (25, "gate", 0.05, 4)]  # layer, type, rate, clusters
-ADAPT = f"""
+REDUCE = f"""
 from edge_c2i.adapted import save_adapted
 from edge_c2i.factorize import reduce
 from edge_c2i.models import load_model
@@ -40,7 +40,7 @@ save_adapted(model, tok, sys.argv[1], reds, {{"base_model": "smollm2-135m",
 CACHE_KEY = "smollm2-fixed-v11"  # v11: fixed reductions (was a search on BIG-bench's fever)
 COMPRESS = ["--model", "smollm2-135m", "--task", "bundled:continents", "--size", "0.8",
             "--samples", "32", "--test-samples", "20"]
-EXPORTS = {"adapted": (CACHE_KEY, "adapt", ADAPT),
+EXPORTS = {"adapted": (CACHE_KEY, "reduce", REDUCE),  # the library, run as a script
            "compressed": ("smollm2-continents-compress-v5", "compress", COMPRESS)}
 
 
@@ -61,7 +61,7 @@ def build_export(kind: str = "adapted") -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     cli = ["-m", "edge_c2i.cli"]
-    if command == "adapt":
+    if command == "reduce":
         _run("-c", args, str(work / "adapted"))
     else:
         _run(*cli, command, *args, "--out", str(work / "adapted"))

@@ -100,7 +100,7 @@ HEAD_BLOCK = 64
 # kernel for 8-bit MatMulNBits, so at level 1 those are written as two 4-bit products
 # (_nibble_nodes), where the 8-bit slow path had decoded at 6.1x level 4's ms/token.
 # bench/bench_int4_level.py (int4_level.json; every position of 3,584 README tokens):
-# Gemma-3 0.942 -> 0.963 at 1.39x level 4's ms/token, SmolLM2 0.940 -> 0.953 at 1.30x.
+# Gemma-3 0.934 -> 0.959 at 1.36x level 4's ms/token, SmolLM2 0.940 -> 0.950 at 1.28x.
 # Dropping the remainder product instead (zero points rounded, as a 4-bit-only format must)
 # falls to 0.595 on the dense SmolLM2: the remainders are what keep the grid exact.
 ACCURACY_LEVEL = 4
