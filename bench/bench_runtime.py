@@ -16,7 +16,9 @@ both tools target; one thread), each in a fresh process that imports no torch:
   saved as one file (key ``weights``: ``one file``, where every export keeps its weights in
   ``NAME.onnx_data``, ``external``: export/files.py); where the model has matrices on a finer grid than 4
   bits (Gemma-3's Q5_0 / Q6_K / Q8_0), the dense model's int4 with ``--int4-finer int4``
-  (those rounded to 4 bits, where the default keeps them in 8), key ``int4_finer``;
+  (those rounded to 4 bits, where the default keeps them in 8), key ``int4_finer``; the
+  dense model's int8 and int4 with ``--head-refine 64`` (the head ranks the vocabulary in 4
+  bits and computes its 64 best logits exactly), key ``head_refine``;
 - genai-builder: ``onnxruntime_genai.models.builder -p fp32/int8/int4 -e cpu`` of the same
   converted model (bench/genai_builder.sh), when its folder exists.
 
@@ -78,6 +80,11 @@ BLOCK_FILES = {"model_int8_head32.onnx": ("int8", 32, 32),
                "model_int8_block64.onnx": ("int8", 64, 64),
                "model_int8_head128.onnx": ("int8", 32, 128)}
 DEFAULT_BLOCKS = {"int8": (32, 64), "int4": (None, 64)}  # export's INT8_BLOCKS[0], HEAD_BLOCK
+# the dense model's int8 and int4 with the head's REFINE best logits exact after a 4-bit
+# ranking (export --head-refine; the default is int4.HEAD_REFINE): name -> precision
+REFINE = 64
+REFINE_FILES = {f"model_int8_refine{REFINE}.onnx": "int8",
+                f"model_int4_refine{REFINE}.onnx": "int4"}
 # the dense model's int4 with its finer grids rounded to 4 bits (export --int4-finer int4),
 # made only where the default int4 keeps some matrix in 8 bits (int4.FINER)
 FINER4_FILE = "model_int4_finer4.onnx"
@@ -271,13 +278,24 @@ def _blocks(name: str, precision: str) -> dict:
     return {"int8_block": int8_block, "head_block": head_block}
 
 
+def _refine(name: str, precision: str) -> int | None:
+    """How many logits an edge-c2i int8 / int4 file's head computes exactly after a 4-bit
+    ranking (0: an 8-bit head; None for fp32)."""
+    from edge_c2i.export.int4 import HEAD_REFINE
+
+    if precision == "fp32":
+        return None
+    return REFINE if name in REFINE_FILES else HEAD_REFINE
+
+
 def _finer(folder: Path, name: str) -> str | None:
     """What an edge-c2i int4 file did with matrices on a finer grid (int8, int4)."""
     if name == FINER4_FILE:
         return "int4"
     if name in (FILES["int4"], ONEFILE_FILE):  # the default int4, or it saved as one file
         return (_manifest(folder).get("int4") or {}).get("finer")
-    if name == PRODUCT_FILE or (name in BLOCK_FILES and BLOCK_FILES[name][0] == "int4"):
+    if name == PRODUCT_FILE or (name in BLOCK_FILES and BLOCK_FILES[name][0] == "int4") \
+            or REFINE_FILES.get(name) == "int4":
         from edge_c2i.export.int4 import FINER
 
         return FINER[0]  # written with export's default
@@ -288,7 +306,8 @@ def _remainder(folder: Path, name: str) -> str | None:
     """How an edge-c2i int4 file adds a 4-bit grid's remainders (folded, product)."""
     if name == PRODUCT_FILE:
         return "product"
-    if name == FINER4_FILE or (name in BLOCK_FILES and BLOCK_FILES[name][0] == "int4"):
+    if name == FINER4_FILE or (name in BLOCK_FILES and BLOCK_FILES[name][0] == "int4") \
+            or REFINE_FILES.get(name) == "int4":
         from edge_c2i.export.int4 import REMAINDERS
 
         return REMAINDERS[0]  # written with export's default
@@ -335,7 +354,8 @@ def edge_exports(model: str, work: Path, graph: str = "auto") -> dict[str, Path]
                 or not files.data_path(folder / FILES["int4"]).is_file()
                 or (kind == "fused" and KEEP_INPUT not in _manifest(folder)["input_names"])):
             print(f"exporting {model} {variant} ({graph} graph)", file=sys.stderr)
-            for name in (PRODUCT_FILE, FINER4_FILE, ONEFILE_FILE, *BLOCK_FILES):  # older
+            for name in (PRODUCT_FILE, FINER4_FILE, ONEFILE_FILE, *BLOCK_FILES,
+                         *REFINE_FILES):  # older
                 for old in (folder / name, files.data_path(folder / name)):
                     old.unlink(missing_ok=True)
             export_model(model if variant == "dense" else str(source), folder, int8=True,
@@ -356,6 +376,10 @@ def edge_exports(model: str, work: Path, graph: str = "auto") -> dict[str, Path]
                           head_block=head_block)
         else:
             quantize_int4(dense / "model.onnx", dense / name, head_block=head_block)
+    for name, precision in REFINE_FILES.items():
+        if not (dense / name).is_file():
+            quantize = quantize_int8 if precision == "int8" else quantize_int4
+            quantize(dense / "model.onnx", dense / name, head_refine=REFINE)
     if not (dense / ONEFILE_FILE).is_file():
         import onnx
 
@@ -430,6 +454,8 @@ def main() -> None:
         runs += [("edge-c2i", "dense", precision, folders["dense"], name)
                  for name, (precision, _, _) in BLOCK_FILES.items()
                  if (folders["dense"] / name).is_file()]
+        runs += [("edge-c2i", "dense", precision, folders["dense"], name)
+                 for name, precision in REFINE_FILES.items()]
         runs.append(("edge-c2i", "dense", "int4", folders["dense"], ONEFILE_FILE))
         builder = [("genai-builder", "dense", precision, args.builder / model / precision,
                     "model.onnx") for precision in FILES]
@@ -456,6 +482,7 @@ def main() -> None:
                    "int4_remainder": _remainder(folder, name) if tool == "edge-c2i" else None,
                    "int4_finer": _finer(folder, name) if tool == "edge-c2i" else None,
                    **(_blocks(name, precision) if tool == "edge-c2i" else {}),
+                   "head_refine": _refine(name, precision) if tool == "edge-c2i" else None,
                    "weights": _weights(folder, name),
                    "mb": round(file_mb(folder, name), 1), **run_child(job)}
             if precision == "fp32":
@@ -479,8 +506,8 @@ def main() -> None:
 def targets(rows: list[dict]) -> list[dict]:
     """Issue #16's targets, met or not, from the dense rows of one run (per model): the
     default files, then the int8 speed target again with --int8-block 64 and with
-    --head-block 128 and the int4 targets with --int4-finer int4 where that file was made
-    (``option``).  Speed is the
+    --head-block 128, the int4 targets with --int4-finer int4 where that file was made, and
+    the int8 and int4 targets with --head-refine REFINE (``option``).  Speed is the
     paired median (``paired_vs_builder``) where the row has one."""
     def ratio(key):
         return lambda ours, builder: ours[key] / builder[key]
@@ -500,7 +527,8 @@ def targets(rows: list[dict]) -> list[dict]:
             return None
         finer = r.get("int4_finer")
         return (r.get("int8_block"), r.get("head_block"), *((finer,) if finer == "int4" else ()),
-                *((r["weights"],) if r.get("weights") == "one file" else ()))
+                *((r["weights"],) if r.get("weights") == "one file" else ()),
+                *((("refine", r["head_refine"]),) if r.get("head_refine") else ()))
 
     dense = {(r["model"], r["tool"], r["precision"], blocks(r)): r for r in rows
              if r["variant"] == "dense" and r.get("int4_remainder") != "product"}
@@ -511,7 +539,10 @@ def targets(rows: list[dict]) -> list[dict]:
                                          (f"--int8-block {fast[1]}", {"int8": fast[1:]}),
                                          (f"--head-block {wide[2]}", {"int8": wide[1:]}),
                                          ("--int4-finer int4",
-                                          {"int4": (*DEFAULT_BLOCKS["int4"], "int4")})):
+                                          {"int4": (*DEFAULT_BLOCKS["int4"], "int4")}),
+                                         (f"--head-refine {REFINE}",
+                                          {p: (*DEFAULT_BLOCKS[p], ("refine", REFINE))
+                                           for p in REFINE_FILES.values()})):
             for name, precision, measured, op, bound in checks:
                 if precision not in precision_blocks:
                     continue
@@ -551,7 +582,7 @@ def _version(package: str) -> str:
 
 
 COLUMNS = ("model", "tool", "precision", "int4_remainder", "int4_finer", "int8_block",
-           "head_block", "weights", "variant", "graph", "mb", "prefill_ms", "ms_per_token",
+           "head_block", "head_refine", "weights", "variant", "graph", "mb", "prefill_ms", "ms_per_token",
            "peak_rss_mb", "top1_agreement", "logit_corr", "accuracy", "paired_vs_builder")
 
 

@@ -21,7 +21,7 @@ def register(subparsers, command=None) -> None:
     """Add the ``export`` and ``generate`` subcommands (``command(name, help)`` makes one)."""
     from edge_c2i.config import INT8_SCHEMES
 
-    from .int4 import FINER, HEAD_BLOCK, HEAD_BLOCKS, INT8_BLOCKS, REMAINDERS
+    from .int4 import FINER, HEAD_BLOCK, HEAD_BLOCKS, HEAD_REFINE, INT8_BLOCKS, REMAINDERS
 
     command = command or (lambda name, help: subparsers.add_parser(name, help=help))
 
@@ -53,6 +53,11 @@ def register(subparsers, command=None) -> None:
                    help=f"block size of the 8-bit table a tied LM head and the embedding "
                         f"share in --int8 and --int4 (default {HEAD_BLOCK}: faster than 32 for "
                         f"large vocabularies; 32 keeps a GGUF Q8_0 table exactly)")
+    e.add_argument("--head-refine", type=int, default=HEAD_REFINE, metavar="N",
+                   help=f"in --int8 and --int4, rank the vocabulary with a 4-bit product of "
+                        f"that table's high halves and compute the N best logits exactly "
+                        f"(same file size, less to read per token); 0 (default "
+                        f"{HEAD_REFINE}) keeps one 8-bit product")
     e.add_argument("--int8-scheme", choices=INT8_SCHEMES, default=INT8_SCHEMES[0],
                    help="blockwise: weight-only int8 (MatMulNBits); dynamic: quantize_dynamic")
     e.add_argument("--ort", action="store_true",
@@ -112,7 +117,8 @@ def export_command(args) -> int:
                      int4=args.int4, graph=args.graph,
                      int4_accuracy_level=args.int4_accuracy_level,
                      int4_remainder=args.int4_remainder, int8_block=args.int8_block,
-                     head_block=args.head_block, int4_finer=args.int4_finer)
+                     head_block=args.head_block, int4_finer=args.int4_finer,
+                     head_refine=args.head_refine)
     print(f"exported {args.source} -> {args.out} ({m['graph']['kind']} graph, "
           f"{m['graph']['nodes']} nodes, opset {m['opset']}, {m['num_layers']} layers, KV cache)")
     for name, size in m["files"].items():
@@ -126,6 +132,11 @@ def export_command(args) -> int:
               f"{q['matmuls_8bit']} on a finer grid kept in 8 bits"
               + (" (each as two 4-bit products)" if q.get("matmuls_8bit_as_two_4bit") else "")
               + f", {q['matmuls_fitted']} rounded to 4 bits")
+    refined = next((m[p]["head_refine"] for p in ("int8", "int4")
+                    if (m.get(p) or {}).get("head_refine")), 0)
+    if refined:
+        print(f"  LM head: ranked in 4 bits, its best {refined} logits exact (the others to 4 "
+              f"bits: parity's correlation reads them)")
     for name, fig in (m["parity"] or {}).items():
         if isinstance(fig, dict):
             print(f"  parity {name:<15} max|dlogit| {fig['max_abs_logit_diff']:.2e}  "

@@ -120,6 +120,12 @@ REMAINDERS = ("folded", "product")  # how a grid matrix's remainders are added (
 # SmolLM2 (all Q4_1) and models stored in 16 or 32 bits have no such matrix.
 FINER = ("int8", "int4")
 HEAD_ACCURACY_LEVEL = 4
+# A tied head's logits: 0 = one 8-bit product; R > 0 = a 4-bit product of the 8-bit codes'
+# high halves ranks the vocabulary and the R best get the 8-bit table's logits, exactly and
+# with fp32 activations (_refined_head_nodes).  Where the exact top-1 falls in the 4-bit
+# ranking (a one-off, every position of README text, 8-bit table in blocks of 64): in the
+# top 8 at 0.992 of 1,500 positions (SmolLM2) and 500 (Gemma-3), the top 32 at all of them.
+HEAD_REFINE = 0
 # a block is on the grid if it is rebuilt within GRID_RTOL of its step, or within float32
 # rounding of its values (a few ulps)
 GRID_RTOL = 1e-5
@@ -428,41 +434,124 @@ def _shared_head(graph, block: int = HEAD_BLOCK) -> tuple | None:
     return None if block is None else (head, gather, table, block)
 
 
-def _quantize_shared_head(graph, head, gather, table: str, block: int) -> None:
-    """LM head -> 8-bit MatMulNBits; the embedding Gather reads the same codes."""
-    from onnx import helper, numpy_helper
+def _quantize_shared_head(graph, head, gather, table: str, block: int, refine: int) -> None:
+    """LM head -> 8-bit MatMulNBits; the embedding Gather reads the same codes.  With
+    ``refine`` > 0 the codes are kept as their two 4-bit halves instead (the same bytes):
+    a 4-bit product of the high halves ranks the vocabulary, and the ``refine`` best get
+    their logits from both halves, in fp32 (``_refined_head_nodes``)."""
+    from onnx import numpy_helper
 
     inits = _initializers(graph)
     e = numpy_helper.to_array(inits[table])
-    vocab, h = e.shape
+    h = e.shape[1]
     codes, scale = _q8_table(e, block)
+    old_head_weight = head.input[1]
     # one copy of the codes: MatMulNBits reads them as N x K/block x block, and so does
-    # GatherBlockQuantized (quantize_axis 2), whose output is reshaped back to rows; only the
-    # scales (1/block of the table) are reshaped as a constant
+    # GatherBlockQuantized (quantize_axis 2), whose output is reshaped back to rows
+    rows_shape = numpy_helper.from_array(np.array([0, 0, h], np.int64), f"{table}_rows_shape")
+    if refine:
+        head_nodes, embed_nodes, tensors = _refined_head_nodes(head, gather, table, codes,
+                                                               scale, block, refine)
+    else:
+        head_nodes, embed_nodes, tensors = _q8_head_nodes(head, gather, table, codes, scale,
+                                                          block)
+    embed_nodes.append(_node("Reshape", [embed_nodes[-1].output[0], rows_shape.name],
+                             list(gather.output), f"{gather.name}_rows_Reshape"))
+    graph.initializer.extend([*tensors, rows_shape])
+    _replace(graph, head.name, head_nodes)
+    _replace(graph, gather.name, embed_nodes)
+    _drop_unused(graph, {table, old_head_weight})
+
+
+def _node(op: str, inputs: list[str], outputs: list[str], name: str, **attrs):
+    from onnx import helper
+
+    domain = "com.microsoft" if op in ("MatMulNBits", "GatherBlockQuantized") else ""
+    return helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs)
+
+
+def _q8_head_nodes(head, gather, table: str, codes, scale, block: int):
+    """The head as one 8-bit MatMulNBits; the embedding gathers its codes."""
+    from onnx import numpy_helper
+
+    vocab, h = codes.shape[0], codes.shape[1] * codes.shape[2]
     tensors = [numpy_helper.from_array(codes, f"{table}_Q8"),
                numpy_helper.from_array(scale, f"{table}_scales"),
                numpy_helper.from_array(np.array([vocab, h // block, 1], np.int64),
+                                       f"{table}_scales_shape")]
+    q8, scales, scales_shape = (t.name for t in tensors)
+    head_nodes = [_node("MatMulNBits", [head.input[0], q8, scales], list(head.output),
+                        f"{head.name}_MatMulNBits", K=h, N=vocab, bits=8, block_size=block,
+                        accuracy_level=HEAD_ACCURACY_LEVEL)]
+    # only the scales (1/block of the table) are reshaped for the gather, as a constant
+    embed_nodes = [
+        _node("Reshape", [scales, scales_shape], [f"{scales}_3d"], f"{table}_scales_Reshape"),
+        _node("GatherBlockQuantized", [q8, gather.input[1], f"{scales}_3d"],
+              [f"{gather.output[0]}_blocks"], f"{gather.name}_GatherBlockQuantized", bits=8,
+              block_size=block, gather_axis=0, quantize_axis=2)]
+    return head_nodes, embed_nodes, tensors
+
+
+def _refined_head_nodes(head, gather, table: str, codes, scale, block: int, refine: int):
+    """The head ranked in 4 bits, its ``refine`` best logits exact (``HEAD_REFINE``).
+
+    8-bit codes q (zero point 128) are ``16 (q_hi - 8) + q_lo``: their high halves (4-bit's
+    default zero point, 8) and low halves (zero point 0), with the table's steps.  One
+    MatMulNBits of 16 x (exact: a power of 2) over the high halves gives every logit to
+    within the low halves' part ("coarse" logits, from half the bytes an 8-bit head reads);
+    TopK picks the ``refine`` largest; GatherBlockQuantized gathers their rows from both
+    halves, which rebuild the 8-bit table's rows exactly; one MatMul with the fp32 hidden
+    state gives their logits, which ScatterElements writes over the coarse ones.  The
+    embedding gathers its rows the same way.
+    """
+    from onnx import numpy_helper
+
+    vocab, h = codes.shape[0], codes.shape[1] * codes.shape[2]
+    x, logits = head.input[0], head.output[0]
+    tag = head.name
+    tensors = [numpy_helper.from_array(_pack4(codes >> 4), f"{table}_Q4hi"),
+               numpy_helper.from_array(_pack4(codes & 15), f"{table}_Q4lo"),
+               numpy_helper.from_array(scale.reshape(-1), f"{table}_scales"),
+               numpy_helper.from_array(np.array([vocab, h // block, 1], np.int64),
                                        f"{table}_scales_shape"),
-               numpy_helper.from_array(np.array([0, 0, h], np.int64), f"{table}_rows_shape")]
-    old_head_weight = head.input[1]
-    q8, scales, scales_shape, rows_shape = (t.name for t in tensors)
-    nodes = [
-        helper.make_node("MatMulNBits", [head.input[0], q8, scales], list(head.output),
-                         name=f"{head.name}_MatMulNBits", domain="com.microsoft", K=h, N=vocab,
-                         bits=8, block_size=block, accuracy_level=HEAD_ACCURACY_LEVEL),
-        helper.make_node("Reshape", [scales, scales_shape], [f"{scales}_3d"],
-                         name=f"{table}_scales_Reshape"),
-        helper.make_node("GatherBlockQuantized", [q8, gather.input[1], f"{scales}_3d"],
-                         [f"{gather.output[0]}_blocks"],
-                         name=f"{gather.name}_GatherBlockQuantized", domain="com.microsoft",
-                         bits=8, block_size=block, gather_axis=0, quantize_axis=2),
-        helper.make_node("Reshape", [f"{gather.output[0]}_blocks", rows_shape],
-                         list(gather.output), name=f"{gather.name}_rows_Reshape"),
-    ]
-    graph.initializer.extend(tensors)
-    _replace(graph, head.name, nodes[:1])
-    _replace(graph, gather.name, nodes[1:])
-    _drop_unused(graph, {table, old_head_weight})
+               numpy_helper.from_array(np.zeros((vocab, h // block, 1), np.uint8),
+                                       f"{table}_lo_zero_points"),
+               numpy_helper.from_array(np.array(16.0, np.float32), f"{table}_16"),
+               numpy_helper.from_array(np.array([min(refine, vocab)], np.int64), f"{tag}_k"),
+               numpy_helper.from_array(np.array([0, 0, -1, h], np.int64), f"{tag}_rows_shape"),
+               numpy_helper.from_array(np.array([-1], np.int64), f"{tag}_last_axis")]
+    hi, lo, scales, scales_shape, lo_zero, sixteen, k, rows_shape, last = (
+        t.name for t in tensors)
+    scales_3d = f"{scales}_3d"
+
+    def rows(ids: str, out: str, name: str) -> list:
+        """Rows ``ids`` of the 8-bit table, from its two halves, as blocks."""
+        quantized = {"bits": 4, "block_size": block, "gather_axis": 0, "quantize_axis": 2}
+        return [_node("GatherBlockQuantized", [hi, ids, scales_3d], [f"{out}_hi"],
+                      f"{name}_hi", **quantized),
+                _node("GatherBlockQuantized", [lo, ids, scales_3d, lo_zero], [f"{out}_lo"],
+                      f"{name}_lo", **quantized),
+                _node("Mul", [f"{out}_hi", sixteen], [f"{out}_hi16"], f"{name}_Mul"),
+                _node("Add", [f"{out}_hi16", f"{out}_lo"], [out], f"{name}_Add")]
+
+    head_nodes = [
+        _node("Mul", [x, sixteen], [f"{tag}_x16"], f"{tag}_Mul"),
+        _node("MatMulNBits", [f"{tag}_x16", hi, scales], [f"{tag}_coarse"],
+              f"{tag}_MatMulNBits", K=h, N=vocab, bits=4, block_size=block,
+              accuracy_level=HEAD_ACCURACY_LEVEL),
+        _node("TopK", [f"{tag}_coarse", k], [f"{tag}_top", f"{tag}_ids"], f"{tag}_TopK",
+              axis=-1),
+        *rows(f"{tag}_ids", f"{tag}_blocks", f"{tag}_rows"),
+        _node("Reshape", [f"{tag}_blocks", rows_shape], [f"{tag}_rows"], f"{tag}_rows_Reshape"),
+        _node("Unsqueeze", [x, last], [f"{tag}_column"], f"{tag}_Unsqueeze"),
+        _node("MatMul", [f"{tag}_rows", f"{tag}_column"], [f"{tag}_exact"], f"{tag}_MatMul"),
+        _node("Squeeze", [f"{tag}_exact", last], [f"{tag}_refined"], f"{tag}_Squeeze"),
+        _node("ScatterElements", [f"{tag}_coarse", f"{tag}_ids", f"{tag}_refined"], [logits],
+              f"{tag}_ScatterElements", axis=-1)]
+    embed_nodes = [
+        _node("Reshape", [scales, scales_shape], [scales_3d], f"{table}_scales_Reshape"),
+        *rows(gather.input[1], f"{gather.output[0]}_blocks", f"{gather.name}_rows")]
+    return head_nodes, embed_nodes, tensors
 
 
 def _replace(graph, name: str, new: list) -> None:
@@ -480,33 +569,42 @@ def _drop_unused(graph, names: set[str]) -> None:
         graph.initializer.remove(t)
 
 
-def quantize_tied_head(graph, block: int = HEAD_BLOCK) -> int | None:
+def quantize_tied_head(graph, block: int = HEAD_BLOCK, refine: int = HEAD_REFINE
+                       ) -> int | None:
     """An 8-bit table shared by a tied LM head and the embedding, in blocks of ``block`` (or
-    the largest smaller power of 2 that divides the width); returns the block, None if the
+    the largest smaller power of 2 that divides the width), the head's ``refine`` best
+    logits exact from a 4-bit ranking (0: an 8-bit head); returns the block, None if the
     head is untied (or too narrow)."""
     shared = _shared_head(graph, block)
     if shared is not None:
-        _quantize_shared_head(graph, *shared)
+        _quantize_shared_head(graph, *shared, refine)
     return None if shared is None else shared[-1]
 
 
-def head_description(block: int | None) -> str:
+def head_description(block: int | None, refine: int = 0) -> str:
     """What a manifest says of the LM head and embedding after ``quantize_tied_head``."""
-    return f"shared 8-bit table, blocks of {block}" if block else "fp32 (not tied)"
+    if not block:
+        return "fp32 (not tied)"
+    if not refine:
+        return f"shared 8-bit table, blocks of {block}"
+    return (f"shared 8-bit table, blocks of {block}, as two 4-bit halves: the high halves "
+            f"rank the vocabulary, the best {refine} logits exact")
 
 
 def quantize_int4(src: Path, dst: Path,
                   accuracy_level: int = ACCURACY_LEVEL, remainder: str = REMAINDERS[0],
-                  head_block: int = HEAD_BLOCK, finer: str = FINER[0]) -> dict:
+                  head_block: int = HEAD_BLOCK, finer: str = FINER[0],
+                  head_refine: int = HEAD_REFINE) -> dict:
     """Write the 4-bit copy of ``src`` to ``dst``; returns what the manifest records of it.
     ``head_block``: the 8-bit blocks of a tied LM head and embedding (``HEAD_BLOCKS``);
+    ``head_refine``: how many of its logits are exact after a 4-bit ranking (``HEAD_REFINE``);
     ``finer``: what matrices on a finer grid than 4 bits become (``FINER``)."""
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(src)
     graph = model.graph
-    shared = quantize_tied_head(graph, head_block)
+    shared = quantize_tied_head(graph, head_block, head_refine)
     inits = _initializers(graph)
     nodes, means, on_grid, fitted, kept8, dropped = [], {}, 0, 0, 0, set()
     for node in graph.node:  # one pass, so the new nodes keep the graph's order
@@ -557,4 +655,5 @@ def quantize_int4(src: Path, dst: Path,
             "matmuls_exact_grid": on_grid, "matmuls_fitted": fitted, "matmuls_8bit": kept8,
             # the 8-bit ones as two 4-bit products each (_nibble_nodes), at level 1
             "matmuls_8bit_as_two_4bit": kept8 if accuracy_level == 1 else 0,
-            "lm_head_and_embedding": head_description(shared), "head_block": shared}
+            "lm_head_and_embedding": head_description(shared, head_refine),
+            "head_block": shared, "head_refine": head_refine if shared else None}

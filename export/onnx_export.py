@@ -47,6 +47,7 @@ from .int4 import (
     FINER,
     HEAD_BLOCK,
     HEAD_BLOCKS,
+    HEAD_REFINE,
     INT8_BLOCKS,
     REMAINDERS,
     quantize_int4,
@@ -70,13 +71,16 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
                  int8_scheme: str = "blockwise", int4: bool = False, graph: str = "auto",
                  int4_accuracy_level: int = ACCURACY_LEVEL,
                  int4_remainder: str = REMAINDERS[0], int8_block: int = INT8_BLOCKS[0],
-                 head_block: int = HEAD_BLOCK, int4_finer: str = FINER[0]) -> dict:
+                 head_block: int = HEAD_BLOCK, int4_finer: str = FINER[0],
+                 head_refine: int = HEAD_REFINE) -> dict:
     """Export ``source`` (packaged name, HF folder, .gguf or adapted folder) to ``out``.
 
     ``int8_block``: the block size of the int8 model's 8-bit matrices; ``head_block``: of the
     8-bit table a tied LM head and the embedding share in the int8 and int4 models (what
     each trades: export/int4.py, INT8_BLOCKS); ``int4_finer``: what the int4 model does with
-    matrices on a finer grid than 4 bits (export/int4.py, FINER).
+    matrices on a finer grid than 4 bits (export/int4.py, FINER); ``head_refine``: how many
+    of a tied head's logits are exact after a 4-bit ranking, 0 for an 8-bit head
+    (export/int4.py, HEAD_REFINE).
 
     Returns the manifest.  Raises EdgeC2IError if ``out`` exists without ``force`` (or is
     not an export folder edge-c2i wrote), if ``source`` is not a model, or if a parity
@@ -95,6 +99,9 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
                            f"{' or '.join(REMAINDERS)}")
     if int4_finer not in FINER:
         raise EdgeC2IError(f"unknown int4 finer {int4_finer!r}: use {' or '.join(FINER)}")
+    if not isinstance(head_refine, int) or head_refine < 0:
+        raise EdgeC2IError(f"--head-refine {head_refine}: use 0 (an 8-bit head) or a positive "
+                           f"count of exact logits")
     if graph not in GRAPHS:
         raise EdgeC2IError(f"unknown graph {graph!r}: use {', '.join(GRAPHS)}")
     for what, block, allowed in (("int8", int8_block, INT8_BLOCKS),
@@ -121,19 +128,21 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
         if int8:
             manifest["int8"] = quantize_int8(tmp / "model.onnx", tmp / "model_int8.onnx",
                                              int8_scheme, out_matmul_prefixes(model),
-                                             block_size=int8_block, head_block=head_block)
+                                             block_size=int8_block, head_block=head_block,
+                                             head_refine=head_refine)
             clock.lap("int8")
         if int4:
             manifest["int4"] = quantize_int4(tmp / "model.onnx", tmp / "model_int4.onnx",
                                              accuracy_level=int4_accuracy_level,
                                              remainder=int4_remainder, head_block=head_block,
-                                             finer=int4_finer)
+                                             finer=int4_finer, head_refine=head_refine)
             clock.lap("int4")
         if ort:
             manifest["ort"] = convert_to_ort(tmp)
             clock.lap("ort")
         manifest["genai"] = write_genai_config(tmp, manifest)
-        manifest["parity"] = check_parity(model, tokenizer, tmp) if check else None
+        manifest["parity"] = check_parity(model, tokenizer, tmp, head_refine > 0) if check \
+            else None
         clock.lap("parity")
         manifest["files"] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
         _write_manifest(tmp, manifest)
@@ -290,8 +299,10 @@ def _adapted_info(where) -> dict:
     return info
 
 
-def check_parity(model, tokenizer, folder: Path) -> dict:
-    """Figures of every model file in ``folder`` against PyTorch; EdgeC2IError out of tolerance."""
+def check_parity(model, tokenizer, folder: Path, refined: bool = False) -> dict:
+    """Figures of every model file in ``folder`` against PyTorch; EdgeC2IError out of
+    tolerance.  ``refined``: the int8 / int4 heads compute only their best logits exactly
+    (export --head-refine; parity.failure)."""
     import torch
 
     threads = torch.get_num_threads()
@@ -305,7 +316,7 @@ def check_parity(model, tokenizer, folder: Path) -> dict:
             refs = parity.references(model, lm)
         figures[name] = parity.compare(lm, refs)
         why = parity.failure(figures[name], precision=next(
-            (p for p in ("int8", "int4") if p in name), "fp32"))
+            (p for p in ("int8", "int4") if p in name), "fp32"), refined=refined)
         if why:
             raise EdgeC2IError(f"parity check failed for {name}: {why} (PyTorch vs ONNX Runtime "
                                f"on {len(refs)} prompts); nothing was written")

@@ -47,6 +47,11 @@ INT8_MIN_TOP1 = 0.85
 # figures themselves go to the manifest and the console.
 INT4_MIN_CORR = 0.9
 INT4_MIN_TOP1 = 0.25
+# A head that ranks the vocabulary in 4 bits and computes only its best logits exactly
+# (export --head-refine) gives the others to 4 bits: over the whole vocabulary its int8
+# correlates with fp32 about as its int4 does (0.93 on the dense SmolLM2, 0.98 on Gemma-3,
+# bench/results/runtime.json), while its top-1 agreement goes up; such files are held to
+# INT4_MIN_CORR, the bound that catches a broken graph.
 
 
 @dataclass
@@ -135,11 +140,13 @@ def compare(lm: OnnxLM, refs: list[Reference]) -> dict:
     }
 
 
-def failure(figures: dict, precision: str = "fp32") -> str | None:
-    """Why ``figures`` of a ``precision`` (fp32, int8, int4) model are out of tolerance, or None."""
+def failure(figures: dict, precision: str = "fp32", refined: bool = False) -> str | None:
+    """Why ``figures`` of a ``precision`` (fp32, int8, int4) model are out of tolerance, or
+    None; ``refined``: its head computes only its best logits exactly (INT4_MIN_CORR)."""
     if precision != "fp32":
         min_corr, min_top1 = {"int8": (INT8_MIN_CORR, INT8_MIN_TOP1),
                               "int4": (INT4_MIN_CORR, INT4_MIN_TOP1)}[precision]
+        min_corr = min(min_corr, INT4_MIN_CORR) if refined else min_corr
         if figures["logit_corr_mean"] < min_corr:
             return f"logit correlation {figures['logit_corr_mean']:.4f} < {min_corr}"
         if figures["top1_agreement"] < min_top1:

@@ -13,7 +13,7 @@ from edge_c2i.config import INT8_SCHEMES
 from edge_c2i.errors import EdgeC2IError
 
 from . import files
-from .int4 import HEAD_BLOCK, head_description, quantize_tied_head
+from .int4 import HEAD_BLOCK, HEAD_REFINE, head_description, quantize_tied_head
 
 BLOCK_SIZE = 32  # blockwise int8: one scale per 32 weights along the input dimension (default)
 
@@ -96,13 +96,14 @@ def out_matmul_prefixes(model) -> list[str]:
 
 def quantize_int8(src: Path, dst: Path, scheme: str = "blockwise",
                   exclude_prefixes: list[str] | None = None, block_size: int = BLOCK_SIZE,
-                  head_block: int = HEAD_BLOCK) -> dict:
+                  head_block: int = HEAD_BLOCK, head_refine: int = HEAD_REFINE) -> dict:
     """Write an 8-bit-weight copy of ``src``; returns how it was made.
 
     ``blockwise`` (default): weight-only int8 with one scale per ``block_size`` inputs
     (MatMulNBits, bits=8, accuracy level 4: int8 compute with per-block activation scales;
     int4.INT8_BLOCKS says what the block size trades); a tied LM head and the embedding
-    share one 8-bit table in blocks of ``head_block`` (int4.quantize_tied_head).
+    share one 8-bit table in blocks of ``head_block``, the head's ``head_refine`` best logits
+    exact after a 4-bit ranking (int4.quantize_tied_head).
     ``dynamic``: ``quantize_dynamic``, per-channel uint8 weights (int8 weights overflow the
     u8 x s8 kernels of CPUs without VNNI) and per-tensor dynamic activations; the MatMuls
     named by ``exclude_prefixes`` (the MLP output matrices) stay fp32 because their inputs
@@ -119,12 +120,13 @@ def quantize_int8(src: Path, dst: Path, scheme: str = "blockwise",
                                              is_symmetric=True, accuracy_level=4,
                                              op_types_to_quantize=("MatMul",))
             quantizer.process()
-            shared = quantize_tied_head(quantizer.model.model.graph, head_block)
+            shared = quantize_tied_head(quantizer.model.model.graph, head_block, head_refine)
             quantizer.model.topological_sort()
             files.save(quantizer.model.model, dst)
             return {"scheme": scheme, "op": "com.microsoft.MatMulNBits", "bits": 8,
                     "block_size": block_size, "accuracy_level": 4,
-                    "lm_head_and_embedding": head_description(shared), "head_block": shared}
+                    "lm_head_and_embedding": head_description(shared, head_refine),
+                    "head_block": shared, "head_refine": head_refine if shared else None}
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
