@@ -561,8 +561,13 @@ def write(rows: list[dict], args, seconds: float, controls: dict | None = None,
           paired_date: str | None = None) -> None:
     import onnxruntime
 
+    counts = [json.loads((args.work / model / "ids.json").read_text()) for model in
+              dict.fromkeys(r["model"] for r in rows)]
     data = {"task": args.task, "adapted_task": TASK, "rounds": args.rounds,
             "n_prompts": N_PROMPTS, "n_accuracy": N_ACCURACY,
+            # what the task held of them (a bundled task has fewer test prompts than 200)
+            "n_prompts_measured": min((len(c["prompts"]) for c in counts), default=None),
+            "n_accuracy_measured": min((len(c["accuracy"]) for c in counts), default=None),
             "prefill_tokens": PREFILL, "new_tokens": NEW_TOKENS, "threads": 1,
             "runtime": "onnxruntime-genai " + _version("onnxruntime-genai"),
             "onnxruntime": onnxruntime.__version__, "machine": {"cpus": os.cpu_count()},

@@ -366,9 +366,10 @@ def section_runtime(d: dict) -> str:
             "'all MB', at the end of the process, adds the harness's own arrays of the "
             "prompts' logits and the reference they are compared with, which the runs "
             "committed before d55d4d7 reported as the peak); "
-            f"top-1 agreement and logit correlation of the next-token logits on {d['n_prompts']} "
+            "top-1 agreement and logit correlation of the next-token logits on "
+            f"{d.get('n_prompts_measured', d['n_prompts'])} "
             f"{d['task']} prompts against the same tool's fp32 of the same variant; accuracy on "
-            f"{d['n_accuracy']} test examples. adapted = C2I's qa_wikidata pick (search.json). "
+            f"{d.get('n_accuracy_measured', d['n_accuracy'])} test examples. adapted = C2I's qa_wikidata pick (search.json). "
             "The 'vs builder' columns divide by the builder's file of the same model and "
             "precision. 'int4 remainder': how an edge-c2i int4 adds a 4-bit grid's remainders "
             "(folded, the default, or product: `export --int4-remainder product`, exact; the "
@@ -378,12 +379,16 @@ def section_runtime(d: dict) -> str:
             "'int8 block': the 8-bit blocks of an int8 file's "
             "matrices (32, the default, or `export --int8-block 64`); 'head block': of the "
             "table the tied LM head and the embedding share in int8 and int4 (64, the default, "
-            "or `export --head-block 32` or 128). 'weights': where an edge-c2i file keeps its "
+            "or `export --head-block 32` or 128). 'head refine': 0, the default, for a head "
+            "that is one 8-bit product; N for `export --head-refine N`, the head ranking the "
+            "vocabulary with the 4-bit high halves of the same table and computing its N best "
+            "logits exactly (the others stay 4-bit, which the logit correlation over the whole "
+            "vocabulary reads). 'weights': where an edge-c2i file keeps its "
             "weights, beside it in NAME.onnx_data (external, what export writes) or inside the "
             ".onnx (one file, how exports were written before; the dense int4 saved again). "
             "The targets use the defaults, and the int8 speed "
-            "target is read again with --int8-block 64, the int4 targets with --int4-finer "
-            "int4. 'paired vs builder': the speed targets' measure, our file and the builder's "
+            "target is read again with --int8-block 64 and --head-block 128, the int4 targets "
+            "with --int4-finer int4, the int8 and int4 targets with --head-refine 64. 'paired vs builder': the speed targets' measure, our file and the builder's "
             f"in one process, {d.get('paired_repeats', '?')} alternated decodes, the median "
             "per-pair ratio, measured twice with each file loaded first once (the geometric "
             "mean; loading first costs a few percent); separate processes of one file can "
@@ -395,7 +400,8 @@ def section_runtime(d: dict) -> str:
             + table(rows, [("model", "model"), ("tool", "tool"), ("precision", "precision"),
                            ("int4_remainder", "int4 remainder"), ("int4_finer", "int4 finer"),
                            ("int8_block", "int8 block"),
-                           ("head_block", "head block"), ("weights", "weights"),
+                           ("head_block", "head block"), ("head_refine", "head refine"),
+                           ("weights", "weights"),
                            ("variant", "variant"), ("graph", "graph"), ("mb", "MB"),
                            ("prefill_ms", "prefill ms"),
                            ("ms_per_token", "ms/token"), ("peak_rss_mb", "peak RSS MB"),

@@ -50,6 +50,10 @@ instead of 0.965, and no clear gain in ms/token.  Where the int4's decode goes (
 ONNX Runtime profile of one SmolLM2 step after 128 tokens, one thread, AVX512-VNNI/AMX): the
 8-bit head 5.4 ms against the builder's 4-bit head 3.4 ms; the other 120 products 10.8 ms
 against the builder's 150 in 10.9 ms; the block means' AveragePool + Concat about 1 ms.
+``head_refine`` N (export --head-refine, int8 and int4; ``_refined_head_nodes``) reads half
+of that table per token: the same bytes as two 4-bit halves, the high ones rank the
+vocabulary, and the N best logits come from both, exactly and with fp32 activations; the
+others stay 4-bit (what that trades: HEAD_REFINE, bench/results/runtime.json).
 """
 
 from __future__ import annotations
