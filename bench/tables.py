@@ -560,6 +560,20 @@ def section_contention(d: dict) -> str:
             + table(d["rows"], CONTENTION_COLUMNS))
 
 
+def section_head_refine(d: dict) -> str:
+    from bench_head_refine import COLUMNS as REFINE_COLUMNS
+
+    return ("### --head-refine: where a 4-bit ranking puts the best logits\n\n"
+            "`python bench/bench_head_refine.py` -> bench/results/head_refine.json: for the "
+            "dense packaged models, at every position of the first "
+            f"{d['chunks']} x {d['chunk_tokens']} tokens of this README (teacher forced), the "
+            "exact logits of the 8-bit head table and the ranking `export --head-refine N` "
+            "computes (the export's MatMulNBits over the table's high halves, int8 activations, "
+            "in ONNX Runtime); the share of positions where the exact best 1, 4 and 16 tokens "
+            "are all among the ranking's best N, which the head computes exactly. Greedy "
+            "decoding reads the best one.\n\n" + table(d["rows"], REFINE_COLUMNS))
+
+
 def section_generic(name: str, d: dict) -> str:
     rows = d.get("rows") or d.get("results") or []
     if not rows or not isinstance(rows, list) or not isinstance(rows[0], dict):
@@ -576,7 +590,7 @@ def main() -> None:
              "device_arm64": section_device_arm64, "device_x86": section_device_x86,
              "contention": section_contention, "runtime": section_runtime,
              "compress": section_compress, "load": section_load,
-             "int4_level": section_int4_level}
+             "int4_level": section_int4_level, "head_refine": section_head_refine}
     for name, render in known.items():
         d = load(name)
         if d:

@@ -127,10 +127,10 @@ HEAD_ACCURACY_LEVEL = 4
 # A tied head's logits: 0 = one 8-bit product; R > 0 = a 4-bit product of the 8-bit codes'
 # high halves ranks the vocabulary and the R best get the 8-bit table's logits, exactly and
 # with fp32 activations (_refined_head_nodes); the others keep the 4-bit ranking's values.
-# Where the exact best logits fall in the 4-bit ranking (one-offs on README text, table in
-# blocks of 64): the top-1 in its top 8 at 0.992 of 1,500 positions (SmolLM2) and 500
-# (Gemma-3), in its top 32 at all of them; SmolLM2's best 4 all in its top 64 at 0.999 of 800
-# positions, its best 16 at 0.89 (centring the low halves did not help: 0.86).  With R = 64
+# Where the exact best logits fall in the 4-bit ranking (bench/bench_head_refine.py, 1,536
+# positions of README text): the best one among its 32 at every position of both models,
+# the best 16 all among its 64 at 0.865 (SmolLM2) and 0.947 (Gemma-3), among 128 at 0.983 and
+# 1.000 (a one-off centring the low halves' codes did not help).  With R = 64
 # (bench/results/runtime.json, paired against the builder): Gemma-3's int8 0.775x where the
 # 8-bit head reads 0.953x, int4 1.123x (1.354x); SmolLM2's 0.962x and 1.091x (0.973x,
 # 1.135x); top-1 agreement with fp32 up on all four, the files 0.3-1% larger.  Not the

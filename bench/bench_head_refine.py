@@ -1,0 +1,118 @@
+"""Where a 4-bit ranking puts the best logits: what ``export --head-refine N`` computes exactly.
+
+    python bench/bench_head_refine.py   # writes bench/results/head_refine.json, prints a table
+
+``--head-refine N`` (export/int4.py, _refined_head_nodes) ranks the vocabulary with a 4-bit
+product of the high halves of the 8-bit table a tied LM head and the embedding share, and
+computes the N best logits of that ranking exactly; every other logit keeps the ranking's
+value.  So greedy decoding is exact wherever the exact best logit is among the ranking's N,
+and sampling sees exact values wherever its candidates are.  For the dense packaged
+SmolLM2-135M and Gemma-3-270M, at every position of the first CHUNKS x CHUNK tokens of this
+checkout's README (English prose and tables, no download; the sha256 of the text is kept:
+the README changes as the project does), teacher forced through the PyTorch model:
+
+- the exact logits: the final hidden states times the 8-bit table as export writes it
+  (int4._q8_table, blocks of HEAD_BLOCK), in float64;
+- the ranking: the same hidden states through the export's own ranking product, one
+  MatMulNBits over the table's high halves at the head's accuracy level (int8 activations),
+  in ONNX Runtime, one thread;
+- per N: the share of positions where the exact best 1, 4 and 16 tokens are all among the
+  ranking's best N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import table, write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("smollm2-135m", "gemma3-270m")
+CHUNKS, CHUNK = 6, 256
+REFINES = (16, 32, 64, 128)
+BEST = (1, 4, 16)
+COLUMNS = [("model", "model"), ("refine", "N (--head-refine)"), ("positions", "positions"),
+           *((f"best{b}_in", f"exact best {b} among the ranking's N") for b in BEST)]
+
+
+def ranking_session(codes: np.ndarray, scale: np.ndarray, block: int):
+    """ONNX Runtime session of the export's ranking product: MatMulNBits(16 x, high halves)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge_c2i.export.int4 import HEAD_ACCURACY_LEVEL, _pack4
+
+    vocab, h = codes.shape[0], codes.shape[1] * codes.shape[2]
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "sixteen"], ["x16"]),
+         helper.make_node("MatMulNBits", ["x16", "hi", "scales"], ["coarse"],
+                          domain="com.microsoft", K=h, N=vocab, bits=4, block_size=block,
+                          accuracy_level=HEAD_ACCURACY_LEVEL)],
+        "ranking", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, h])],
+        [helper.make_tensor_value_info("coarse", TensorProto.FLOAT, [1, None, vocab])],
+        [numpy_helper.from_array(np.array(16.0, np.float32), "sixteen"),
+         numpy_helper.from_array(_pack4(codes >> 4), "hi"),
+         numpy_helper.from_array(scale.reshape(-1), "scales")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options)
+
+
+def measure(name: str) -> tuple[list[dict], str]:
+    import torch
+
+    from edge_c2i.export.int4 import HEAD_BLOCK, _q8_table, table_block
+    from edge_c2i.models import load_model
+
+    torch.set_num_threads(1)
+    model, tok = load_model(name)
+    ids = tok((ROOT / "README.md").read_text(encoding="utf-8"))["input_ids"][:CHUNKS * CHUNK]
+    table_ = model.get_output_embeddings().weight.detach().numpy()
+    block = table_block(table_.shape[1], HEAD_BLOCK)
+    codes, scale = _q8_table(table_, block)
+    exact_table = ((codes.astype(np.float64) - 128) * scale[..., None]).reshape(table_.shape)
+    session = ranking_session(codes, scale, block)
+    hits = {(n, b): [] for n in REFINES for b in BEST}
+    for start in range(0, len(ids), CHUNK):
+        print(f"{name}: positions {start}-{start + CHUNK}", file=sys.stderr)
+        with torch.no_grad():
+            out = model(torch.tensor([ids[start:start + CHUNK]]), output_hidden_states=True)
+        hidden = out.hidden_states[-1][0].float().numpy()  # after the final norm
+        exact = hidden.astype(np.float64) @ exact_table.T
+        coarse = session.run(None, {"x": hidden[None]})[0][0]
+        best = np.argsort(-exact, axis=1)[:, :max(BEST)]
+        for n in REFINES:
+            ranked = np.argpartition(-coarse, n, axis=1)[:, :n]
+            for b in BEST:
+                hits[n, b] += [set(best[i, :b]) <= set(ranked[i]) for i in range(len(best))]
+    rows = [{"model": name, "refine": n, "positions": len(hits[n, 1]), "block": block,
+             **{f"best{b}_in": float(np.mean(hits[n, b])) for b in BEST}} for n in REFINES]
+    return rows, hashlib.sha256(tok.decode(ids).encode()).hexdigest()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    args = ap.parse_args()
+    rows, texts, t0 = [], {}, time.perf_counter()
+    for name in args.models:
+        found, texts[name] = measure(name)
+        rows += found
+        write_result("head_refine", {"text": "README.md", "chunks": CHUNKS,
+                                     "chunk_tokens": CHUNK, "text_sha256": texts,
+                                     "threads": 1, "seconds": round(time.perf_counter() - t0),
+                                     "rows": rows})
+    print(table(rows, COLUMNS))
+
+
+if __name__ == "__main__":
+    main()
