@@ -141,8 +141,8 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
             manifest["ort"] = convert_to_ort(tmp)
             clock.lap("ort")
         manifest["genai"] = write_genai_config(tmp, manifest)
-        manifest["parity"] = check_parity(model, tokenizer, tmp, head_refine > 0) if check \
-            else None
+        refined = any((manifest.get(p) or {}).get("head_refine") for p in ("int8", "int4"))
+        manifest["parity"] = check_parity(model, tokenizer, tmp, refined) if check else None
         clock.lap("parity")
         manifest["files"] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
         _write_manifest(tmp, manifest)
