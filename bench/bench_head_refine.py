@@ -17,7 +17,9 @@ the README changes as the project does), teacher forced through the PyTorch mode
   MatMulNBits over the table's high halves at the head's accuracy level (int8 activations),
   in ONNX Runtime, one thread;
 - per N: the share of positions where the exact best 1, 4 and 16 tokens are all among the
-  ranking's best N.
+  ranking's best N, and the perplexity of the text's next tokens under the refined logits
+  (the ranking's values, the exact ones at its best N) against the 8-bit head's (what
+  scoring given text reads: the refined head is for generation).
 """
 
 from __future__ import annotations
@@ -39,7 +41,15 @@ CHUNKS, CHUNK = 6, 256
 REFINES = (16, 32, 64, 128)
 BEST = (1, 4, 16)
 COLUMNS = [("model", "model"), ("refine", "N (--head-refine)"), ("positions", "positions"),
-           *((f"best{b}_in", f"exact best {b} among the ranking's N") for b in BEST)]
+           *((f"best{b}_in", f"exact best {b} among the ranking's N") for b in BEST),
+           ("ppl_8bit_head", "perplexity, 8-bit head"), ("ppl_refined", "perplexity, refined")]
+
+
+def _nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """-log softmax(logits)[target] per row (float64)."""
+    top = logits.max(1, keepdims=True)
+    norm = np.log(np.exp(logits - top).sum(1)) + top[:, 0]
+    return norm - logits[np.arange(len(targets)), targets]
 
 
 def ranking_session(codes: np.ndarray, scale: np.ndarray, block: int):
@@ -75,14 +85,15 @@ def measure(name: str) -> tuple[list[dict], str]:
 
     torch.set_num_threads(1)
     model, tok = load_model(name)
-    ids = tok((ROOT / "README.md").read_text(encoding="utf-8"))["input_ids"][:CHUNKS * CHUNK]
+    ids = tok((ROOT / "README.md").read_text(encoding="utf-8"))["input_ids"][:CHUNKS * CHUNK + 1]
     table_ = model.get_output_embeddings().weight.detach().numpy()
     block = table_block(table_.shape[1], HEAD_BLOCK)
     codes, scale = _q8_table(table_, block)
     exact_table = ((codes.astype(np.float64) - 128) * scale[..., None]).reshape(table_.shape)
     session = ranking_session(codes, scale, block)
     hits = {(n, b): [] for n in REFINES for b in BEST}
-    for start in range(0, len(ids), CHUNK):
+    nll = {n: [] for n in (0, *REFINES)}  # 0: the 8-bit head
+    for start in range(0, CHUNKS * CHUNK, CHUNK):
         print(f"{name}: positions {start}-{start + CHUNK}", file=sys.stderr)
         with torch.no_grad():
             out = model(torch.tensor([ids[start:start + CHUNK]]), output_hidden_states=True)
@@ -90,13 +101,21 @@ def measure(name: str) -> tuple[list[dict], str]:
         exact = hidden.astype(np.float64) @ exact_table.T
         coarse = session.run(None, {"x": hidden[None]})[0][0]
         best = np.argsort(-exact, axis=1)[:, :max(BEST)]
+        targets = np.array(ids[start + 1:start + CHUNK + 1])  # the next tokens of the text
+        scored = slice(0, len(targets))
+        nll[0].append(_nll(exact[scored], targets))
         for n in REFINES:
             ranked = np.argpartition(-coarse, n, axis=1)[:, :n]
             for b in BEST:
                 hits[n, b] += [set(best[i, :b]) <= set(ranked[i]) for i in range(len(best))]
+            refined = coarse.astype(np.float64)
+            np.put_along_axis(refined, ranked, np.take_along_axis(exact, ranked, 1), 1)
+            nll[n].append(_nll(refined[scored], targets))
+    ppl = {n: float(np.exp(np.concatenate(v).mean())) for n, v in nll.items()}
     rows = [{"model": name, "refine": n, "positions": len(hits[n, 1]), "block": block,
-             **{f"best{b}_in": float(np.mean(hits[n, b])) for b in BEST}} for n in REFINES]
-    return rows, hashlib.sha256(tok.decode(ids).encode()).hexdigest()
+             **{f"best{b}_in": float(np.mean(hits[n, b])) for b in BEST},
+             "ppl_8bit_head": ppl[0], "ppl_refined": ppl[n]} for n in REFINES]
+    return rows, hashlib.sha256(tok.decode(ids[:CHUNKS * CHUNK]).encode()).hexdigest()
 
 
 def main() -> None:

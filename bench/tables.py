@@ -570,8 +570,10 @@ def section_head_refine(d: dict) -> str:
             "exact logits of the 8-bit head table and the ranking `export --head-refine N` "
             "computes (the export's MatMulNBits over the table's high halves, int8 activations, "
             "in ONNX Runtime); the share of positions where the exact best 1, 4 and 16 tokens "
-            "are all among the ranking's best N, which the head computes exactly. Greedy "
-            "decoding reads the best one.\n\n" + table(d["rows"], REFINE_COLUMNS))
+            "are all among the ranking's best N, which the head computes exactly (greedy "
+            "decoding reads the best one), and the perplexity of the text's next tokens under "
+            "the refined logits against the 8-bit head's (the PyTorch body in fp32 either way: "
+            "the head's part alone).\n\n" + table(d["rows"], REFINE_COLUMNS))
 
 
 def section_generic(name: str, d: dict) -> str:
