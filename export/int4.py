@@ -476,6 +476,7 @@ def _quantize_shared_head(graph, head, gather, table: str, block: int, refine: i
 
 
 def _node(op: str, inputs: list[str], outputs: list[str], name: str, **attrs):
+    """One graph node, in ONNX Runtime's contrib domain where the operator is one of its."""
     from onnx import helper
 
     domain = "com.microsoft" if op in ("MatMulNBits", "GatherBlockQuantized") else ""
