@@ -13,13 +13,13 @@ the README changes as the project does), teacher forced through the PyTorch mode
 
 - the exact logits: the final hidden states times the 8-bit table as export writes it
   (int4._q8_table, blocks of HEAD_BLOCK), in float64;
-- the ranking: the same hidden states through the export's own ranking product, one
-  MatMulNBits over the table's high halves at the head's accuracy level (int8 activations),
-  in ONNX Runtime, one thread;
+- the refined head: the same hidden states through the head export writes with
+  ``--head-refine N`` (int4.quantize_tied_head on a graph of the tied head alone), in ONNX
+  Runtime, one thread: its logits and the ids of its ranking's best N;
 - per N: the share of positions where the exact best 1, 4 and 16 tokens are all among the
-  ranking's best N, and the perplexity of the text's next tokens under the refined logits
-  (the ranking's values, the exact ones at its best N) against the 8-bit head's (what
-  scoring given text reads: the refined head is for generation).
+  ranking's best N, and the perplexity of the text's next tokens under the refined head's
+  logits against the exact 8-bit table's (what scoring given text reads: the refined head
+  is for generation).
 """
 
 from __future__ import annotations
@@ -52,45 +52,50 @@ def _nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return norm - logits[np.arange(len(targets)), targets]
 
 
-def ranking_session(codes: np.ndarray, scale: np.ndarray, block: int):
-    """ONNX Runtime session of the export's ranking product: MatMulNBits(16 x, high halves)."""
+def head_session(table: np.ndarray, refine: int):
+    """ONNX Runtime session of the export's own tied head (int4.quantize_tied_head, blocks of
+    HEAD_BLOCK) with ``refine``: outputs the logits, the ranking's values and its best ids."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from edge_c2i.export.int4 import HEAD_ACCURACY_LEVEL, _pack4
+    from edge_c2i.export.int4 import HEAD_BLOCK, quantize_tied_head
 
-    vocab, h = codes.shape[0], codes.shape[1] * codes.shape[2]
+    vocab, h = table.shape
+    head = "/lm_head/FusedMatMul"  # as export/graph.py writes a tied head
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "sixteen"], ["x16"]),
-         helper.make_node("MatMulNBits", ["x16", "hi", "scales"], ["coarse"],
-                          domain="com.microsoft", K=h, N=vocab, bits=4, block_size=block,
-                          accuracy_level=HEAD_ACCURACY_LEVEL)],
-        "ranking", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, h])],
-        [helper.make_tensor_value_info("coarse", TensorProto.FLOAT, [1, None, vocab])],
-        [numpy_helper.from_array(np.array(16.0, np.float32), "sixteen"),
-         numpy_helper.from_array(_pack4(codes >> 4), "hi"),
-         numpy_helper.from_array(scale.reshape(-1), "scales")])
+        [helper.make_node("Gather", ["table", "ids"], ["embedded"], name="/embed/Gather"),
+         helper.make_node("FusedMatMul", ["x", "table"], ["logits"], name=head,
+                          domain="com.microsoft", alpha=1.0, transB=1)],
+        "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, h]),
+                 helper.make_tensor_value_info("ids", TensorProto.INT64, [1, None])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, None, vocab])],
+        [numpy_helper.from_array(table, "table")])
+    block = quantize_tied_head(graph, HEAD_BLOCK, refine)
+    graph.output.extend([
+        helper.make_tensor_value_info(f"{head}_coarse", TensorProto.FLOAT, [1, None, vocab]),
+        helper.make_tensor_value_info(f"{head}_ids", TensorProto.INT64, [1, None, refine])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.microsoft", 1)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options)
+    return ort.InferenceSession(model.SerializeToString(), options), block
 
 
 def measure(name: str) -> tuple[list[dict], str]:
     import torch
 
-    from edge_c2i.export.int4 import HEAD_BLOCK, _q8_table, table_block
+    from edge_c2i.export.int4 import _q8_table
     from edge_c2i.models import load_model
 
     torch.set_num_threads(1)
     model, tok = load_model(name)
     ids = tok((ROOT / "README.md").read_text(encoding="utf-8"))["input_ids"][:CHUNKS * CHUNK + 1]
     table_ = model.get_output_embeddings().weight.detach().numpy()
-    block = table_block(table_.shape[1], HEAD_BLOCK)
+    sessions = {}
+    for n in REFINES:
+        sessions[n], block = head_session(table_, n)
     codes, scale = _q8_table(table_, block)
     exact_table = ((codes.astype(np.float64) - 128) * scale[..., None]).reshape(table_.shape)
-    session = ranking_session(codes, scale, block)
     hits = {(n, b): [] for n in REFINES for b in BEST}
     nll = {n: [] for n in (0, *REFINES)}  # 0: the 8-bit head
     for start in range(0, CHUNKS * CHUNK, CHUNK):
@@ -99,18 +104,15 @@ def measure(name: str) -> tuple[list[dict], str]:
             out = model(torch.tensor([ids[start:start + CHUNK]]), output_hidden_states=True)
         hidden = out.hidden_states[-1][0].float().numpy()  # after the final norm
         exact = hidden.astype(np.float64) @ exact_table.T
-        coarse = session.run(None, {"x": hidden[None]})[0][0]
         best = np.argsort(-exact, axis=1)[:, :max(BEST)]
         targets = np.array(ids[start + 1:start + CHUNK + 1])  # the next tokens of the text
-        scored = slice(0, len(targets))
-        nll[0].append(_nll(exact[scored], targets))
-        for n in REFINES:
-            ranked = np.argpartition(-coarse, n, axis=1)[:, :n]
+        nll[0].append(_nll(exact, targets))
+        feed = {"x": hidden[None], "ids": np.zeros((1, len(hidden)), np.int64)}
+        for n, session in sessions.items():
+            refined, _, ranked = (a[0] for a in session.run(None, feed))
             for b in BEST:
                 hits[n, b] += [set(best[i, :b]) <= set(ranked[i]) for i in range(len(best))]
-            refined = coarse.astype(np.float64)
-            np.put_along_axis(refined, ranked, np.take_along_axis(exact, ranked, 1), 1)
-            nll[n].append(_nll(refined[scored], targets))
+            nll[n].append(_nll(refined.astype(np.float64), targets))
     ppl = {n: float(np.exp(np.concatenate(v).mean())) for n, v in nll.items()}
     rows = [{"model": name, "refine": n, "positions": len(hits[n, 1]), "block": block,
              **{f"best{b}_in": float(np.mean(hits[n, b])) for b in BEST},

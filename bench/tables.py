@@ -567,12 +567,11 @@ def section_head_refine(d: dict) -> str:
             "`python bench/bench_head_refine.py` -> bench/results/head_refine.json: for the "
             "dense packaged models, at every position of the first "
             f"{d['chunks']} x {d['chunk_tokens']} tokens of this README (teacher forced), the "
-            "exact logits of the 8-bit head table and the ranking `export --head-refine N` "
-            "computes (the export's MatMulNBits over the table's high halves, int8 activations, "
-            "in ONNX Runtime); the share of positions where the exact best 1, 4 and 16 tokens "
+            "exact logits of the 8-bit head table and the head `export --head-refine N` "
+            "writes, run in ONNX Runtime (its 4-bit ranking reads int8 activations); the share of positions where the exact best 1, 4 and 16 tokens "
             "are all among the ranking's best N, which the head computes exactly (greedy "
             "decoding reads the best one), and the perplexity of the text's next tokens under "
-            "the refined logits against the 8-bit head's (the PyTorch body in fp32 either way: "
+            "the refined head's logits against the 8-bit table's (the PyTorch body in fp32 either way: "
             "the head's part alone).\n\n" + table(d["rows"], REFINE_COLUMNS))
 
 

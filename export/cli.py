@@ -56,8 +56,8 @@ def register(subparsers, command=None) -> None:
     e.add_argument("--head-refine", type=int, default=HEAD_REFINE, metavar="N",
                    help=f"in --int8 and --int4, rank the vocabulary with a 4-bit product of "
                         f"that table's high halves and compute the N best logits exactly "
-                        f"(same file size, less to read per token); 0 (default "
-                        f"{HEAD_REFINE}) keeps one 8-bit product")
+                        f"(same file size, less to read per token; the other logits stay "
+                        f"4-bit); 0 keeps one 8-bit product (default {HEAD_REFINE})")
     e.add_argument("--int8-scheme", choices=INT8_SCHEMES, default=INT8_SCHEMES[0],
                    help="blockwise: weight-only int8 (MatMulNBits); dynamic: quantize_dynamic")
     e.add_argument("--ort", action="store_true",
