@@ -575,6 +575,22 @@ def section_head_refine(d: dict) -> str:
             "the head's part alone).\n\n" + table(d["rows"], REFINE_COLUMNS))
 
 
+def section_profile(d: dict) -> str:
+    from bench_profile import COLUMNS as PROFILE_COLUMNS
+
+    return ("### Where a decode step goes: edge-c2i against the builder, part by part\n\n"
+            "`python bench/bench_profile.py` -> bench/results/profile.json: the dense int8 / "
+            "int4 files of bench_runtime.py (and with `--head-refine 64`) and the builder's, "
+            f"in onnxruntime-genai with ONNX Runtime {d['onnxruntime']}'s profiler on, one "
+            f"thread; kernel ms of each of {d['new_tokens'] - 1} decode steps after a "
+            f"{d['prefill_tokens']}-token prefill, by part of the graph (the median step, then "
+            f"the median of {d['repeats']} processes, the files in turn); the MB of weights the "
+            "products and the head read per step, and the rate (GB/s) they are read at; "
+            "'vs builder': against the builder's file of the same model and precision. The "
+            "profiler makes a step slower than bench_runtime's ms/token: compare within this "
+            "table.\n\n" + table(d["rows"], PROFILE_COLUMNS))
+
+
 def section_generic(name: str, d: dict) -> str:
     rows = d.get("rows") or d.get("results") or []
     if not rows or not isinstance(rows, list) or not isinstance(rows[0], dict):
@@ -591,7 +607,8 @@ def main() -> None:
              "device_arm64": section_device_arm64, "device_x86": section_device_x86,
              "contention": section_contention, "runtime": section_runtime,
              "compress": section_compress, "load": section_load,
-             "int4_level": section_int4_level, "head_refine": section_head_refine}
+             "int4_level": section_int4_level, "head_refine": section_head_refine,
+             "profile": section_profile}
     for name, render in known.items():
         d = load(name)
         if d:

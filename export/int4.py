@@ -46,10 +46,11 @@ below: the head is most of a large vocabulary's decode); in blocks of 32 a Q8_0 
 packaged models) comes back exactly.  A
 trial with the table as fitted 4-bit codes (shared the same way, folded remainders) on the
 dense SmolLM2: 94 MB instead of 104, top-1 agreement on bench_runtime's 200 prompts 0.725
-instead of 0.965, and no clear gain in ms/token.  Where the int4's decode goes (a one-off
-ONNX Runtime profile of one SmolLM2 step after 128 tokens, one thread, AVX512-VNNI/AMX): the
-8-bit head 5.4 ms against the builder's 4-bit head 3.4 ms; the other 120 products 10.8 ms
-against the builder's 150 in 10.9 ms; the block means' AveragePool + Concat about 1 ms.
+instead of 0.965, and no clear gain in ms/token.  Where the int4's decode goes
+(bench/bench_profile.py -> profile.json, ONNX Runtime's profiler, one thread): on SmolLM2 the
+8-bit head 2.75 ms against the builder's 4-bit head 2.04; the other 120 products 9.75 ms
+(71.6 MB of weights, the zero points and remainder rows included) against the builder's 150
+in 9.0 ms (66.4 MB), read at the same 7.3 GB/s; the block means' AveragePool + Concat 0.95 ms.
 ``head_refine`` N (export --head-refine, int8 and int4; ``_refined_head_nodes``) reads half
 of that table per token: the same bytes as two 4-bit halves, the high ones rank the
 vocabulary, and the N best logits come from both, exactly and with fp32 activations; the
