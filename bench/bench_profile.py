@@ -19,8 +19,8 @@ the first step left out) is summed by part of the graph:
 the median over steps, then over ``--repeats`` processes (the files in turn each time).  The
 bytes of weights the products and the head read per step (their initializers; a refined
 head's ranking only, the rows it gathers being a few) give the rate they are read at.  The
-profiler's own cost makes a step 5-15% slower than bench_runtime's unprofiled ms/token:
-compare parts within this run, as ratios.
+profiler's own cost makes a step slower than bench_runtime's unprofiled ms/token (more so
+for SmolLM2's many small operators): compare parts within this run, as ratios.
 """
 
 from __future__ import annotations
