@@ -136,6 +136,21 @@ def context_length(config) -> int | None:
     return n if isinstance(n, int) and n > 0 else None
 
 
+def export_context(config) -> int | None:
+    """The positions an export computes as the model does: its context, except where the
+    rotary tables change with the length.  Phi-3's ``longrope`` (128k Phi-3, Phi-4-mini)
+    switches to its long factors once a sequence passes ``original_max_position_embeddings``;
+    an export traced on short sequences keeps the short ones, so its context ends there."""
+    n = context_length(config)
+    text = text_config(config)
+    scaling = _get(text, "rope_scaling") or {}
+    kind = scaling.get("rope_type") or scaling.get("type") if isinstance(scaling, dict) else None
+    short = _get(text, "original_max_position_embeddings")
+    if kind == "longrope" and isinstance(short, int) and short > 0 and (n is None or short < n):
+        return short
+    return n
+
+
 def _kv_heads(config, heads: int) -> int:
     """The key/value heads of the KV cache.  Falcon and GPT-BigCode say ``multi_query`` for
     one; Falcon's new layout broadcasts its ``num_kv_heads`` to every head before caching."""

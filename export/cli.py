@@ -121,6 +121,9 @@ def export_command(args) -> int:
                      head_refine=args.head_refine)
     print(f"exported {args.source} -> {args.out} ({m['graph']['kind']} graph, "
           f"{m['graph']['nodes']} nodes, opset {m['opset']}, {m['num_layers']} layers, KV cache)")
+    if m.get("context_cut_from"):
+        print(f"  context: {m['max_position_embeddings']} tokens, not {m['context_cut_from']}: "
+              "past it the model's rotary switches to its long factors, which the graph does not")
     for name, size in m["files"].items():
         data = m["files"].get(name + DATA_SUFFIX)  # an .onnx file's weights (export/files.py)
         if name.endswith((".onnx", ".ort")):
@@ -137,6 +140,11 @@ def export_command(args) -> int:
     if refined:
         print(f"  LM head: ranked in 4 bits, its best {refined} logits exact (the others to 4 "
               f"bits: parity's correlation reads them)")
+    elif args.head_refine and any(str((m.get(p) or {}).get("lm_head_and_embedding"))
+                                  .startswith("not tied") for p in ("int8", "int4")):
+        print(f"  LM head: --head-refine {args.head_refine} not applied: it refines a head that "
+              "shares the embedding's table, and this model's does not (quantized as the other "
+              "matrices)")
     for name, fig in (m["parity"] or {}).items():
         if isinstance(fig, dict):
             print(f"  parity {name:<15} max|dlogit| {fig['max_abs_logit_diff']:.2e}  "

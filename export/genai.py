@@ -61,7 +61,7 @@ def genai_config(config: dict, manifest: dict, filename: str) -> dict:
             "eos_token_id": eos,
             "pad_token_id": pad if isinstance(pad, int) else (eos or [0])[0],
             "vocab_size": manifest["vocab_size"],
-            "context_length": context_length(config) or 2048,
+            "context_length": manifest.get("max_position_embeddings") or context_length(config) or 2048,
             "decoder": {
                 "filename": filename,
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
@@ -86,7 +86,7 @@ def genai_config(config: dict, manifest: dict, filename: str) -> dict:
             "do_sample": False,
             "num_beams": 1,
             "num_return_sequences": 1,
-            "max_length": context_length(config) or 2048,
+            "max_length": manifest.get("max_position_embeddings") or context_length(config) or 2048,
             "min_length": 0,
             "past_present_share_buffer": shared,
             "repetition_penalty": 1.0,

@@ -49,6 +49,7 @@ PACKED = ("phi3",)
 POST_NORM = ("olmo2",)
 QK_NORM = ("qwen3",)  # Llama-style, with q_norm and k_norm over each head (Gemma-3 has them too)
 GEMMA3 = ("gemma3_text",)
+CONFIG_WINDOW = ("mistral",)  # a sliding window off the config, on every layer (as Phi-3)
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 STATIC_ROPE = ("default", "linear", "llama3", "yarn", "longrope_static")
 # The LM head runs on the last KEEP_INPUT positions (transformers' ``logits_to_keep``; 0: all
@@ -82,10 +83,19 @@ def unsupported(model) -> str | None:
             return f"GroupQueryAttention rotates part of a head only in multiples of 16, not {2 * half}"
     if getattr(config, "attn_logit_softcapping", None) and model_type not in GEMMA3:
         return "attention soft-capping outside Gemma"
-    if any(getattr(layer.self_attn, "sliding_window", None) for layer in decoder.layers) \
-            and model_type not in GEMMA3:
-        return "sliding-window attention outside Gemma-3"
+    if any(_window(config, layer.self_attn) for layer in decoder.layers) \
+            and model_type not in GEMMA3 + PACKED + CONFIG_WINDOW:
+        return "sliding-window attention outside Gemma-3, Phi-3 and Mistral"
     return None
+
+
+def _window(config, attn) -> int | None:
+    """A layer's sliding window (None: it sees the whole past).  Gemma-3, Qwen2/3 and SmolLM3
+    keep it on each layer's attention (None on full layers); Mistral and Phi-3 apply the
+    config's to every layer (their attention has no such attribute)."""
+    if hasattr(attn, "sliding_window"):
+        return attn.sliding_window if getattr(attn, "is_sliding", True) else None
+    return getattr(config, "sliding_window", None)
 
 
 def _rotaries(model) -> dict[str, object]:
@@ -363,9 +373,7 @@ def build(model, opset: int = OPSET):
         elif post_norm:  # over all heads at once
             q, _ = norm(q, attn.q_norm, f"{p}.self_attn.q_norm")
             k, _ = norm(k, attn.k_norm, f"{p}.self_attn.k_norm")
-        sliding = getattr(attn, "sliding_window", None) if getattr(attn, "is_sliding", True) else None
-        if packed:  # Phi-3 reads its window off the config, for every layer
-            sliding = getattr(config, "sliding_window", None)
+        sliding = _window(config, attn)
         cos, sin = tables["local" if sliding and "local" in tables else "global"]
         past = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
         present = [f"present.{i}.key", f"present.{i}.value"]
@@ -373,7 +381,9 @@ def build(model, opset: int = OPSET):
                    for n in past]
         outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, kv_shape("total_sequence_length"))
                     for n in present]
-        softcap = getattr(config, "attn_logit_softcapping", None) or 0.0
+        # Gemma-3's config may name an attn_logit_softcapping that transformers' Gemma-3
+        # attention does not apply (4.57); the graph does what the model does (none)
+        softcap = 0.0
         # the same count in both (tests/test_graph.py: w - 1 and w + 1 differ from transformers)
         window = int(sliding) if sliding else -1
         rope = bool(getattr(attn, "use_rope", True))  # SmolLM3's NoPE layers: no rotary
@@ -383,7 +393,7 @@ def build(model, opset: int = OPSET):
                  [_prefix(f"{p}.self_attn") + "attention_out", *present], domain="com.microsoft",
                  num_heads=heads, kv_num_heads=kv_heads, scale=float(attn.scaling),
                  do_rotary=int(rope),
-                 rotary_interleaved=0, local_window_size=window, softcap=float(softcap))
+                 rotary_interleaved=0, local_window_size=window, softcap=softcap)
         o = times(linear(b, a[0], attn.o_proj, f"{p}.self_attn.o_proj"), layer,
                   "residual_multiplier", f"{p}.self_attn")
         if gemma:
@@ -427,15 +437,17 @@ def build(model, opset: int = OPSET):
 
     head = model.lm_head
     tied = head.weight.data_ptr() == embed.weight.data_ptr() and _plain(head)
+    scaled = granite and float(getattr(config, "logits_scaling", 1.0)) != 1.0  # off the config
+    cap = getattr(config, "final_logit_softcapping", None)
     if tied:  # the embedding table, read transposed in place
-        logits = b.op("FusedMatMul", [h, table], "/lm_head/FusedMatMul", ["logits"],
+        logits = b.op("FusedMatMul", [h, table], "/lm_head/FusedMatMul",
+                      1 if scaled or cap else ["logits"],  # "logits" is written once
                       domain="com.microsoft", alpha=1.0, transB=1)[0]
     else:
         logits = linear(b, h, head, "lm_head")
-    if granite and float(getattr(config, "logits_scaling", 1.0)) != 1.0:  # read off the config
+    if scaled:
         c = b.const("logits_scaling", np.array(config.logits_scaling, np.float32))
         logits = b.one("Div", [logits, c], "/lm_head/logits_scaling/Div")
-    cap = getattr(config, "final_logit_softcapping", None)
     if cap:
         c = b.const("final_logit_softcapping", np.array(cap, np.float32))
         t = b.one("Tanh", [b.one("Div", [logits, c], "/lm_head/softcap/Div")], "/lm_head/softcap/Tanh")

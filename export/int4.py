@@ -432,17 +432,18 @@ def _shared_head(graph, block: int = HEAD_BLOCK) -> tuple | None:
     """(LM head node, embedding Gather node, table name, block) if the head reads the
     embedding table, whose width takes 8-bit blocks of ``block`` or a smaller power of 2.
 
-    The head is the node producing ``logits``, FusedMatMul(x, E, transB) as
-    postprocess.share_tied_weights writes a tied head.
+    The head is FusedMatMul(x, E, transB) on the table E a Gather reads, as
+    postprocess.share_tied_weights and the fused graph write a tied head; scaling or
+    soft-capping may follow it (Granite, Gemma-2).
     """
     inits = _initializers(graph)
-    head = next((n for n in graph.node if "logits" in n.output), None)
-    if head is None or head.op_type != "FusedMatMul" or head.input[1] not in inits:
+    gathers = {n.input[0]: n for n in graph.node
+               if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2}
+    head = next((n for n in graph.node if n.op_type == "FusedMatMul" and n.input[1] in gathers
+                 and any(a.name == "transB" and a.i == 1 for a in n.attribute)), None)
+    if head is None:
         return None
-    table = head.input[1]
-    gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] == table), None)
-    if gather is None or len(inits[table].dims) != 2:
-        return None
+    table, gather = head.input[1], gathers[head.input[1]]
     block = table_block(inits[table].dims[1], block)
     return None if block is None else (head, gather, table, block)
 
@@ -598,7 +599,7 @@ def quantize_tied_head(graph, block: int = HEAD_BLOCK, refine: int = HEAD_REFINE
 def head_description(block: int | None, refine: int = 0) -> str:
     """What a manifest says of the LM head and embedding after ``quantize_tied_head``."""
     if not block:
-        return "fp32 (not tied)"
+        return "not tied (or not found): the head quantized as the other matrices, the embedding fp32"
     if not refine:
         return f"shared 8-bit table, blocks of {block}"
     return (f"shared 8-bit table, blocks of {block}, as two 4-bit halves: the high halves "

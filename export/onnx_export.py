@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 
 from edge_c2i.adapted import is_adapted, read_manifest
-from edge_c2i.arch import arch
+from edge_c2i.arch import arch, context_length, export_context
 from edge_c2i.errors import EdgeC2IError
 from edge_c2i.gguf_tokenizer import fix_byte_level_bpe
 from edge_c2i.io import OutputDir
@@ -238,6 +238,14 @@ class _Clock:
         self.t = now
 
 
+def _context_cut(config) -> dict:
+    """Manifest keys for a context shorter than config.json's (e.g. longrope's original length);
+    the runtime and onnxruntime-genai's config read them before config.json. Nothing when the
+    export runs the model's whole context."""
+    full, cut = context_length(config), export_context(config)
+    return {} if cut == full else {"max_position_embeddings": cut, "context_cut_from": full}
+
+
 def describe(source: str, where, model, tokenizer, folder: Path, opset: int) -> dict:
     """The manifest: where the model came from and what a runtime needs to drive it."""
     from importlib.metadata import version
@@ -266,6 +274,7 @@ def describe(source: str, where, model, tokenizer, folder: Path, opset: int) -> 
         "add_bos_token": bool(add_bos),
         "clean_up_tokenization_spaces": bool(getattr(tokenizer, "clean_up_tokenization_spaces",
                                                      False)),
+        **_context_cut(model.config),
         "input_names": [i.name for i in graph.input],
         "output_names": [o.name for o in graph.output],
         "int8": None,
@@ -312,6 +321,12 @@ def check_parity(model, tokenizer, folder: Path, refined: bool = False) -> dict:
     for name in files:
         lm = OnnxLM(folder, threads, name)
         if refs is None:
+            need = max(len(lm.encode(p)) for p in parity.PROMPTS) + parity.NEW_TOKENS
+            if lm.context is not None and need > lm.context:
+                raise EdgeC2IError(f"the model's context is {lm.context} tokens, shorter than "
+                                   f"the parity check's longest prompt and its "
+                                   f"{parity.NEW_TOKENS} new tokens ({need}): export it with "
+                                   "--no-check; nothing was written")
             _check_tokenizer(lm, tokenizer)
             refs = parity.references(model, lm)
         figures[name] = parity.compare(lm, refs)

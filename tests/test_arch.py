@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY, tiny_model
 
-from edge_c2i.arch import arch, context_length, token_ids
+from edge_c2i.arch import arch, context_length, export_context, token_ids
 from edge_c2i.errors import EdgeC2IError
 
 SMALL = {"num_hidden_layers": 2, "hidden_size": 16, "num_attention_heads": 2}
@@ -37,6 +37,25 @@ def test_context_length_under_either_name():
     assert context_length({"max_position_embeddings": 8192}) == 8192
     assert context_length({"text_config": {"max_position_embeddings": 32768}}) == 32768
     assert context_length({}) is None and context_length({"n_positions": 0}) is None
+
+
+def test_an_export_of_longrope_ends_where_its_long_factors_would_begin():
+    """Phi-3's longrope changes its rotary past original_max_position_embeddings, which a
+    traced graph does not: the export's context ends there (config objects and config.json)."""
+    from transformers import LlamaConfig, Phi3Config
+
+    scaling = {"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [4.0] * 8}
+    phi = Phi3Config(hidden_size=64, num_attention_heads=4, max_position_embeddings=256,
+                     original_max_position_embeddings=64, rope_scaling=scaling, pad_token_id=0)
+    assert context_length(phi) == 256 and export_context(phi) == 64
+    assert export_context(phi.to_dict()) == 64
+    plain = Phi3Config(hidden_size=64, num_attention_heads=4, max_position_embeddings=256,
+                       original_max_position_embeddings=64, pad_token_id=0)
+    assert export_context(plain) == 256
+    yarn = LlamaConfig(max_position_embeddings=256, rope_scaling={
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64})
+    assert export_context(yarn) == 256  # yarn's tables do not change with the length
+    assert export_context({}) is None
 
 
 def test_generation_config_wins_for_eos_and_bos():

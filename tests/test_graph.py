@@ -30,6 +30,8 @@ def _tiny(kind: str, **extra):
         GraniteForCausalLM,
         LlamaConfig,
         LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
         Olmo2Config,
         Olmo2ForCausalLM,
         Phi3Config,
@@ -62,6 +64,8 @@ def _tiny(kind: str, **extra):
         model = GraniteForCausalLM(GraniteConfig(
             **common, embedding_multiplier=6.0, residual_multiplier=0.3, logits_scaling=4.0,
             attention_multiplier=0.06, **extra))
+    elif kind == "mistral":  # Llama's layout; a sliding window off the config, every layer
+        model = MistralForCausalLM(MistralConfig(**common, **extra))
     elif kind == "phi3":  # q/k/v in one matrix, gate/up in another
         model = Phi3ForCausalLM(Phi3Config(**common, pad_token_id=0, **extra))
     elif kind == "gemma3":
@@ -124,7 +128,12 @@ def _run(model, tmp_path) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("kind, extra", [("llama", {}), ("llama", {"tie_word_embeddings": False}),
                                          ("qwen2", {}), ("qwen3", {}),
                                          ("qwen3", {"attention_bias": True}), ("gemma3", {}),
-                                         ("granite", {}), ("smollm3", {}), ("olmo2", {}),
+                                         ("granite", {}),
+                                         ("granite", {"tie_word_embeddings": True}),
+                                         ("gemma3", {"final_logit_softcapping": 5.0}),
+                                         ("gemma3", {"attn_logit_softcapping": 3.0}),
+                                         ("mistral", {"sliding_window": 4}),
+                                         ("smollm3", {}), ("olmo2", {}),
                                          ("phi3", {}),
                                          ("phi3", {"sliding_window": 4}),
                                          ("phi3", {"partial_rotary_factor": 0.5,  # Phi-4-mini's
@@ -169,6 +178,18 @@ def test_phi3_sliding_window_matters(tmp_path):
     """Phi-3 reads its window off the config, for every layer: without it the logits move
     (and still match PyTorch)."""
     model = _tiny("phi3", sliding_window=4)
+    got, _ = _run(model, tmp_path)
+    model.config.sliding_window = None
+    wider, want = _run(model, tmp_path)
+    assert np.abs(wider - got).max() > 1e-2
+    np.testing.assert_allclose(wider, want, atol=1e-4, rtol=0)
+
+
+def test_mistral_sliding_window_matters(tmp_path):
+    """Mistral's attention has no window of its own: the config's applies to every layer
+    (without it the logits move, and still match PyTorch)."""
+    model = _tiny("mistral", sliding_window=4)
+    assert not hasattr(model.model.layers[0].self_attn, "sliding_window")
     got, _ = _run(model, tmp_path)
     model.config.sliding_window = None
     wider, want = _run(model, tmp_path)
@@ -375,3 +396,48 @@ def test_an_architecture_outside_the_table_adapts_and_exports(name, reduce, tmp_
     config = og.Config(str(tmp_path / "onnx"))
     config.overlay(json.dumps({"model": {"decoder": {"filename": "model.onnx"}}}))
     assert genai_greedy(og.Model(config), ids, 8) == lm.greedy(ids, 8)
+
+
+def _logits(path, model, ids: np.ndarray) -> np.ndarray:
+    """Every position's logits of the graph at ``path`` on ``ids`` (1, n), from an empty cache."""
+    cfg = model.config
+    kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = model.model.layers[0].self_attn.head_dim
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            fused.KEEP_INPUT: np.array([0], np.int64),
+            **{f"past_key_values.{i}.{k}": np.zeros((1, kv, 0, head_dim), np.float32)
+               for i in range(cfg.num_hidden_layers) for k in ("key", "value")}}
+    return session.run(["logits"], feed)[0][0]
+
+
+@pytest.mark.parametrize("kind, extra", [("granite", {"tie_word_embeddings": True}),
+                                         ("gemma3", {"final_logit_softcapping": 5.0})])
+def test_a_tied_head_before_scaling_shares_one_8_bit_table(kind, extra, tmp_path):
+    """int8 and int4 find a tied head by the table it reads, not by its writing ``logits``:
+    Granite scales the logits after the head, Gemma soft-caps them.  The head and the
+    embedding then share one 8-bit table (no fp32 copy of it is left)."""
+    import onnx
+
+    from edge_c2i.export.int4 import quantize_int4
+    from edge_c2i.export.postprocess import quantize_int8
+
+    model = _tiny(kind, **extra)
+    fused.write(model, tmp_path / "model.onnx")
+    ids = torch.randint(3, model.config.vocab_size, (1, PROMPT),
+                        generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model(ids).logits[0].numpy()
+    vocab = model.config.vocab_size
+    for quantize, name, corr in ((quantize_int8, "model_int8.onnx", 0.999),
+                                 (quantize_int4, "model_int4.onnx", 0.9)):
+        info = quantize(tmp_path / "model.onnx", tmp_path / name)
+        assert info["lm_head_and_embedding"].startswith("shared 8-bit table"), info
+        graph = onnx.load(tmp_path / name, load_external_data=False).graph
+        table = sorted([vocab, model.config.hidden_size])
+        assert not [t.name for t in graph.initializer
+                    if t.data_type == onnx.TensorProto.FLOAT and sorted(t.dims) == table]
+        got = _logits(tmp_path / name, model, ids.numpy())
+        assert np.mean([np.corrcoef(g, w)[0, 1] for g, w in zip(got, want)]) > corr

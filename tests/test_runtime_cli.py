@@ -142,6 +142,36 @@ def test_int8_that_was_not_exported_says_so(export_dir):
     assert_one_line_error(generate(export_dir, "--int8"), "model_int8.onnx", "--int8")
 
 
+def test_head_refine_on_an_untied_head_says_it_is_not_applied(export_dir, tmp_path):
+    """The tiny Llama's head is its own matrix: --head-refine (which refines a head sharing the
+    embedding's table) is not applied, and the console and the manifest say so."""
+    out = tmp_path / "refined"
+    run = cli("export", str(export_dir.parent / "model"), "--out", str(out), "--int8",
+              "--head-refine", "4")
+    assert run.returncode == 0, run.stderr
+    assert "--head-refine 4 not applied" in run.stdout
+    int8 = json.loads((out / MANIFEST).read_text())["int8"]
+    assert int8["head_refine"] is None
+    assert int8["lm_head_and_embedding"].startswith("not tied")
+
+
+def test_a_context_too_short_for_the_parity_check_says_so(tmp_path):
+    """A model whose context cannot hold parity's prompts: one line naming both lengths and
+    --no-check, not a parity failure; nothing written."""
+    import transformers
+
+    fast = byte_bpe_tokenizer(TEXT)
+    config = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+        num_hidden_layers=2, vocab_size=len(fast), max_position_embeddings=8, bos_token_id=0)
+    src = tmp_path / "short"
+    transformers.LlamaForCausalLM(config).save_pretrained(src)
+    fast.save_pretrained(src)
+    run = cli("export", str(src), "--out", str(tmp_path / "out"))
+    assert_one_line_error(run, "context is 8 tokens", "--no-check")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_folder_that_does_not_exist(tmp_path):
     assert_one_line_error(generate(tmp_path / "nowhere"), "no such folder")
 
