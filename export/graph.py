@@ -52,11 +52,12 @@ GEMMA3 = ("gemma3_text",)
 CONFIG_WINDOW = ("mistral",)  # a sliding window off the config, on every layer (as Phi-3)
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 STATIC_ROPE = ("default", "linear", "llama3", "yarn", "longrope_static")
-# The LM head runs on the last KEEP_INPUT positions (transformers' ``logits_to_keep``; 0: all
-# of them), 1 when the input is not fed: a prompt's logits are what sets a large vocabulary's
-# peak memory (Gemma-3: 1 MB per prompt token), and onnxruntime-genai reads only the last
-# position's (it allocates one row per sequence when the graph declares that length, which
-# it does).  export.runtime feeds 0 where it scores every position.
+# The LM head runs on each sequence's last KEEP_INPUT positions (transformers'
+# ``logits_to_keep``; 0: all of them), 1 when the input is not fed: a prompt's logits are what
+# sets a large vocabulary's peak memory (Gemma-3: 1 MB per prompt token), and
+# onnxruntime-genai reads one row per sequence (it allocates that when the graph declares that
+# length, which it does).  A batch is padded on the right (_last_positions).  export.runtime
+# feeds 0 where it scores every position.
 KEEP_INPUT = "logits_to_keep"
 
 
@@ -139,6 +140,48 @@ class _Builder:
 
     def one(self, op_type: str, inputs: list[str], name: str, **attrs) -> str:
         return self.op(op_type, inputs, name, 1, **attrs)[0]
+
+
+def _last_positions(b: _Builder, h: str, keep: str, mask_sum: str, total: str,
+                    hidden: int) -> str:
+    """Each sequence's last ``keep`` real positions of ``h`` (B x S x hidden; 0: all S).
+
+    A batch of prompts of different lengths is padded on the right, as onnxruntime-genai pads
+    it and as GroupQueryAttention reads it (a sequence's positions end at its mask's sum), so
+    a shorter prompt's last token is not the input's last column: with P = total - S cached
+    positions, sequence i's real tokens end at min(max(sum(mask_i) - P, 1), S).  A batch of
+    one, or of prompts of one length, gets the last columns, as a plain slice would."""
+    from onnx import TensorProto
+
+    c = lambda name, value: b.const(f"model.last.{name}", np.array(value, np.int64))
+    n = lambda op, ins, name, **kw: b.one(op, ins, f"/model/last/{name}", **kw)
+    scalar = lambda x, name: n("Squeeze", [x, c("axes0", [0])], f"Squeeze_{name}")
+    # every count below has shape [1], every per-sequence value shape [B]
+    shape = n("Shape", ["input_ids"], "Shape")
+    length = n("Gather", [shape, c("index1", [1])], "Gather_S", axis=0)  # S
+    batch = n("Gather", [shape, c("index0", [0])], "Gather_B", axis=0)
+    past = n("Sub", [total, length], "Sub_past")
+    end = n("Sub", [mask_sum, past], "Sub_end")
+    end = n("Min", [n("Max", [end, c("one", [1])], "Max_end"), length], "Min_end")
+    some = n("Cast", [n("Greater", [keep, c("zero", [0])], "Greater")], "Cast_some",
+             to=TensorProto.INT64)  # 1: the last keep positions; 0: all of them
+    count = n("Add", [keep, n("Mul", [n("Sub", [c("one", [1]), some], "Sub_all"), length],
+                              "Mul_all")], "Add_count")
+    count = n("Min", [count, length], "Min_count")  # keep > S: all S, as a slice
+    start = n("Add", [n("Sub", [length, count], "Sub_start"),
+                      n("Mul", [n("Sub", [end, length], "Sub_shift"), some], "Mul_shift")],
+              "Add_start")  # per sequence: its end - keep, or 0 for all
+    zero, one = scalar(c("zero", [0]), "zero"), scalar(c("one", [1]), "one")  # (b.const's
+    steps = n("Range", [zero, scalar(count, "count"), one], "Range")  # arrays are 1-d at least)
+    index = n("Add", [n("Unsqueeze", [start, c("axes1", [1])], "Unsqueeze_start"),
+                      n("Unsqueeze", [steps, c("axes0", [0])], "Unsqueeze_steps")], "Add_index")
+    index = n("Max", [index, c("zero", [[0]])], "Max_index")  # B x keep
+    rows = n("Range", [zero, scalar(n("Mul", [batch, length], "Mul_rows"), "rows"),
+                       scalar(length, "S")], "Range_rows")
+    index = n("Add", [index, n("Unsqueeze", [rows, c("axes1", [1])], "Unsqueeze_rows")],
+              "Add_rows")
+    flat = n("Reshape", [h, c("flat", [-1, hidden])], "Reshape")
+    return n("Gather", [flat, index], "Gather", axis=0)
 
 
 def _array(t) -> np.ndarray:
@@ -430,10 +473,7 @@ def build(model, opset: int = OPSET):
     # (an input that is also an initializer: its default)
     keep = b.const(KEEP_INPUT, np.array([1], np.int64))
     inputs.append(helper.make_tensor_value_info(keep, TensorProto.INT64, [1]))
-    h = b.one("Slice", [h, b.one("Neg", [keep], "/lm_head/keep/Neg"),
-                        b.const("lm_head.keep_end", np.array([2**62], np.int64)),
-                        b.const("lm_head.keep_axis", np.array([1], np.int64))],
-              "/lm_head/keep/Slice")
+    h = _last_positions(b, h, keep, mask_sum, total64, config.hidden_size)
 
     head = model.lm_head
     tied = head.weight.data_ptr() == embed.weight.data_ptr() and _plain(head)

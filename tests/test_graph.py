@@ -91,13 +91,18 @@ def _reduce(model, layer: int, kind: str, rate: float, clusters: int = 1):
     return reduce(model, get_target(model, layer, kind), rate, clusters=clusters)
 
 
-def _run(model, tmp_path) -> tuple[np.ndarray, np.ndarray]:
-    """(ONNX Runtime's logits, PyTorch's) over the prompt (2 chunks) and 4 decoded tokens."""
+def _session(model, tmp_path) -> ort.InferenceSession:
+    """The fused graph of ``model`` in ONNX Runtime, one thread."""
     path = tmp_path / "model.onnx"
     fused.write(model, path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run(model, tmp_path) -> tuple[np.ndarray, np.ndarray]:
+    """(ONNX Runtime's logits, PyTorch's) over the prompt (2 chunks) and 4 decoded tokens."""
+    session = _session(model, tmp_path)
     cfg = model.config
     kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     head_dim = model.model.layers[0].self_attn.head_dim
@@ -208,6 +213,40 @@ def test_gemma3_sliding_window_matters(tmp_path):
     wider, want = _run(model, tmp_path)
     assert np.abs(wider - got).max() > 1e-2
     np.testing.assert_allclose(wider, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_a_batch_padded_on_the_right_gives_each_sequence_its_own_logits(kind, tmp_path):
+    """Two prompts (12 and 7 tokens) in one batch, the shorter padded on the right as
+    onnxruntime-genai pads it, then 3 decoded tokens each: every step's logits (the default,
+    one position per sequence) are those of each sequence alone in PyTorch, the shorter
+    one's from its own last token, not from the pad in the input's last column."""
+    model = _tiny(kind)
+    session = _session(model, tmp_path)
+    cfg = model.config
+    head_dim = model.model.layers[0].self_attn.head_dim
+    rng = np.random.default_rng(2)
+    seqs = [list(rng.integers(3, cfg.vocab_size, n)) for n in (PROMPT, 7)]
+    new = [list(rng.integers(3, cfg.vocab_size, 3)) for _ in seqs]
+    ids = np.array([seqs[0], seqs[1] + [0] * (PROMPT - 7)], np.int64)
+    mask = np.array([[1] * PROMPT, [1] * 7 + [0] * (PROMPT - 7)], np.int64)
+    names = [o.name for o in session.get_outputs()]
+    past = {f"past_key_values.{i}.{k}": np.zeros((2, cfg.num_key_value_heads, 0, head_dim),
+                                                   np.float32)
+            for i in range(cfg.num_hidden_layers) for k in ("key", "value")}
+    for step in range(4):
+        logits, *present = session.run(None, {"input_ids": ids, "attention_mask": mask, **past})
+        assert logits.shape == (2, 1, cfg.vocab_size)
+        for row, seq in enumerate(seqs):
+            full = seq + new[row][:step]
+            with torch.no_grad():
+                want = model(torch.tensor([full])).logits[0, -1].numpy()
+            np.testing.assert_allclose(logits[row, 0], want, atol=1e-4, rtol=0,
+                                       err_msg=f"sequence {row}, step {step}")
+        past = {n.replace("present.", "past_key_values."): p for n, p in zip(names[1:], present)}
+        if step < 3:
+            ids = np.array([[new[0][step]], [new[1][step]]], np.int64)
+            mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
 
 
 def test_reduced_matrices_stay_factored_and_exact(tmp_path):
