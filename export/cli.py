@@ -214,7 +214,7 @@ def eval_onnx_command(args) -> int:
     Arguments and the export's files are checked before the task is read and the graph
     loaded; stdout carries only the result (one JSON object with --json).
     """
-    from edge_c2i.tasks import examples_for, load_task
+    from edge_c2i.tasks import examples_for, load_task, split_args_for
 
     from .runtime import OnnxLM, model_file, score_examples
 
@@ -228,7 +228,8 @@ def eval_onnx_command(args) -> int:
     name = model_file(args.onnx, precision(args))
     lm = OnnxLM(args.onnx, threads, name, load=False)
     task = load_task(args.task, getattr(args, "target_delimiter", None))
-    examples = examples_for(task, args.split, seed=args.seed)
+    examples = examples_for(task, args.split,
+                            **split_args_for(lm.spec, args.task, args.seed, args.split, args.onnx))
     if args.limit is not None:
         examples = examples[: args.limit]
     lm.load()

@@ -144,7 +144,8 @@ def export_model(source: str, out: str | Path | OutputDir, int8: bool = False, o
         refined = any((manifest.get(p) or {}).get("head_refine") for p in ("int8", "int4"))
         manifest["parity"] = check_parity(model, tokenizer, tmp, refined) if check else None
         clock.lap("parity")
-        manifest["files"] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+        manifest["files"] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())
+                             if f.is_file() and f.name != MANIFEST}  # (its own size: unknown yet)
         _write_manifest(tmp, manifest)
     return manifest
 
@@ -177,18 +178,27 @@ def export_graph(model, tokenizer, folder: Path, opset: int | None = None,
         model.config.save_pretrained(folder)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(folder)
-    write_tokenizer(tokenizer, folder)
+    # the fused graph reads a batch padded on the right (GroupQueryAttention's layout, as
+    # onnxruntime-genai pads it): a tokenizer loaded from the folder pads so
+    write_tokenizer(tokenizer, folder, None if built["kind"] == "optimum" else "right")
     return opset, built
 
 
-def write_tokenizer(tokenizer, folder: Path) -> None:
+def write_tokenizer(tokenizer, folder: Path, padding_side: str | None = None) -> None:
     """The tokenizer files of an export (an adapted model has no hub name to fetch them from).
 
     A byte-level BPE is written without byte fallback, as onnxruntime-genai's tokenizer reads
-    it (same ids in transformers).
+    it (same ids in transformers); ``padding_side``, where given, is the side the graph reads
+    a padded batch from.
     """
     fix_byte_level_bpe(tokenizer)
-    tokenizer.save_pretrained(folder)
+    side, kwargs = tokenizer.padding_side, dict(tokenizer.init_kwargs)
+    if padding_side:  # tokenizer_config.json is written from init_kwargs
+        tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = padding_side
+    try:
+        tokenizer.save_pretrained(folder)
+    finally:
+        tokenizer.padding_side, tokenizer.init_kwargs = side, kwargs
     _drop_null_chat_template(folder / "tokenizer_config.json")
     if not (folder / "tokenizer.json").is_file():
         raise EdgeC2IError("the model's tokenizer has no tokenizer.json (a fast tokenizer is needed)")
@@ -294,7 +304,8 @@ def _adapted_info(where) -> dict:
         return info
     manifest = read_manifest(where)
     info.update(adapted=True, base_model=manifest.get("base_model"), task=manifest.get("task"),
-                method=manifest.get("method"), reductions=manifest.get("reductions", []))
+                method=manifest.get("method"), reductions=manifest.get("reductions", []),
+                split=manifest.get("split"))  # what `eval --onnx` scores (tasks.split_args_for)
     if (where / REPORT).is_file():
         try:
             report = json.loads((where / REPORT).read_text())

@@ -207,9 +207,9 @@ class OnnxLM:
         if not self.path.is_file():
             files = self.spec.get("files")
             wrote = isinstance(files, dict) and model_file in files
-            hint = (" (it was exported without --int8): drop --int8 or export again with --int8"
-                    if "int8" in model_file and not wrote else
-                    ", though the export wrote it: export the model again")
+            flag = next((f"--{p}" for p in ("int8", "int4") if p in model_file), None)
+            hint = (f" (it was exported without {flag}): drop {flag} or export again with {flag}"
+                    if flag and not wrote else ", though the export wrote it: export the model again")
             raise EdgeC2IError(f"no {model_file} in {self.folder}{hint}")
         if not (self.folder / "tokenizer.json").is_file():
             raise EdgeC2IError(f"no tokenizer.json in {self.folder}; export the model again")

@@ -293,6 +293,8 @@ def test_every_onnx_file_keeps_its_weights_beside_it(exported):
         assert all(t.data_location == onnx.TensorProto.EXTERNAL
                    for t in onnx.load(graph, load_external_data=False).graph.initializer
                    if t.ByteSize() > 4096)
+    # every size the manifest lists is the file's (the manifest's own is not listed)
+    assert {n: (out / n).stat().st_size for n in manifest["files"]} == manifest["files"]
 
 
 def test_android_copy_script_joins_an_onnx_file_with_its_weights(exported, tmp_path):
@@ -510,6 +512,35 @@ def test_onnxruntime_genai_runs_every_model_file_with_our_greedy_tokens(exported
             ids = lm.prompt_ids(prompt)
             assert genai_greedy(model, ids, 8) == lm.greedy(ids, 8), (filename, prompt)
         del model
+
+
+def test_onnxruntime_genai_decodes_a_batch_of_prompts_as_each_alone(exported):
+    """A batch of prompts of different lengths: onnxruntime-genai pads the shorter ones on the
+    right, so each sequence's logits come from its own last token, not the input's last column
+    (a pad for the shorter ones), in the prefill and every step after it."""
+    out, _ = exported
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out).padding_side == "right"  # as the graph reads
+    prompts = ["The capital of France is", "def quicksort(arr):\n",
+               "1, 1, 2, 3, 5, 8, 13,", "Water boils at a temperature of one hundred"]
+    for filename in ("model.onnx", "model_int4.onnx"):
+        og, model = _genai_model(out, filename)
+        tokenizer = og.Tokenizer(model)
+        batch = tokenizer.encode_batch(prompts)
+        assert len({len(tokenizer.encode(p)) for p in prompts}) > 1  # padded, really
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=batch.shape()[1] + 8, batch_size=len(prompts))
+        generator = og.Generator(model, params)
+        generator.append_tokens(batch)
+        steps = []
+        while not generator.is_done():
+            generator.generate_next_token()
+            steps.append([int(t) for t in generator.get_next_tokens()])
+        for i, prompt in enumerate(prompts):
+            alone = genai_greedy(model, [int(t) for t in tokenizer.encode(prompt)], 8)
+            assert [step[i] for step in steps] == alone, (filename, prompt)
+        del generator, model
 
 
 def test_optimum_graph_stays_available_and_agrees(exported, tmp_path):

@@ -138,8 +138,10 @@ def test_eval_onnx_on_a_broken_export_is_a_one_line_error(export_dir, tmp_path, 
                               "--split", "all", "--threads", "1"), word)
 
 
-def test_int8_that_was_not_exported_says_so(export_dir):
-    assert_one_line_error(generate(export_dir, "--int8"), "model_int8.onnx", "--int8")
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_a_precision_that_was_not_exported_says_so(export_dir, precision):
+    run = generate(export_dir, f"--{precision}")
+    assert_one_line_error(run, f"model_{precision}.onnx", f"without --{precision}")
 
 
 def test_head_refine_on_an_untied_head_says_it_is_not_applied(export_dir, tmp_path):
@@ -229,7 +231,8 @@ def test_text_stream_matches_decoding_the_whole_sequence(export_dir):
 
 
 def test_text_stream_cleans_up_spaces_as_decoding_the_whole_sequence_does():
-    """SmolLM2 asks for clean_up_tokenization_spaces: " ." -> "." even when the space came in
+    """A tokenizer asking for clean_up_tokenization_spaces (GPT-2's does; edge-c2i's converted
+    SmolLM2 no longer does): " ." -> "." even when the space came in
     an earlier piece, which therefore waits; never a character lost or doubled."""
     vocab = [*" 'ntsmvre.?!,x", " '", "' ", " ' ", " n", "'t", "ve", "  "]
     rng = random.Random(0)
