@@ -88,6 +88,12 @@ def fix_byte_level_bpe(tokenizer):
     return tokenizer
 
 
+def is_byte_level(tokenizer) -> bool:
+    """Whether ``tokenizer`` decodes bytes (a ByteLevel decoder): decoding is lossless."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and isinstance(backend.decoder, decoders.ByteLevel)
+
+
 def _read_gguf(gguf_path: str | Path) -> dict:
     """The tokenizer metadata of a .gguf file (values of field f are f.parts[f.data[i]])."""
     from gguf import GGUFReader

@@ -21,13 +21,13 @@ from .adapted import MANIFEST as ADAPTED_MANIFEST
 from .arch import context_length
 from .config import DEFAULT_MODEL, PACKAGED
 from .errors import EdgeC2IError, note
-from .gguf_tokenizer import fix_byte_level_bpe, fix_spm_bpe_tokenizer
+from .gguf_tokenizer import fix_byte_level_bpe, fix_spm_bpe_tokenizer, is_byte_level
 from .io import OutputDir
 from .paths import home
 
 # Bumped when the conversion changes (2: GGUF add_bos_token honoured, Gemma BPE tokenizer),
 # so that caches written by an older version are converted again.
-CONVERTER_VERSION = 5  # 5: Gemma whitespace pieces matched on raw text (onnxruntime-genai)
+CONVERTER_VERSION = 6  # 6: the .gguf's special tokens; no space clean-up on byte-level BPE
 CONVERTED_MARK = "edge_c2i_converted.json"
 
 
@@ -80,6 +80,9 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
         tokenizer.add_bos_token = bool(add_bos)
     tokenizer = fix_spm_bpe_tokenizer(tokenizer, gguf)  # Gemma: BPE, not Unigram
     tokenizer = fix_byte_level_bpe(tokenizer)  # SmolLM2: readable by onnxruntime-genai
+    if is_byte_level(tokenizer):  # a lossless decode; transformers' GGUF converter asks for
+        tokenizer.clean_up_tokenization_spaces = False  # the clean-up: "x != ' '" -> "x!=''"
+    _special_tokens_of(tokenizer, gguf)
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -93,6 +96,18 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
         mark = {"converter": CONVERTER_VERSION, "source": str(gguf)}
         (tmp / CONVERTED_MARK).write_text(json.dumps(mark))
     return out_dir
+
+
+def _special_tokens_of(tokenizer, gguf: Path) -> None:
+    """The BOS, EOS and padding tokens the .gguf names, where transformers' converter names
+    others (it takes SmolLM2's EOS from the BOS id: <|im_start|>, where the model ends a turn
+    with <|im_end|>; config.json and generation_config.json keep the .gguf's ids)."""
+    for kind, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"),
+                      ("pad", "padding_token_id")):
+        index = _gguf_field(gguf, f"tokenizer.ggml.{key}")
+        if isinstance(index, int) and 0 <= index < len(tokenizer) \
+                and getattr(tokenizer, f"{kind}_token_id") != index:
+            setattr(tokenizer, f"{kind}_token", tokenizer.convert_ids_to_tokens(index))
 
 
 def _gguf_field(gguf: Path, key: str):

@@ -130,3 +130,39 @@ def test_model_prefers_fixed_tokenizer(gemma_tokenizers, model):
     answer = fixed.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     print(f"greedy answer: {answer!r}")
     assert "Paris" in answer
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_converted_tokenizers_name_the_gguf_special_tokens(name):
+    """transformers' GGUF converter takes SmolLM2's EOS from its BOS id (<|im_start|>, where
+    a turn ends with <|im_end|>): a chat generation stopped at the tokenizer's EOS ran on.
+    The converted folder's tokenizer names the ids its config.json (the .gguf's) does."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from edge_c2i.models import resolve
+
+    folder = resolve(name)
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    for kind in ("bos", "eos", "pad"):
+        assert getattr(tokenizer, f"{kind}_token_id") == config[f"{kind}_token_id"], kind
+
+
+CODE = ["if x != ' ' : pass", "ls -la . ; cd ..", "return ' ' * 4 + s", "f(a , b) ; g( )",
+        "don 't and can' t", "x = [1 , 2] ."]
+
+
+def test_converted_byte_level_bpe_decodes_text_as_it_was():
+    """A byte-level BPE decodes losslessly; the converter's clean-up of spaces turned
+    "x != ' '" into "x!=''" in every decoded answer and generated line (onnxruntime-genai,
+    reading the same tokenizer.json, printed the text as it was)."""
+    from transformers import AutoTokenizer
+
+    from edge_c2i.models import resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    assert tokenizer.clean_up_tokenization_spaces is False
+    for text in CODE:
+        assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == text
