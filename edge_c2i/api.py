@@ -90,7 +90,18 @@ def make_report(model_name, task_name, method, splits, found: SearchResult,
                                                          "control": control},
         params={"before": params_before, "after": params_after}, acceptance=gate,
         test_difference=difference, verdict=text, trials=found.trials,
-        rankings=found.rankings)
+        rankings=found.rankings, split_args=splits.args)
+
+
+def split_args_of(report: dict) -> dict | None:
+    """The arguments of tasks.split that made a report's samples (None: not recorded)."""
+    if report.get("split_args"):
+        return report["split_args"]
+    config = report.get("config") or {}  # compress: its CompressConfig
+    if all(k in config for k in ("seed", "n_calib", "n_eval", "n_test")):
+        return {**{k: config[k] for k in ("n_calib", "n_eval", "n_test", "seed")},
+                "protocol": "c2i"}
+    return None
 
 
 def base_fingerprint(name: str) -> str | None:
@@ -123,6 +134,7 @@ def save(model: nn.Module, tokenizer, out: str | Path | OutputDir,
                                "hold: save the model adapt reduced")
         reductions.append(replace(r, name=name))
     info = {"base_model": data["model"], "task": data["task"], "method": data["method"],
-            "base_sha256": base_fingerprint(data["model"])}  # the recipe's check (recipe.py)
+            "base_sha256": base_fingerprint(data["model"]),  # the recipe's check (recipe.py)
+            "split": split_args_of(data)}  # what `eval` on the folder scores (cli.cmd_eval)
     return save_adapted(model, tokenizer, out, reductions, info, force,
                         {"report.json": json.dumps(data, indent=2)})

@@ -189,7 +189,7 @@ def cmd_eval(args) -> int:
     from .tasks import examples_for
 
     task = _task(args)
-    examples = examples_for(task, args.split, args.seed)
+    examples = examples_for(task, args.split, **_split_args(args))
     if args.limit is not None:
         examples = examples[: args.limit]
     _threads(args.threads)
@@ -205,12 +205,36 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _split_args(args) -> dict:
+    """How ``eval`` splits the task: as the run that adapted (or compressed) the folder did,
+    on its task (tasks.split_args_for)."""
+    from .adapted import is_adapted, read_manifest
+    from .tasks import split_args_for
+
+    folder = Path(args.model).expanduser()
+    manifest = read_manifest(folder) if folder.is_dir() and is_adapted(folder) else {}
+    return split_args_for(manifest, args.task, args.seed, args.split, str(folder))
+
+
 SCAN_KEYS = ("matrices", "score", "n_grad_samples")  # what marks a scan result edge-c2i wrote
+
+
+def _not_adapted(args, command: str) -> None:
+    """scan, adapt, laser and compress start from a base model: an adapted folder's factors
+    have no dense weight to take the gradient or the SVD of, and its record would lose them."""
+    from .adapted import is_adapted, read_manifest
+
+    folder = Path(args.model).expanduser()
+    if folder.is_dir() and is_adapted(folder):
+        base = read_manifest(folder).get("base_model") or "its base model"
+        raise EdgeC2IError(f"{args.model} is an adapted folder; {command} starts from a base "
+                           f"model: run it on {base}")
 
 
 def cmd_scan(args) -> int:
     from .io import check_output, json_with_keys, write_output_file
 
+    _not_adapted(args, "scan")
     ours = json_with_keys(SCAN_KEYS)
     check_output(args.out, args.force, ours, "a scan result", is_dir=False)
     budget = _budget(args.max_memory)
@@ -261,6 +285,7 @@ def _summary(report: dict, out: Path) -> None:
 def cmd_adapt(args, method: str = "c2i") -> int:
     from .adapted import output
 
+    _not_adapted(args, "laser" if method == "laser" else "adapt")
     dest = output(args.out, args.force)  # refused now, not after the search
     budget = _budget(getattr(args, "max_memory", None))
     from .config import SearchConfig
@@ -296,6 +321,7 @@ def cmd_compress(args) -> int:
     """compress.py: whitened truncation of every matrix, priced by the calibration pass."""
     from .adapted import output
 
+    _not_adapted(args, "compress")
     dest = output(args.out, args.force)  # refused now, not after the work
     from .config import CompressConfig
 

@@ -6,6 +6,8 @@ torch-free ``generate`` / ``eval --onnx`` never import torch.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import EdgeC2IError
@@ -125,6 +127,19 @@ class Reduction(_Matrix):
     basis: str = "plain"
 
     def __post_init__(self):
+        # a recipe edited by hand: types first ("24", 24.0, true would fail deep inside)
+        whole = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
+        for key, ok, kind in (("layer", whole, "an integer"), ("clusters", whole, "an integer"),
+                              ("type", lambda v: isinstance(v, str), "a name such as \"down\""),
+                              ("rate", lambda v: isinstance(v, numbers.Real)
+                               and not isinstance(v, bool) and math.isfinite(v), "a number")):
+            if not ok(getattr(self, key)):
+                raise EdgeC2IError(f"a reduction's {key} must be {kind}, got "
+                                   f"{getattr(self, key)!r}")
+        for key in ("ranks", "group_sizes"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, list) and all(map(whole, value))):
+                raise EdgeC2IError(f"a reduction's {key} must be a list of integers, got {value!r}")
         if self.basis not in BASES:
             raise EdgeC2IError(f"unknown basis {self.basis!r}: use one of {', '.join(BASES)}")
         if not 0 < self.rate <= 1:
@@ -135,8 +150,8 @@ class Reduction(_Matrix):
         if self.clusters == 1:
             self.clustering = "none"
         elif self.clustering not in CLUSTERINGS:
-            raise EdgeC2IError(f"unknown clustering {self.clustering!r}: use one of "
-                               f"{', '.join(CLUSTERINGS)}")
+            raise EdgeC2IError(f"unknown clustering {self.clustering!r} for {self.clusters} "
+                               f"subspaces: use one of {', '.join(CLUSTERINGS)}")
 
 
 @dataclass
@@ -342,8 +357,8 @@ class CompressConfig:
         if self.keep_rule not in KEEP_RULES:
             raise EdgeC2IError(f"unknown keep rule {self.keep_rule!r}: use one of "
                                f"{', '.join(KEEP_RULES)}")
-        if self.loss_tolerance < 0:
-            raise EdgeC2IError(f"loss_tolerance must be >= 0, got {self.loss_tolerance}")
+        if not 0 <= self.loss_tolerance < float("inf"):  # NaN too: it would stop nothing
+            raise EdgeC2IError(f"loss_tolerance must be a number >= 0, got {self.loss_tolerance}")
         for name in ("n_calib", "n_eval", "n_test"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -391,6 +406,7 @@ class AdaptReport:
     trials: list[Trial]
     rankings: dict
     task_notes: dict = field(default_factory=dict)
+    split_args: dict = field(default_factory=dict)  # tasks.split's: eval scores the same test
     schema_version: int = REPORT_SCHEMA_VERSION
 
     @property
@@ -407,6 +423,7 @@ class AdaptReport:
             "schema_version": self.schema_version,
             "model": self.model, "task": self.task, "method": self.method,
             "score": self.score, "protocol": self.protocol, "splits": self.splits,
+            "split_args": self.split_args,
             "n_grad_samples": self.n_grad_samples, "n_eval_samples": self.n_eval_samples,
             "timings": self.timings, "evaluations": self.evaluations,
             "candidates": [c.to_dict() for c in self.candidates],

@@ -13,6 +13,11 @@ Every folder or file edge-c2i writes goes through ``OutputDir`` or ``write_outpu
 - The PID in the temporary name says who owns it: a later run on the same ``--out``
   deletes temporaries whose owner is dead (a killed run), and refuses to start while
   a live run is writing there.
+- A folder records the entries it was written with (``WROTE``): ``--force`` refuses a folder
+  that holds anything else (a user's notes, an app's assets), as it refuses a folder that
+  is not edge-c2i's.  The checks are made again just before the swap: an output that
+  appeared, or changed, while the run was working is not replaced; the result is kept
+  beside it.
 
 No heavy imports here: the torch-free ONNX path uses it too.
 """
@@ -34,6 +39,7 @@ from pathlib import Path
 from .errors import EdgeC2IError
 
 TMP_TAG = "edge-c2i"
+WROTE = ".edge_c2i_wrote.json"  # in each folder edge-c2i writes: the names of its entries
 
 
 def _tmp_pattern(name: str) -> re.Pattern:
@@ -120,9 +126,25 @@ def check_output(out: str | Path, force: bool, ours: Callable[[Path], bool], wha
             raise EdgeC2IError(f"{out} exists and is not {what} written by edge-c2i; --force only "
                                "replaces edge-c2i's own output: choose another --out or remove it "
                                "yourself")
+        foreign = not_written(out) if is_dir else []
+        if foreign:
+            raise EdgeC2IError(f"{out} holds {', '.join(foreign[:3])}"
+                               f"{' and more' if len(foreign) > 3 else ''}, which edge-c2i did not "
+                               "write there; --force would delete it: move it out, or choose "
+                               "another --out")
     _probe_writable(full.parent, out)
     clean_stale(full)
     return out
+
+
+def not_written(folder: Path) -> list[str]:
+    """The entries of ``folder`` that edge-c2i did not write there (by its WROTE record; a
+    folder written before the record was kept has none, and is judged by its manifest)."""
+    try:
+        wrote = set(json.loads((folder / WROTE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return []
+    return sorted(e.name for e in folder.iterdir() if e.name not in wrote | {WROTE})
 
 
 def has_manifest(*names: str) -> Callable[[Path], bool]:
@@ -189,7 +211,10 @@ class OutputDir:
 
     def __init__(self, out: str | Path, force: bool, ours: Callable[[Path], bool], what: str):
         self.out = check_output(out, force, ours, what)
+        self.force, self.ours, self.what = force, ours, what
+        self.existed = self.out.exists()
         self.tmp: Path | None = None
+        self.made: list[Path] = []  # parent folders claim() created, outermost first
 
     def _sibling(self) -> Path:
         full = self.out.resolve()
@@ -198,6 +223,10 @@ class OutputDir:
     def claim(self) -> Path:
         if self.tmp is None:
             self.tmp = self._sibling()
+            missing = self.tmp.parent
+            while not missing.exists():  # folders made for --out: removed again on failure
+                self.made.insert(0, missing)
+                missing = missing.parent
             try:
                 self.tmp.parent.mkdir(parents=True, exist_ok=True)
                 self.tmp.mkdir()
@@ -208,6 +237,23 @@ class OutputDir:
 
     def commit(self) -> Path:
         tmp = self.claim()
+        (tmp / WROTE).write_text(json.dumps(sorted(e.name for e in tmp.iterdir())))
+        for path in tmp.rglob("*"):  # safetensors and onnx write owner-only files: every
+            if path.is_file() and not path.is_symlink():  # file as readable as one Python
+                shutil.copymode(tmp / WROTE, path)  # writes (the user's umask)
+        try:  # again: the output may have appeared, or changed, while this run worked
+            if self.out.exists() and not self.existed and not self.force:
+                raise EdgeC2IError(f"{self.out} appeared while this run was writing it")
+            check_output(self.out, self.force, self.ours, self.what)
+        except EdgeC2IError as e:
+            kept = self.out.resolve().with_name(f"{self.out.name}.new-{secrets.token_hex(4)}")
+            try:
+                tmp.rename(kept)
+            except OSError:
+                kept = tmp
+            self.tmp = None
+            raise EdgeC2IError(f"{e}; it was left as it is, and this run's result is at "
+                               f"{kept}") from None
         aside = self._sibling()
         try:
             swap_in(tmp, self.out.resolve(), aside)
@@ -222,6 +268,10 @@ class OutputDir:
         if self.tmp is not None:
             _remove(self.tmp)
             self.tmp = None
+        for folder in reversed(self.made):  # innermost first; only if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self.made = []
 
     def __enter__(self) -> Path:
         return self.claim()

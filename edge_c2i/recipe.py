@@ -84,6 +84,8 @@ def apply_recipe(model: nn.Module, recipe: dict) -> list[Reduction]:
     done = apply_(model, wanted)
     for want, got in zip(wanted, done):
         if list(got.ranks) != list(want.ranks) or list(got.group_sizes) != list(want.group_sizes):
-            raise EdgeC2IError(f"layer {want.layer} {want.type}: the recipe has ranks {want.ranks}, "
-                               f"this model gives {got.ranks}: it is not the recipe's base model")
+            raise EdgeC2IError(f"layer {want.layer} {want.type}: the recipe has ranks {want.ranks} "
+                               f"over rows {want.group_sizes}, this model gives {got.ranks} over "
+                               f"{got.group_sizes}: it is not the recipe's base model (or the "
+                               "recipe was edited)")
     return done

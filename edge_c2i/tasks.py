@@ -93,6 +93,7 @@ class Splits:
     test: list[Example]
     protocol: str = "c2i"
     sizes: dict = field(default_factory=dict)
+    args: dict = field(default_factory=dict)  # split()'s arguments: the same splits again
 
 
 # --------------------------------------------------------------------------- BIG-bench
@@ -297,8 +298,11 @@ def _jsonl_example(obj: dict, delimiter: str, where: str) -> tuple[Example, bool
     return Example(prompt, gold, joined, source=where), joined != tuple(choices)
 
 
-def parse_jsonl(path: Path, target_delimiter: str = TARGET_DELIMITER) -> tuple[list[Example], int]:
-    """The examples of a JSONL file, and how many of them got the target delimiter.
+JSONL_KEYS = ("prompt", "answer", "choices")
+
+
+def parse_jsonl(path: Path, target_delimiter: str = TARGET_DELIMITER) -> tuple[list[Example], set]:
+    """The examples of a JSONL file, and those of them that got the target delimiter.
 
     A line ``{"target_delimiter": "..."}`` (that key alone) sets the delimiter of the
     lines after it, the file's own setting; the key on an example line sets that line's.
@@ -310,7 +314,7 @@ def parse_jsonl(path: Path, target_delimiter: str = TARGET_DELIMITER) -> tuple[l
         data = path.read_bytes()
     except OSError as e:
         raise EdgeC2IError(f"cannot read {path}: {e.strerror}") from None
-    examples, delimited = [], 0
+    examples, delimited, unknown = [], set(), {}
     for lineno, raw in enumerate(data.split(b"\n"), 1):
         where = f"{path}:{lineno}"
         line = _decode(raw, lineno, where)
@@ -330,8 +334,28 @@ def parse_jsonl(path: Path, target_delimiter: str = TARGET_DELIMITER) -> tuple[l
             continue
         example, added = _jsonl_example(obj, delimiter, where)
         examples.append(example)
-        delimited += added
+        if added:
+            delimited.add(example)
+        for key in obj.keys() - {*JSONL_KEYS, DELIMITER_KEY}:
+            unknown.setdefault(key, where)
+    _warn_misspelt(unknown)
     return examples, delimited
+
+
+def _warn_misspelt(unknown: dict[str, str]) -> None:
+    """Warn of a key that looks meant as one edge-c2i reads ("Choices", "options"): ignored,
+    it would turn a multiple-choice task into an open-answer one without a word.  Other
+    keys (an id, a source) are the file's own and pass quietly."""
+    import difflib
+
+    aliases = {"options": "choices", "targets": "choices", "target": "answer",
+               "input": "prompt", "question": "prompt"}
+    for key, where in unknown.items():
+        meant = (aliases.get(key.lower())
+                 or next(iter(difflib.get_close_matches(key.lower(), JSONL_KEYS, 1, 0.75)), None))
+        if meant:
+            warn(f"{where}: the key {key!r} is not read (edge-c2i reads {', '.join(JSONL_KEYS)}); "
+                 f"rename it to {meant!r} if that is what it holds")
 
 
 def drop_duplicates(examples: list[Example], name: str) -> tuple[list[Example], int]:
@@ -374,7 +398,7 @@ def load_task(spec: str, target_delimiter: str | None = None) -> Task:
     if target_delimiter is not None and not isinstance(target_delimiter, str):
         raise EdgeC2IError("the target delimiter must be a string, like ' ' or ''")
     kind, _, rest = spec.partition(":")
-    delimiter, delimited = None, 0
+    delimiter, delimited = None, set()
     if kind == "bigbench" and rest:
         if target_delimiter is not None:
             warn("the target delimiter applies to jsonl tasks; BIG-bench tasks keep their "
@@ -408,6 +432,7 @@ def load_task(spec: str, target_delimiter: str | None = None) -> Task:
     if kind == "bigbench":  # kept as published: LASER's and the recorded numbers use them
         return Task(spec, examples, duplicates_kept=len(examples) - len(set(examples)))
     examples, dropped = drop_duplicates(examples, spec)
+    delimited = sum(e in delimited for e in examples) if delimited else 0  # of those kept
     return Task(spec, examples, delimiter, delimited, dropped)
 
 
@@ -475,11 +500,30 @@ def split(
         test = random.Random(seed + 1).sample(test, n_test)
     return Splits(calib, evl, test, protocol,
                   {"calib": len(calib), "eval": len(evl), "test": len(test), "all": len(ex),
-                   **requested})
+                   **requested},
+                  {"n_calib": n_calib, "n_eval": n_eval, "n_test": n_test, "seed": seed,
+                   "protocol": protocol})
+
+
+def split_args_for(manifest: dict, task: str, seed: int, which: str, where: str) -> dict:
+    """``examples_for``'s arguments for a model that ``manifest`` (an adapted folder's or an
+    export's) says a run chose on ``task``: that run's splits, so that the test split holds
+    none of the examples it chose on.  Else (another task, a plain model) ``seed`` and the
+    default sizes; an explicit ``seed`` other than the run's wins, with a warning."""
+    recorded = manifest.get("split") if manifest.get("task") == task else None
+    if not isinstance(recorded, dict):
+        return {"seed": seed}
+    if seed not in (0, recorded.get("seed")):
+        warn(f"--seed {seed}: {where} was chosen with seed {recorded.get('seed')}, so this "
+             f"{which} split holds examples the run chose on; drop --seed to score the run's")
+        return {"seed": seed}
+    keys = ("seed", "n_calib", "n_eval", "n_test", "protocol")
+    return {k: recorded[k] for k in keys if k in recorded}
 
 
 def examples_for(task: Task, which: str = "test", seed: int = 0, n_calib: int = 100,
-                 n_eval: int = 100, n_test: int | None = 1000) -> list[Example]:
+                 n_eval: int = 100, n_test: int | None = 1000,
+                 protocol: str = "c2i") -> list[Example]:
     """The examples of one split (``test``, ``eval``, ``calib``) or ``all`` of the task.
 
     What ``eval`` scores.  ``all`` is every example, in file order.  A task too small to
@@ -494,5 +538,5 @@ def examples_for(task: Task, which: str = "test", seed: int = 0, n_calib: int = 
         warn(f"task {task.name} has {len(task.examples)} examples, too few to split; "
              f"evaluating all of them instead of the {which} split")
         return list(task.examples)
-    splits = split(task, n_calib, n_eval, n_test, seed)
+    splits = split(task, n_calib, n_eval, n_test, seed, protocol)
     return {"test": splits.test, "eval": splits.eval, "calib": splits.calib}[which]

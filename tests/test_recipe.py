@@ -62,3 +62,20 @@ def test_a_file_that_is_no_recipe_is_refused(tmp_path):
     (tmp_path / "y.json").write_text("{")
     with pytest.raises(EdgeC2IError, match="not JSON"):
         read_recipe(tmp_path / "y.json")
+
+
+@pytest.mark.parametrize("edit, word", [({"layer": 24.0}, "layer"), ({"layer": True}, "layer"),
+                                        ({"layer": "24"}, "layer"), ({"rate": "0.05"}, "rate"),
+                                        ({"clusters": 2.5}, "clusters"), ({"type": 3}, "type"),
+                                        ({"ranks": [1.5]}, "ranks")])
+def test_a_hand_edited_reduction_of_the_wrong_type_is_refused(tmp_path, edit, word):
+    """Values of the wrong type failed deep inside torch (TypeError, AttributeError)."""
+    from edge_c2i.config import Reduction
+
+    reduction = {"layer": 24, "type": "down", "rate": 0.05, "clusters": 1, "clustering": "none",
+                 "ranks": [28], "group_sizes": [576], **edit}
+    (tmp_path / "r.json").write_text(json.dumps({"base_model": "smollm2-135m",
+                                                 "reductions": [reduction]}))
+    [read] = read_recipe(tmp_path / "r.json")["reductions"]
+    with pytest.raises(EdgeC2IError, match=f"reduction's {word} must be"):
+        Reduction.from_dict(read)

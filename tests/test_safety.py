@@ -116,6 +116,8 @@ BAD_ARGS = {
     "unknown bundled task": (["eval", "--task", "bundled:no_such_task"], "no_such_task"),
     "--max-memory nonsense": (["scan", "--max-memory", "lots"], "lots"),
     "compress --size 0": (["compress", "--out", "o", "--size", "0"], "--size"),
+    "compress --loss-tolerance nan": (["compress", "--out", "o", "--loss-tolerance", "nan"],
+                                      "--loss-tolerance"),
     "compress --size 1.5": (["compress", "--out", "o", "--size", "1.5"], "--size"),
     "compress --size and --params": (["compress", "--out", "o", "--size", "0.8", "--params",
                                       "1000"], "--size"),
@@ -255,6 +257,60 @@ time.sleep(600)
     assert list(tmp_path.iterdir()) == []  # cleaned by the next run
 
 
+def _write(out: Path, force: bool, version: int) -> None:
+    with OutputDir(out, force, has_manifest("m.json"), "a test folder") as tmp:
+        (tmp / "part").write_text(str(version))
+        (tmp / "m.json").write_text(json.dumps({"version": version}))
+
+
+def test_force_refuses_a_folder_holding_files_edge_c2i_did_not_write(tmp_path):
+    """A user's notes (or an app's assets) put inside an edge-c2i folder are not deleted by
+    --force: the folder records what it was written with."""
+    out = tmp_path / "out"
+    _write(out, False, 1)
+    _write(out, True, 2)  # edge-c2i's own folder: replaced
+    assert json.loads((out / "m.json").read_text())["version"] == 2
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(EdgeC2IError, match="notes.txt, which edge-c2i did not write"):
+        _write(out, True, 3)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "m.json").read_text())["version"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_every_file_of_a_folder_is_as_readable_as_python_writes_it(tmp_path):
+    """safetensors and onnx create owner-only files; an output folder's files all get the
+    mode of a file Python writes (the user's umask), as an app's packaging expects."""
+    out = tmp_path / "out"
+    with OutputDir(out, False, has_manifest("m.json"), "a test folder") as tmp:
+        (tmp / "m.json").write_text("{}")
+        (tmp / "sub").mkdir()
+        for path in (tmp / "weights", tmp / "sub" / "weights"):
+            path.write_bytes(b"0")
+            path.chmod(0o600)
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    modes = {p.stat().st_mode for p in out.rglob("*") if p.is_file()}
+    assert modes == {plain.stat().st_mode}
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_an_output_that_appears_while_writing_is_kept(tmp_path, force):
+    """A folder made at --out while the run works (by the user, or changed by them under
+    --force) is not replaced at the end: the run refuses and keeps its result beside it."""
+    out = tmp_path / "out"
+    if force:
+        _write(out, False, 1)
+    dest = OutputDir(out, force, has_manifest("m.json"), "a test folder")
+    with pytest.raises(EdgeC2IError, match="left as it is.*result is at"), dest as tmp:
+        (tmp / "m.json").write_text(json.dumps({"version": 2}))
+        out.mkdir(exist_ok=True)
+        (out / "important.txt").write_text("user data")
+    assert (out / "important.txt").read_text() == "user data"
+    [kept] = tmp_path.glob("out.new-*")
+    assert json.loads((kept / "m.json").read_text())["version"] == 2
+
+
 def _kill_when(proc: subprocess.Popen, parent: Path, name: str, file: str) -> None:
     """SIGKILL ``proc`` as soon as its temporary folder for ``name`` holds ``file``."""
     deadline = time.monotonic() + 600
@@ -348,3 +404,50 @@ def test_eval_json_on_a_natural_jsonl_file(tmp_path):
     out = json.loads(res.stdout)
     assert out["delimited"] == len(CAPITALS) == 30
     assert out["accuracy"] >= 0.5  # 0.00 when the answer was glued to the prompt
+
+
+def test_eval_on_an_adapted_folder_scores_the_run_s_own_test_split(scratch):
+    """adapt with a seed and sample sizes of its own: `eval` on the folder (and on its export)
+    scores the test split the report scored, not a default split that holds the examples the
+    search chose on."""
+    small = [a for a in SMALL if a != "--quiet"]
+    res = run(["adapt", *small, "--seed", "3", "--out", "ad"], scratch)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((scratch / "ad" / "report.json").read_text())
+    assert report["split_args"]["seed"] == 3
+    res = run(["eval", "--model", "ad", "--task", "bundled:continents-open", "--json",
+               "--threads", "1"], scratch)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert (got["n"], got["accuracy"]) == (report["adapted"]["n"], report["adapted"]["accuracy"])
+    assert abs(got["loss"] - report["adapted"]["loss"]) < 1e-4
+    res = run(["eval", "--model", "ad", "--task", "bundled:continents-open", "--json",
+               "--threads", "1", "--seed", "5"], scratch)  # asked for: another split, said so
+    assert res.returncode == 0 and "holds examples the run chose on" in res.stderr
+    assert json.loads(res.stdout)["n"] != report["adapted"]["n"]
+
+
+@pytest.mark.parametrize("command", ["scan", "adapt", "laser", "compress"])
+def test_commands_that_start_from_a_base_model_refuse_an_adapted_folder(scratch, command):
+    """An adapted folder's factors have no dense weight to scan or search (a traceback
+    before), and laser's record of it would lose them: one line that names the base."""
+    folder = scratch / "ad"
+    folder.mkdir()
+    (folder / "edge_c2i.json").write_text(json.dumps(
+        {"format": 2, "reductions": [], "base_model": "smollm2-135m"}))
+    before = checksums(scratch)
+    out = ["--out", "o"] if command != "scan" else ["--out", "o.json"]
+    assert_refused(run([command, "--model", "ad", *out], scratch), "run it on smollm2-135m")
+    assert checksums(scratch) == before
+
+
+def test_a_failed_run_removes_the_folders_it_made_for_out(tmp_path):
+    """--out a/b/out: a run that fails (or is interrupted) leaves no empty a/b behind, and
+    never removes a folder that was there before or that holds something."""
+    (tmp_path / "kept").mkdir()
+    dest = OutputDir(tmp_path / "kept" / "a" / "b" / "out", False, has_manifest("m.json"), "x")
+    with pytest.raises(RuntimeError), dest as tmp:
+        (tmp / "m.json").write_text("{}")
+        raise RuntimeError("the run failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    assert list((tmp_path / "kept").iterdir()) == []

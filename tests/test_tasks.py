@@ -370,3 +370,19 @@ def test_the_demo_runs_on_a_bundled_task_where_bigbench_cannot_be_had(tmp_path, 
     assert f"the demo runs on {DEMO_FALLBACK_TASK} instead" in err
     with pytest.raises(T.BigBenchUnavailable):  # a task asked for is never swapped
         demo_task("bigbench:qa_wikidata", None)
+
+
+def test_a_jsonl_key_that_looks_meant_as_choices_is_warned_of(tmp_path, capsys):
+    """A misspelt "choices" turned a multiple-choice task into an open-answer one silently;
+    a key of the file's own (an id) passes quietly; `delimited` counts the examples kept."""
+    from edge_c2i.tasks import load_task
+
+    path = tmp_path / "t.jsonl"
+    lines = [{"prompt": "Is 2 even?", "answer": "yes", "Choices": ["yes", "no"]},
+             {"prompt": "Is 3 even?", "answer": "no", "id": 4},
+             {"prompt": "Is 3 even?", "answer": "no", "id": 4}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    task = load_task(f"jsonl:{path}")
+    err = capsys.readouterr().err
+    assert "'Choices' is not read" in err and "'id'" not in err
+    assert len(task.examples) == 2 and task.duplicates_dropped == 1 and task.delimited == 2
