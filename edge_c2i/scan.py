@@ -41,6 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import threads
+from .budget import release_freed_memory
 from .config import DEFAULT_SCORE, SCORES
 from .evaluate import Scorer, grad_from
 from .factorize import rank_for
@@ -96,18 +97,19 @@ def spectral_basis(W: torch.Tensor) -> tuple[bool, torch.Tensor, torch.Tensor]:
             lam.flip(0).clamp_min(0).sqrt().float())
 
 
-def cached_spectral_basis(W: torch.Tensor, counts: dict | None = None
+def cached_spectral_basis(W: torch.Tensor, counts: dict | None = None,
+                          out: torch.Tensor | None = None
                           ) -> tuple[bool, torch.Tensor, torch.Tensor]:
     """``spectral_basis(W)``, read from the disk cache when an earlier run stored it
     (spectra.py), else computed and stored.  ``counts`` tallies "read", "computed" and
-    "written_bytes"."""
+    "written_bytes"; ``out`` (p x p float32) is where a basis read from disk goes."""
     from . import spectra
 
     counts = {} if counts is None else counts
     directory = spectra.cache_dir()
     name = spectra.key(W) if directory is not None else None
     if name is not None:
-        found = spectra.load(directory, name, min(W.shape))
+        found = spectra.load(directory, name, min(W.shape), out)
         if found is not None:
             counts["read"] = counts.get("read", 0) + 1
             return found
@@ -212,18 +214,33 @@ def _scan_group(model, scorer: Scorer, targets: list[Target], progress,
     timings["grad_s"] += time.perf_counter() - t1
 
     t0 = time.perf_counter()
+    release_freed_memory()  # the pass's activations: not resident under the bases
     scans = {}
+    # one set of p x p buffers per size, reused by every matrix of that size: a fresh block
+    # per matrix left the heap fragmented (glibc carves small lasting allocations out of
+    # each freed block, and the next block no longer fits in what is left), and a cached
+    # scan's resident set grew by up to 4 MB per matrix (SmolLM2 at 1.2 GB: 2.1 GB)
+    buffers: dict[int, tuple[torch.Tensor, ...]] = {}
     for t in tqdm(targets, desc="singular vectors", disable=not progress, leave=False):
         threads.rebalance()
-        _, Q, S = cached_spectral_basis(weight_matrix(model.get_submodule(t.name)),
-                                        timings["spectra"])
-        Q = Q.double()
-        sg = ((Q.T @ M.pop(t.key).double()) * Q.T).sum(1)
+        p = min(shapes[t.key])
+        if p not in buffers:
+            buffers[p] = (torch.empty(p, p),) + tuple(
+                torch.empty(p, p, dtype=torch.float64) for _ in range(3))
+        read, Q, M64, QtM = buffers[p]
+        _, Q32, S = cached_spectral_basis(weight_matrix(model.get_submodule(t.name)),
+                                          timings["spectra"], out=read)
+        Q.copy_(Q32)  # float64, as M: s_i g_i = q_i^T M q_i
+        del Q32
+        M64.copy_(M.pop(t.key))
+        sg = torch.matmul(Q.T, M64, out=QtM).mul_(Q.T).sum(1)
         shape = shapes[t.key]
         # g = (s g) / s; a singular value that is 0 to float precision gets g = 0
         tiny = S <= S[0] * torch.finfo(torch.float32).eps * max(shape)
         gg = torch.where(tiny, 0.0, sg / S.double().clamp_min(1e-300)).float()
         scans[t.key] = MatrixScan(t, S, gg, tail_scores(S, gg, shape=shape, sg=sg.float()))
+    del buffers
+    release_freed_memory()
     timings["svd_s"] += time.perf_counter() - t0
     return scans
 

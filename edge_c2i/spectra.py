@@ -19,6 +19,7 @@ computed again and replaced.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from .paths import home
 ENV = "EDGE_C2I_SPECTRA_CACHE"
 OFF = ("off", "0", "no", "false", "")
 VERSION = 1  # part of every key: a change in what a file holds changes the names
+MAX_HEADER = 2**20  # a basis file's JSON header is ~200 bytes: anything longer is not one
+_DTYPES = {torch.float32: "F32", torch.uint8: "U8"}  # safetensors' names
 
 
 def cache_dir() -> Path | None:
@@ -47,22 +50,39 @@ def key(W: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def load(directory: Path, name: str, p: int) -> tuple[bool, torch.Tensor, torch.Tensor] | None:
-    """(left, Q, s) stored under ``name``, or None if absent or not a p x p basis."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def load(directory: Path, name: str, p: int, out: torch.Tensor | None = None
+         ) -> tuple[bool, torch.Tensor, torch.Tensor] | None:
+    """(left, Q, s) stored under ``name``, or None if absent or not a p x p basis.
 
-    path = directory / f"{name}.safetensors"
-    if not path.is_file():
-        return None
+    Read with plain reads into tensors of this process (``out``: a p x p float32 tensor to
+    read Q into, which a scan reuses from one matrix to the next), not mapped: safetensors'
+    ``load_file`` maps the file, and its tensors are views of the mapping, so a scan that
+    kept the singular values held every file it read resident (SmolLM2-135M: 200 MB more
+    than its memory plan), and each Q read was a fresh 1-2 MB block of the heap, whose
+    holes glibc left resident (up to 0.8 GB more).
+    """
+    Q = torch.empty(p, p) if out is None else out
+    s, left = torch.empty(p), torch.empty(1, dtype=torch.uint8)
+    if Q.shape != (p, p) or Q.dtype != torch.float32 or not Q.is_contiguous():
+        raise ValueError(f"out must be a contiguous {p} x {p} float32 tensor")
     try:
-        t = load_file(path)
-        left, Q, s = bool(t["left"].item()), t["Q"], t["s"]
-    except (OSError, KeyError, RuntimeError, ValueError, SafetensorError):
-        return None
-    if Q.shape != (p, p) or s.shape != (p,):
-        return None
-    return left, Q, s
+        with open(directory / f"{name}.safetensors", "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= MAX_HEADER:
+                return None
+            header = json.loads(f.read(size))
+            for key, t in (("Q", Q), ("s", s), ("left", left)):
+                start, end = header[key]["data_offsets"]
+                nbytes = t.numel() * t.element_size()
+                if (header[key]["dtype"] != _DTYPES[t.dtype]
+                        or list(header[key]["shape"]) != list(t.shape) or end - start != nbytes):
+                    return None
+                f.seek(8 + size + start)
+                if f.readinto(memoryview(t.numpy()).cast("B")) != nbytes:
+                    return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # absent, unreadable or not a basis
+    return bool(left.item()), Q, s
 
 
 def save(directory: Path, name: str, left: bool, Q: torch.Tensor, s: torch.Tensor) -> int:

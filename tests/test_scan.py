@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from torch.nn.utils import parametrize
@@ -111,3 +113,23 @@ def test_a_second_scan_reads_the_singular_vectors_the_first_kept(smol, tmp_path,
     _, t4 = singular_value_gradients(model, tok, examples, targets, progress=False)
     assert t4["spectra"] == {"read": 0, "computed": 2, "written_bytes": 0}
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 3
+
+
+def test_a_cached_basis_is_read_into_memory_of_its_own(tmp_path):
+    """spectra.load reads into tensors of this process (or the buffer it is given), not
+    views of a mapping of the file: a scan keeps every s it read, and with mapped files each
+    kept its whole file resident.  A file that is not a p x p basis reads as None."""
+    from edge_c2i import spectra
+
+    Q, s = torch.randn(8, 8), torch.rand(8)
+    spectra.save(tmp_path, "basis", True, Q, s)
+    out = torch.empty(8, 8)
+    left, Q2, s2 = spectra.load(tmp_path, "basis", 8, out)
+    assert left is True and Q2 is out and torch.equal(Q2, Q) and torch.equal(s2, s)
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert "basis.safetensors" not in maps.read_text()
+    assert spectra.load(tmp_path, "basis", 4) is None  # another size
+    assert spectra.load(tmp_path, "absent", 8) is None
+    (tmp_path / "short.safetensors").write_bytes((tmp_path / "basis.safetensors").read_bytes()[:-9])
+    assert spectra.load(tmp_path, "short", 8) is None
