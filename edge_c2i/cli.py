@@ -181,6 +181,10 @@ def cmd_eval(args) -> int:
     if args.onnx:
         from .export.cli import eval_onnx_command
 
+        if args.model != DEFAULT_MODEL:  # the export is the model: one or the other
+            raise EdgeC2IError(f"--onnx {args.onnx} is the model to score; drop --model "
+                               f"{args.model} (or --onnx, to score the PyTorch model)")
+
         return eval_onnx_command(args)
     if args.int8 or args.int4:
         raise EdgeC2IError("--int8 and --int4 choose an exported model file: use them with --onnx")
@@ -622,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
         # busy machine does not slow the scan down several times over; idle it costs
         # little (bench/bench_contention.py).  Values the user set are kept.
         os.environ["GOMP_SPINCOUNT"] = "10000"
+    # transformers' own warnings (a tokenizer's "legacy behaviour", "Token indices sequence
+    # length is longer than ...", which edge-c2i refuses in its own line) only on request
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if getattr(args, "quiet", False):
         errors.QUIET = True
         os.environ["TQDM_DISABLE"] = "1"

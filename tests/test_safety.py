@@ -116,6 +116,8 @@ BAD_ARGS = {
     "unknown bundled task": (["eval", "--task", "bundled:no_such_task"], "no_such_task"),
     "--max-memory nonsense": (["scan", "--max-memory", "lots"], "lots"),
     "compress --size 0": (["compress", "--out", "o", "--size", "0"], "--size"),
+    "eval --onnx with --model": (["eval", "--onnx", "notes", "--model", "gemma3-270m"],
+                                 "drop --model"),
     "compress --loss-tolerance nan": (["compress", "--out", "o", "--loss-tolerance", "nan"],
                                       "--loss-tolerance"),
     "compress --size 1.5": (["compress", "--out", "o", "--size", "1.5"], "--size"),
