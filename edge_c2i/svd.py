@@ -93,10 +93,12 @@ def parse_size(text: str) -> int:
 
 
 def format_size(nbytes: float) -> str:
-    """A short human size: "545 MB", "1.2 GB"."""
-    if nbytes >= 10**9:
-        return f"{nbytes / 1e9:.1f} GB"
-    return f"{max(nbytes / 1e6, 0.1):.3g} MB"
+    """A short human size, to three digits: "545 MB", "1.62 GB", "1 kB"."""
+    nbytes = float(f"{nbytes:.3g}")  # 999,999 bytes: "1 MB", not "1e+03 kB"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= size:
+            return f"{nbytes / size:.3g} {unit}"
+    return f"{int(nbytes)} bytes"
 
 
 def _exact_bytes(m: int, n: int) -> int:

@@ -228,3 +228,12 @@ def test_gram_peak_memory_stays_within_budget() -> None:
     assert result["growth"] < budget, f"RSS grew by {result['growth'] / 1e6:.1f} MB"
     S = result["S"]
     assert all(a >= b > 0 for a, b in itertools.pairwise(S))
+
+
+def test_sizes_in_messages_keep_three_digits():
+    """"needs ~1.6 GB; --max-memory is 1.6 GB: raise it" read as a contradiction, and 1 kB
+    read as 0.1 MB: sizes keep three significant digits, in the unit that fits."""
+    from edge_c2i.svd import format_size
+
+    assert [format_size(x) for x in (1.62e9, 1.6e9, 1.5e9, 5.45e8, 1000, 999_999, 12)] == \
+        ["1.62 GB", "1.6 GB", "1.5 GB", "545 MB", "1 kB", "1 MB", "12 bytes"]
