@@ -39,7 +39,7 @@ from pathlib import Path
 from .errors import EdgeC2IError
 
 TMP_TAG = "edge-c2i"
-WROTE = ".edge_c2i_wrote.json"  # in each folder edge-c2i writes: the names of its entries
+WROTE = ".edge_c2i_wrote.json"  # in each folder edge-c2i writes: the paths of its entries
 
 
 def _tmp_pattern(name: str) -> re.Pattern:
@@ -137,14 +137,35 @@ def check_output(out: str | Path, force: bool, ours: Callable[[Path], bool], wha
     return out
 
 
-def not_written(folder: Path) -> list[str]:
-    """The entries of ``folder`` that edge-c2i did not write there (by its WROTE record; a
-    folder written before the record was kept has none, and is judged by its manifest)."""
+def _entries(folder: Path) -> list[str]:
+    """Every path under ``folder``, relative, subfolders' contents included."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def _record(folder: Path) -> set[str] | None:
     try:
-        wrote = set(json.loads((folder / WROTE).read_text()))
+        return set(json.loads((folder / WROTE).read_text()))
     except (OSError, ValueError, TypeError):
+        return None
+
+
+def not_written(folder: Path) -> list[str]:
+    """The paths under ``folder`` that edge-c2i did not write there (by its WROTE record; a
+    folder written before the record was kept has none, and is judged by its manifest)."""
+    wrote = _record(folder)
+    if wrote is None:
         return []
-    return sorted(e.name for e in folder.iterdir() if e.name not in wrote | {WROTE})
+    return [p for p in _entries(folder) if p not in wrote and p != WROTE]
+
+
+def record_written(folder: Path, *names: str) -> None:
+    """Add files edge-c2i wrote into a finished folder of its own (a quantized variant beside
+    an export's model.onnx) to its WROTE record, so that --force may replace them too.  A
+    folder without a record (one being written: the record comes with the swap) is left as
+    it is."""
+    wrote = _record(folder)
+    if wrote is not None and not wrote.issuperset(names):
+        (folder / WROTE).write_text(json.dumps(sorted(wrote.union(names))))
 
 
 def has_manifest(*names: str) -> Callable[[Path], bool]:
@@ -237,7 +258,7 @@ class OutputDir:
 
     def commit(self) -> Path:
         tmp = self.claim()
-        (tmp / WROTE).write_text(json.dumps(sorted(e.name for e in tmp.iterdir())))
+        (tmp / WROTE).write_text(json.dumps(_entries(tmp)))
         for path in tmp.rglob("*"):  # safetensors and onnx write owner-only files: every
             if path.is_file() and not path.is_symlink():  # file as readable as one Python
                 shutil.copymode(tmp / WROTE, path)  # writes (the user's umask)

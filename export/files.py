@@ -18,6 +18,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from edge_c2i.io import record_written
+
 DATA_SUFFIX = "_data"
 
 
@@ -35,7 +37,9 @@ def save(model, path: Path) -> None:
     data.unlink(missing_ok=True)  # onnx appends to an existing data file
     onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
               location=data.name, size_threshold=1024)
-    shutil.copymode(path, data)  # onnx creates it readable by its owner only
+    if data.is_file():  # (a graph without large tensors has none)
+        shutil.copymode(path, data)  # onnx creates it readable by its owner only
+    record_written(path.parent, path.name, data.name)  # a variant added to a finished export
 
 
 def size(path: Path) -> int:

@@ -296,6 +296,37 @@ def test_every_file_of_a_folder_is_as_readable_as_python_writes_it(tmp_path):
     assert modes == {plain.stat().st_mode}
 
 
+def test_force_looks_inside_the_subfolders_and_knows_files_edge_c2i_added(tmp_path):
+    """A user's file inside a subfolder (the demo's onnx/) is refused as one at the top; an
+    ONNX file edge-c2i writes into a finished folder (a bench's quantized variant, through
+    export/files.py) is recorded, and --force replaces the folder with it."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edge_c2i.export import files
+
+    out = tmp_path / "out"
+    with OutputDir(out, False, has_manifest("m.json"), "a test folder") as tmp:
+        (tmp / "m.json").write_text("{}")
+        (tmp / "onnx").mkdir()
+        (tmp / "onnx" / "model.onnx").write_text("graph")
+    weight = onnx.numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+                              [weight])
+    files.save(helper.make_model(graph), out / "variant.onnx")
+    assert (out / "variant.onnx_data").is_file()
+    _write(out, True, 2)  # the variant is edge-c2i's: replaced
+    assert not (out / "variant.onnx").exists() and not (out / "variant.onnx_data").exists()
+    (out / "sub").mkdir()
+    (out / "sub" / "notes.txt").write_text("mine")
+    with pytest.raises(EdgeC2IError, match="sub, sub/notes.txt, which edge-c2i did not write"):
+        _write(out, True, 3)
+    assert (out / "sub" / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize("force", [False, True])
 def test_an_output_that_appears_while_writing_is_kept(tmp_path, force):
     """A folder made at --out while the run works (by the user, or changed by them under
